@@ -1,0 +1,311 @@
+"""Load pacer's TOML config into small frozen, typed objects.
+
+Every key is known: an unknown key is an error (a typo must not be silently
+ignored), as is a value of the wrong type or out of range. Each message names the
+file and the key. Relative paths resolve against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``str()`` lists every problem, one per line."""
+
+    def __init__(self, path: Path | str, problems: list[str]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        super().__init__("\n".join(f"{self.path}: {p}" for p in problems))
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolConfig:
+    dir: Path
+    # A job file larger than this is rejected unread.
+    max_job_bytes: int = 64 * 1024 * 1024
+    # One line of a .jsonl job larger than this is an error line, not a crash.
+    max_line_bytes: int = 8 * 1024 * 1024
+    # Full rescan of incoming/ as a safety net under the inotify watcher.
+    rescan_interval: float = 5.0
+    # Jobs claimed at once; requests are streamed from them, never all loaded.
+    max_active_jobs: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class ResultsConfig:
+    # Result lines are made durable in batches: whichever comes first.
+    flush_interval: float = 0.05
+    flush_max_lines: int = 512
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    # On SIGTERM, in-flight requests get this long to finish.
+    drain_timeout: float = 30.0
+    log_level: str = "info"
+    # The state file `pacer status` reads, rewritten about once a second.
+    state_interval: float = 1.0
+    # Requests read from job files and not yet answered, across all jobs: bounds
+    # memory however many requests wait in the spool.
+    max_pending_requests: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    name: str
+    base_url: str
+    initial_limit: int = 1
+    min_limit: int = 1
+    max_limit: int = 256
+    max_attempts: int = 5
+    timeout: float = 60.0
+    connect_timeout: float = 10.0
+    api_key_env: str | None = None
+    api_key_file: str | None = None
+    auth_header: str = "Authorization"
+    # How the key is written into auth_header; "{key}" is replaced.
+    auth_format: str = "Bearer {key}"
+    # Extra headers sent with every request (never the auth header).
+    headers: Mapping[str, str] = field(default_factory=dict)
+    retry_base_delay: float = 0.5
+    retry_max_delay: float = 30.0
+    # false: a fixed concurrency of initial_limit (no learning).
+    adaptive: bool = True
+    http2: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    spool: SpoolConfig
+    results: ResultsConfig
+    daemon: DaemonConfig
+    upstreams: Mapping[str, UpstreamConfig]
+
+    def default_upstream(self) -> str | None:
+        """The upstream a request without ``"upstream"`` goes to."""
+        if len(self.upstreams) == 1:
+            return next(iter(self.upstreams))
+        return "default" if "default" in self.upstreams else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved settings, for ``check-config`` (no secrets: only their sources)."""
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, Mapping):
+                return {k: plain(v) for k, v in value.items()}
+            return value
+
+        out: dict[str, Any] = {"config": str(self.path)}
+        for section in ("spool", "results", "daemon"):
+            out[section] = {
+                f.name: plain(getattr(getattr(self, section), f.name))
+                for f in dataclasses.fields(getattr(self, section))
+            }
+        out["upstreams"] = {
+            name: {f.name: plain(getattr(up, f.name)) for f in dataclasses.fields(up)}
+            for name, up in self.upstreams.items()
+        }
+        return out
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class _Reader:
+    """Collects problems instead of stopping at the first one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[str] = []
+
+    def section(self, raw: Mapping[str, Any], where: str, cls: type[Any],
+                skip: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Type-check ``raw`` against the dataclass ``cls``; return kwargs for it."""
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
+        out: dict[str, Any] = {}
+        for key, value in raw.items():
+            f = fields.get(key)
+            if f is None:
+                known = ", ".join(sorted(fields))
+                self.problems.append(f"[{where}] unknown key {key!r} (known keys: {known})")
+                continue
+            checked = self._check(f"{where}.{key}", f.type, value)
+            if checked is not None:
+                out[key] = checked
+        return out
+
+    def _check(self, key: str, typ: Any, value: Any) -> Any:
+        t = str(typ)
+        if t == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                return self._bad(key, "an integer", value)
+            return value
+        if t == "float":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return self._bad(key, "a number", value)
+            if not math.isfinite(value):
+                return self._bad(key, "a finite number", value)
+            return float(value)
+        if t == "bool":
+            return value if isinstance(value, bool) else self._bad(key, "true or false", value)
+        if t in ("str", "str | None", "Path"):
+            return value if isinstance(value, str) else self._bad(key, "a string", value)
+        if t == "Mapping[str, str]":
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+            ):
+                return self._bad(key, "a table of strings", value)
+            return dict(value)
+        raise AssertionError(f"unhandled config type {t} for {key}")  # pragma: no cover
+
+    def _bad(self, key: str, what: str, value: Any) -> None:
+        self.problems.append(f"{key}: expected {what}, got {value!r}")
+        return None
+
+    def require(self, ok: bool, message: str) -> None:
+        if not ok:
+            self.problems.append(message)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file; raise :class:`ConfigError` listing every problem."""
+    cfg_path = Path(path).absolute()
+    try:
+        with open(cfg_path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(cfg_path, ["file not found"]) from None
+    except OSError as exc:
+        raise ConfigError(cfg_path, [f"cannot read: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(cfg_path, [f"not valid TOML: {exc}"]) from None
+    return parse_config(raw, cfg_path)
+
+
+def parse_config(raw: Mapping[str, Any], cfg_path: Path) -> Config:
+    r = _Reader(cfg_path)
+    base = cfg_path.parent
+    known = {"spool", "results", "daemon", "upstreams"}
+    for key in raw:
+        if key not in known:
+            r.problems.append(f"unknown section or key {key!r} (known: {', '.join(sorted(known))})")
+    for key in known:
+        if key in raw and not isinstance(raw[key], dict):
+            r.problems.append(f"[{key}] must be a table")
+
+    def get(key: str) -> dict[str, Any]:
+        value = raw.get(key)
+        return value if isinstance(value, dict) else {}
+
+    spool_raw = get("spool")
+    spool_kw = r.section(spool_raw, "spool", SpoolConfig)
+    r.require("dir" in spool_raw, "[spool] dir is required")
+    spool_dir = Path(spool_kw.pop("dir", "spool"))
+    spool = SpoolConfig(dir=spool_dir if spool_dir.is_absolute() else base / spool_dir, **spool_kw)
+    r.require(spool.max_job_bytes > 0, "spool.max_job_bytes: must be > 0")
+    r.require(spool.max_line_bytes > 0, "spool.max_line_bytes: must be > 0")
+    r.require(spool.rescan_interval > 0, "spool.rescan_interval: must be > 0")
+    r.require(spool.max_active_jobs >= 1, "spool.max_active_jobs: must be >= 1")
+
+    results = ResultsConfig(**r.section(get("results"), "results", ResultsConfig))
+    r.require(results.flush_interval >= 0, "results.flush_interval: must be >= 0")
+    r.require(results.flush_max_lines >= 1, "results.flush_max_lines: must be >= 1")
+
+    daemon = DaemonConfig(**r.section(get("daemon"), "daemon", DaemonConfig))
+    r.require(daemon.drain_timeout >= 0, "daemon.drain_timeout: must be >= 0")
+    r.require(daemon.log_level in LOG_LEVELS,
+              f"daemon.log_level: must be one of {', '.join(LOG_LEVELS)}")
+    r.require(daemon.state_interval > 0, "daemon.state_interval: must be > 0")
+    r.require(daemon.max_pending_requests >= 1, "daemon.max_pending_requests: must be >= 1")
+
+    upstreams: dict[str, UpstreamConfig] = {}
+    ups_raw = get("upstreams")
+    r.require(bool(ups_raw), "at least one [upstreams.NAME] table is required")
+    for name, up_raw in ups_raw.items():
+        where = f"upstreams.{name}"
+        if not isinstance(up_raw, dict):
+            r.problems.append(f"[{where}] must be a table")
+            continue
+        kw = r.section(up_raw, where, UpstreamConfig, skip=("name",))
+        if "base_url" not in kw:
+            r.problems.append(f"{where}.base_url is required")
+            continue
+        up = UpstreamConfig(name=name, **kw)
+        _check_upstream(r, where, up, base)
+        upstreams[name] = up
+    if r.problems:
+        raise ConfigError(cfg_path, r.problems)
+    return Config(cfg_path, spool, results, daemon, upstreams)
+
+
+def _check_upstream(r: _Reader, where: str, up: UpstreamConfig, base: Path) -> None:
+    parts = urlsplit(up.base_url)
+    r.require(parts.scheme in ("http", "https") and bool(parts.netloc),
+              f"{where}.base_url: must be an http:// or https:// URL, got {up.base_url!r}")
+    r.require(not parts.query and not parts.fragment,
+              f"{where}.base_url: must not have a query or fragment")
+    r.require(up.min_limit >= 1, f"{where}.min_limit: must be >= 1")
+    r.require(up.max_limit >= up.min_limit, f"{where}.max_limit: must be >= min_limit")
+    r.require(up.min_limit <= up.initial_limit <= up.max_limit,
+              f"{where}.initial_limit: must lie within [min_limit, max_limit]")
+    r.require(up.max_attempts >= 1, f"{where}.max_attempts: must be >= 1")
+    r.require(up.timeout > 0, f"{where}.timeout: must be > 0")
+    r.require(up.connect_timeout > 0, f"{where}.connect_timeout: must be > 0")
+    r.require(up.retry_base_delay >= 0, f"{where}.retry_base_delay: must be >= 0")
+    r.require(up.retry_max_delay >= up.retry_base_delay,
+              f"{where}.retry_max_delay: must be >= retry_base_delay")
+    r.require(not (up.api_key_env and up.api_key_file),
+              f"{where}: set api_key_env or api_key_file, not both")
+    r.require("{key}" in up.auth_format, f"{where}.auth_format: must contain {{key}}")
+    lower = {h.lower() for h in up.headers}
+    r.require(not lower & {"authorization", "host", up.auth_header.lower()},
+              f"{where}.headers: must not set Authorization, Host or the auth header")
+
+
+def resolve_credential_path(name: str, environ: Mapping[str, str] = os.environ) -> Path:
+    """Where ``api_key_file`` points: a bare name under ``$CREDENTIALS_DIRECTORY``
+    (systemd's LoadCredential=) when that is set, else a path."""
+    creds = environ.get("CREDENTIALS_DIRECTORY")
+    if creds and os.sep not in name:
+        return Path(creds) / name
+    return Path(name)
+
+
+def read_api_key(up: UpstreamConfig, config_dir: Path,
+                 environ: Mapping[str, str] = os.environ) -> str | None:
+    """The upstream's API key, or None when none is configured.
+
+    Raises :class:`ConfigError` when a configured source is missing or empty; the
+    message names the source, never the value.
+    """
+    where = f"upstreams.{up.name}"
+    if up.api_key_env:
+        value = environ.get(up.api_key_env, "").strip()
+        if not value:
+            raise ConfigError(config_dir, [f"{where}.api_key_env: ${up.api_key_env} is not set"])
+        return value
+    if up.api_key_file:
+        path = resolve_credential_path(up.api_key_file, environ)
+        if not path.is_absolute():
+            path = config_dir / path
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            problem = f"{where}.api_key_file: cannot read {path}: {exc.strerror}"
+            raise ConfigError(config_dir, [problem]) from None
+        if not value:
+            raise ConfigError(config_dir, [f"{where}.api_key_file: {path} is empty"])
+        return value
+    return None

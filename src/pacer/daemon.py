@@ -1,0 +1,483 @@
+"""The long-running service: spool in, HTTP out, results back.
+
+Structure (one Trio nursery):
+
+- the *result writer* makes answers durable in batches;
+- the *intake* claims jobs from ``incoming/`` (inotify watcher plus a periodic
+  full rescan) while fewer than ``max_active_jobs`` run, after first resuming
+  whatever a previous run left in ``active/``;
+- each *job* task validates its file, then streams its requests, one task per
+  request, bounded by ``max_pending_requests`` so a huge spool is never loaded
+  into memory at once;
+- each request goes through its :class:`~pacer.upstream.Upstream` (limit,
+  breaker, retries) and ends as exactly one result line;
+- the *state writer* rewrites ``state.json`` for ``pacer status`` about once a
+  second, and the signal task turns SIGTERM/SIGINT into a graceful stop (a second
+  one stops at once) and SIGHUP into a config reload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import stat
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import IO, Any
+
+import httpx
+import structlog
+import trio
+
+from pacer import __version__
+from pacer.config import Config, ConfigError, load_config, read_api_key
+from pacer.jobs import (
+    BadRequest,
+    JobFileError,
+    Request,
+    UpstreamView,
+    iter_jsonl,
+    read_single,
+    validate_jsonl,
+)
+from pacer.logs import configure_logging, register_secret
+from pacer.results import JobResults, ResultWriter, result_line
+from pacer.spool import Spool, job_stem, write_durable
+from pacer.systemd import Notifier, watchdog_loop
+from pacer.upstream import Answer, Upstream, build_client
+
+log = structlog.get_logger("pacer.daemon")
+
+READ_BATCH = 256  # request lines read per thread hop
+
+
+class Stopped(Exception):
+    """Raised inside a request task when the daemon stops before it is sent."""
+
+
+@dataclass(eq=False)
+class Job:
+    name: str
+    stem: str
+    results: JobResults
+    requests: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    queued: int = 0  # requests read but not answered yet
+
+
+@dataclass
+class RunSummary:
+    jobs_done: int = 0
+    jobs_failed: int = 0
+    jobs_rejected: int = 0
+    started_at: float = field(default_factory=time.time)
+
+
+class Daemon:
+    def __init__(self, config: Config, *, drain: bool = False,
+                 clients: Mapping[str, httpx.AsyncClient] | None = None,
+                 notifier: Notifier | None = None, log_format: str = "json",
+                 log_level: str | None = None) -> None:
+        self.config = config
+        self.drain = drain
+        self.spool = Spool(config.spool.dir)
+        self.notifier = notifier or Notifier.from_environ()
+        self.log_format = log_format
+        self.log_level_override = log_level
+        self._given_clients = dict(clients or {})
+        self.upstreams: dict[str, Upstream] = {}
+        self.writer = ResultWriter(config.results.flush_interval,
+                                   config.results.flush_max_lines)
+        self.jobs: dict[str, Job] = {}
+        self.pending: deque[str] = deque()
+        self.summary = RunSummary()
+        self.stopping = False
+        self._stop_event = trio.Event()
+        self._wake = trio.Event()
+        self._request_slots = trio.Semaphore(config.daemon.max_pending_requests)
+        self._jobs_scope = trio.CancelScope()
+        self.ready = trio.Event()
+
+    # -- set-up ---------------------------------------------------------------
+
+    def _view(self) -> UpstreamView:
+        cfg = self.config
+        return UpstreamView(
+            base_urls={n: u.base_url for n, u in cfg.upstreams.items()},
+            auth_headers={n: u.auth_header.lower() for n, u in cfg.upstreams.items()},
+            default=cfg.default_upstream(),
+        )
+
+    def _build_upstreams(self) -> None:
+        for name, ucfg in self.config.upstreams.items():
+            client = self._given_clients.get(name)
+            if client is None:
+                key = read_api_key(ucfg, self.config.path.parent)
+                register_secret(key)
+                client = build_client(ucfg, key)
+            self.upstreams[name] = Upstream(ucfg, client)
+
+    # -- entry point ------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
+        await trio.to_thread.run_sync(self.spool.ensure)
+        self.spool.lock()
+        try:
+            self._build_upstreams()
+            log.info("daemon.started", version=__version__, pid=os.getpid(),
+                     spool=str(self.spool.root), drain=self.drain,
+                     upstreams=sorted(self.upstreams))
+            async with trio.open_nursery() as services:
+                services.start_soon(self.writer.run)
+                services.start_soon(self._state_loop)
+                services.start_soon(watchdog_loop, self.notifier)
+                services.start_soon(self._signal_loop)
+                if not self.drain:
+                    services.start_soon(self._watch_incoming)
+                    services.start_soon(self._rescan_loop)
+                await self._rescan()
+                self.notifier.ready()
+                self.ready.set()
+                task_status.started()
+                with self._jobs_scope:
+                    await self._intake()
+                # Whatever was answered is made durable, even after a hard stop.
+                with trio.CancelScope(shield=True):
+                    await self.writer.flush()
+                    await self._write_state()
+                services.cancel_scope.cancel()
+        finally:
+            for up in self.upstreams.values():
+                with trio.CancelScope(shield=True):
+                    await up.client.aclose()
+            self.spool.unlock()
+            self.notifier.close()
+        log.info("daemon.stopped", jobs_done=self.summary.jobs_done,
+                 jobs_failed=self.summary.jobs_failed, jobs_rejected=self.summary.jobs_rejected)
+        return 1 if self.drain and self.summary.jobs_failed else 0
+
+    def request_stop(self, reason: str) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self._stop_event.set()
+        self._wake.set()
+        self.notifier.stopping()
+        log.info("daemon.stopping", reason=reason, drain_timeout_s=self.config.daemon.drain_timeout,
+                 inflight=sum(u.limiter.inflight for u in self.upstreams.values()))
+        # In-flight requests get drain_timeout to finish; then everything is cut.
+        self._jobs_scope.deadline = trio.current_time() + self.config.daemon.drain_timeout
+
+    # -- intake -------------------------------------------------------------------
+
+    async def _intake(self) -> None:
+        async with trio.open_nursery() as jobs:
+            # First what a previous run left claimed: resume, do not repeat.
+            leftovers, _ = await trio.to_thread.run_sync(self.spool.scan, "active")
+            for cand in leftovers:
+                log.info("job.resumed", job=cand.name)
+                await self._start_job(jobs, cand.name)
+            while not self.stopping:
+                if len(self.jobs) < self.config.spool.max_active_jobs and self.pending:
+                    name = self.pending.popleft()
+                    claimed = await trio.to_thread.run_sync(self.spool.claim, name)
+                    if claimed is None:
+                        continue
+                    if claimed != name:
+                        log.warning("job.renamed", job=claimed, original=name,
+                                    reason="a job or results with this name already exist")
+                    await self._start_job(jobs, claimed)
+                    continue
+                if self.drain and not self.pending and not self.jobs:
+                    await self._rescan()
+                    if not self.pending:
+                        return
+                    continue
+                self._wake = trio.Event()
+                await self._wake.wait()
+
+    async def _start_job(self, nursery: trio.Nursery, name: str) -> None:
+        stem = job_stem(name) or name
+        job = Job(name, stem, JobResults(self.spool.folder("results"), stem))
+        self.jobs[name] = job
+        nursery.start_soon(self._run_job, job)
+
+    async def _rescan(self) -> None:
+        candidates, skipped = await trio.to_thread.run_sync(self.spool.scan, "incoming")
+        self.pending = deque(c.name for c in candidates)
+        for entry in skipped:
+            await self._reject_entry(entry.name, entry.reason)
+        self._wake.set()
+
+    async def _reject_entry(self, name: str, reason: str) -> None:
+        info = {"job": name, "code": "not_a_job_file", "message": f"{name!r}: {reason}",
+                "rejected_at": _now_iso()}
+        try:
+            target = await trio.to_thread.run_sync(self.spool.reject_from_incoming, name, info)
+        except FileNotFoundError:
+            return
+        self.summary.jobs_rejected += 1
+        log.warning("job.rejected", job=target, reason=info["message"], code=info["code"])
+
+    async def _rescan_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.spool.rescan_interval)
+            await self._rescan()
+
+    async def _watch_incoming(self) -> None:
+        """inotify via watchfiles: new files are seen within ~0.1 s. The periodic
+        rescan remains the safety net (inotify can overflow)."""
+        from watchfiles import Change, awatch
+
+        incoming = str(self.spool.folder("incoming"))
+        try:
+            async for changes in awatch(incoming, debounce=50, step=10, recursive=False,
+                                        stop_event=self._stop_event):
+                queued = set(self.pending)
+                for change, path in sorted(changes, key=lambda c: c[1]):
+                    name = os.path.basename(path)
+                    if change == Change.added and not name.startswith(".") and name not in queued:
+                        self.pending.append(name)
+                self._wake.set()
+        except Exception as exc:  # the rescan still finds everything
+            log.warning("spool.watch_failed", error=f"{type(exc).__name__}: {exc}")
+
+    # -- one job ----------------------------------------------------------------------
+
+    async def _run_job(self, job: Job) -> None:
+        with structlog.contextvars.bound_contextvars(job=job.name):
+            try:
+                await self._process(job)
+            except JobFileError as exc:
+                await self._reject(job, exc.code, exc.message)
+            finally:
+                await trio.to_thread.run_sync(job.results.close)
+                self.jobs.pop(job.name, None)
+                self._wake.set()
+
+    def _open_job(self, job: Job) -> tuple[IO[bytes], int]:
+        """Open the claimed file without following links or blocking on a FIFO."""
+        path = self.spool.folder("active") / job.name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            raise JobFileError("unreadable", f"cannot open the job file: {exc.strerror}") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise JobFileError("not_a_regular_file", "the job is not a regular file")
+        if st.st_size > self.config.spool.max_job_bytes:
+            os.close(fd)
+            raise JobFileError("too_large", f"the job file has {st.st_size} bytes, more than "
+                               f"spool.max_job_bytes = {self.config.spool.max_job_bytes}")
+        return os.fdopen(fd, "rb"), st.st_size
+
+    def _prepare(self, job: Job) -> tuple[IO[bytes], list[Request | BadRequest]]:
+        """Validate the whole file before anything is sent, and open its results."""
+        fh, _size = self._open_job(job)
+        try:
+            singles: list[Request | BadRequest] = []
+            if job.name.endswith(".jsonl"):
+                summary = validate_jsonl(fh, job.stem, self._view(),
+                                         self.config.spool.max_line_bytes)
+                job.requests = summary.requests + summary.bad
+                fh.seek(0)
+            else:
+                singles = [read_single(fh.read(), job.stem, self._view())]
+                job.requests = 1
+            job.results.open()
+        except BaseException:
+            fh.close()
+            raise
+        return fh, singles
+
+    async def _process(self, job: Job) -> None:
+        fh, singles = await trio.to_thread.run_sync(self._prepare, job)
+        with fh:
+            answered = job.results.answered
+            job.succeeded = sum(1 for err in answered.values() if not err)
+            job.failed = len(answered) - job.succeeded
+            if answered:
+                log.info("job.claimed", requests=job.requests, already_answered=len(answered))
+            else:
+                log.info("job.claimed", requests=job.requests)
+            items: Iterator[Request | BadRequest] = (
+                iter(singles) if singles else
+                iter_jsonl(fh, job.stem, self._view(), self.config.spool.max_line_bytes))
+            async with trio.open_nursery() as requests:
+                while not self.stopping:
+                    batch = await trio.to_thread.run_sync(
+                        lambda: list(islice(items, READ_BATCH)))
+                    if not batch:
+                        break
+                    for item in batch:
+                        if item.custom_id in answered or self.stopping:
+                            continue
+                        await self._request_slots.acquire()
+                        job.queued += 1
+                        requests.start_soon(self._request, job, item)
+        if self.stopping or job.succeeded + job.failed < job.requests:
+            log.info("job.interrupted", requests=job.requests,
+                     answered=job.succeeded + job.failed)
+            return
+        await trio.to_thread.run_sync(job.results.publish)
+        folder = "failed" if job.failed else "done"
+        final = await trio.to_thread.run_sync(self.spool.finish, job.name, folder)
+        if folder == "failed":
+            self.summary.jobs_failed += 1
+        else:
+            self.summary.jobs_done += 1
+        log.info("job.completed", job=final, folder=folder, requests=job.requests,
+                 succeeded=job.succeeded, failed=job.failed)
+
+    async def _request(self, job: Job, item: Request | BadRequest) -> None:
+        try:
+            with structlog.contextvars.bound_contextvars(custom_id=item.custom_id,
+                                                         upstream=item.upstream):
+                if isinstance(item, BadRequest):
+                    line = result_line(item.custom_id, item.upstream, 0,
+                                       error_code=item.code, error_message=item.message)
+                    ok = False
+                else:
+                    try:
+                        answer = await self.upstreams[item.upstream].send(item, self._stop_event)
+                    except Exception as exc:  # a bug must cost one request, not the daemon
+                        log.exception("request.crashed", error=f"{type(exc).__name__}: {exc}")
+                        answer = Answer(0, error_code="internal_error",
+                                        error_message=f"{type(exc).__name__} inside pacer")
+                    if answer is None:
+                        return  # stopping: left for the next run
+                    ok = answer.ok
+                    line = result_line(item.custom_id, item.upstream, answer.attempts,
+                                       status=answer.status, body=answer.body,
+                                       request_id=answer.request_id,
+                                       error_code=answer.error_code,
+                                       error_message=answer.error_message)
+                await self.writer.write(job.results, line)
+                if ok:
+                    job.succeeded += 1
+                else:
+                    job.failed += 1
+        finally:
+            job.queued -= 1
+            self._request_slots.release()
+
+    async def _reject(self, job: Job, code: str, message: str) -> None:
+        info = {"job": job.name, "code": code, "message": message, "rejected_at": _now_iso()}
+
+        def move() -> str:
+            job.results.close()
+            # Nothing was sent for a rejected job: drop an empty results file.
+            with contextlib.suppress(FileNotFoundError):
+                if job.results.part.stat().st_size == 0:
+                    job.results.part.unlink()
+            target = self.spool.finish(job.name, "rejected")
+            self.spool.write_error(target, {**info, "job": target})
+            return target
+
+        target = await trio.to_thread.run_sync(move)
+        self.summary.jobs_rejected += 1
+        log.warning("job.rejected", job=target, reason=message, code=code)
+
+    # -- signals, reload, state --------------------------------------------------------
+
+    async def _signal_loop(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            async for signum in sigs:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                elif self.stopping:
+                    log.warning("daemon.stopping", reason="second signal: stopping now")
+                    self._jobs_scope.cancel()
+                else:
+                    self.request_stop(signal.Signals(signum).name)
+
+    async def reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = await trio.to_thread.run_sync(load_config, self.config.path)
+        except ConfigError as exc:
+            log.error("config.reload_failed", problems=exc.problems)
+            self.notifier.ready()
+            return
+        self.apply_config(new)
+        self.notifier.ready()
+
+    def apply_config(self, new: Config) -> None:
+        """Take a new config: unchanged upstreams keep their learned limits."""
+        configure_logging(self.log_level_override or new.daemon.log_level, self.log_format)
+        changed = [n for n in new.upstreams if n in self.upstreams
+                   and new.upstreams[n] != self.config.upstreams[n]]
+        added = [n for n in new.upstreams if n not in self.upstreams]
+        removed = [n for n in self.upstreams if n not in new.upstreams]
+        for name in changed:
+            self.upstreams[name].reconfigure(new.upstreams[name])
+        for name in added:
+            ucfg = new.upstreams[name]
+            key = read_api_key(ucfg, new.path.parent)
+            register_secret(key)
+            self.upstreams[name] = Upstream(ucfg, build_client(ucfg, key))
+        # Removed upstreams keep serving requests already queued for them; new
+        # requests naming them are refused by validation.
+        self.config = new
+        log.info("config.reloaded", changed=changed, added=added, removed=removed)
+
+    def state(self) -> dict[str, Any]:
+        ups = {}
+        for name, up in self.upstreams.items():
+            s = up.stats
+            ups[name] = {
+                "limit": up.limit.limit,
+                "inflight": up.limiter.inflight,
+                "waiting": up.limiter.waiting,
+                "breaker": str(up.breaker.state),
+                "done": s.done,
+                "failed": s.failed,
+                "attempts": s.attempts,
+                "retries": s.retries,
+                "rate_limited": s.rate_limited,
+                "last_minute": s.last_minute(),
+            }
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "started_at": self.summary.started_at,
+            "updated_at": time.time(),
+            "stopping": self.stopping,
+            "drain": self.drain,
+            "jobs": {
+                "active": len(self.jobs),
+                "pending_incoming": len(self.pending),
+                "queued_requests": sum(j.queued for j in self.jobs.values()),
+                "remaining_requests": sum(max(0, j.requests - j.succeeded - j.failed)
+                                          for j in self.jobs.values()),
+                "done": self.summary.jobs_done,
+                "failed": self.summary.jobs_failed,
+                "rejected": self.summary.jobs_rejected,
+            },
+            "upstreams": ups,
+        }
+
+    async def _write_state(self) -> None:
+        data = json.dumps(self.state(), indent=1).encode()
+        await trio.to_thread.run_sync(write_durable, self.spool.state_path, data)
+
+    async def _state_loop(self) -> None:
+        while True:
+            await self._write_state()
+            st = self.state()
+            parts = [f"{n}: limit {u['limit']} inflight {u['inflight']} {u['breaker']}"
+                     for n, u in st["upstreams"].items()]
+            self.notifier.status(f"{st['jobs']['active']} active jobs, "
+                                 f"{st['jobs']['pending_incoming']} queued; " + "; ".join(parts))
+            await trio.sleep(self.config.daemon.state_interval)
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,290 @@
+"""Job files: parse and validate requests, streaming, one line at a time.
+
+``STEM.jsonl`` holds one request per line (OpenAI Batch API input format);
+``STEM.json`` holds one request. A file-level problem (unreadable, too large,
+empty, duplicate ``custom_id``, nothing valid in it) rejects the whole file. In a
+``.jsonl`` with some bad lines among good ones, the good ones are sent and each
+bad one gets an error line in the results: one malformed line out of ten thousand
+should not hold back the rest, and the job then ends in ``failed/`` so the user
+sees it and can ``requeue`` once fixed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+from urllib.parse import unquote, urlsplit
+
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+REQUEST_KEYS = frozenset({"custom_id", "method", "url", "body", "headers", "upstream"})
+# Headers a job may never set: the upstream's credentials and routing are pacer's.
+FORBIDDEN_HEADERS = frozenset(
+    {"authorization", "host", "cookie", "proxy-authorization", "content-length",
+     "transfer-encoding", "connection"}
+)
+_MAX_DEPTH = 64
+
+
+class JobFileError(Exception):
+    """The whole job file is unusable; the message is for a person."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    custom_id: str
+    method: str
+    url: str  # a path (with query) relative to the upstream's base_url
+    upstream: str
+    body: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    line: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class BadRequest:
+    """A line that cannot be sent; it still gets exactly one (error) result line."""
+
+    custom_id: str
+    line: int
+    code: str
+    message: str
+    upstream: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamView:
+    """What job validation needs to know of the configured upstreams."""
+
+    base_urls: Mapping[str, str]  # name -> base_url
+    auth_headers: Mapping[str, str]  # name -> lower-case auth header name
+    default: str | None
+
+
+class _BadLine(Exception):
+    def __init__(self, code: str, message: str, custom_id: str | None = None) -> None:
+        self.code = code
+        self.message = message
+        self.custom_id = custom_id
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _BadLine("invalid_json", f"duplicate key {key!r} in a JSON object")
+        out[key] = value
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise _BadLine("invalid_json", f"{name} is not valid JSON")
+
+
+def _depth(value: Any, limit: int = _MAX_DEPTH) -> int:
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, d = stack.pop()
+        deepest = max(deepest, d)
+        if d > limit:
+            return d
+        if isinstance(item, dict):
+            stack.extend((v, d + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, d + 1) for v in item)
+    return deepest
+
+
+def loads_strict(text: str) -> Any:
+    """JSON as the RFC has it: no NaN/Infinity, no duplicate keys, bounded depth."""
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except _BadLine:
+        raise
+    except RecursionError:
+        raise _BadLine("invalid_json", "JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and ints with too many digits
+        raise _BadLine("invalid_json", f"not valid JSON: {exc}") from None
+    if _depth(value) > _MAX_DEPTH:
+        raise _BadLine("invalid_json", f"JSON nested deeper than {_MAX_DEPTH} levels")
+    return value
+
+
+def relative_url(url: str, base_url: str) -> str:
+    """The request's URL as a path under ``base_url``; raise if it would leave it.
+
+    Absolute URLs are accepted only under ``base_url`` (same scheme, host, port and
+    path prefix). No ``.``/``..`` segments (also percent-encoded), no backslashes.
+    """
+    parts = urlsplit(url)
+    base = urlsplit(base_url)
+    if parts.scheme or parts.netloc:
+        base_path = base.path.rstrip("/")
+        same_origin = (parts.scheme.lower(), parts.netloc.lower()) == (
+            base.scheme.lower(), base.netloc.lower())
+        if not same_origin:
+            raise _BadLine("url_not_allowed",
+                           f"url {url!r} is outside the upstream's base_url {base_url!r}")
+        if parts.path != base_path and not parts.path.startswith(base_path + "/"):
+            raise _BadLine("url_not_allowed",
+                           f"url {url!r} is outside the upstream's base_url {base_url!r}")
+        path = parts.path[len(base_path):] or "/"
+    elif url.startswith("/"):
+        path = parts.path
+    else:
+        raise _BadLine("invalid_url", f"url {url!r} must be a path starting with '/'")
+    if parts.fragment:
+        raise _BadLine("invalid_url", "url must not have a fragment")
+    decoded = unquote(path)
+    if "\\" in decoded or any(c in decoded for c in "\r\n\t\0"):
+        raise _BadLine("invalid_url", f"url {url!r} has characters not allowed in a path")
+    if any(seg in (".", "..") for seg in decoded.split("/")):
+        raise _BadLine("url_not_allowed", f"url {url!r} has '.' or '..' segments")
+    return path + (f"?{parts.query}" if parts.query else "")
+
+
+def parse_request(obj: Any, default_id: str, line: int, view: UpstreamView) -> Request:
+    """Validate one decoded request object."""
+    if not isinstance(obj, dict):
+        raise _BadLine("invalid_request", "a request must be a JSON object")
+    custom_id = obj.get("custom_id", default_id)
+    if not isinstance(custom_id, str) or not custom_id or len(custom_id) > 512:
+        raise _BadLine("invalid_request", "custom_id must be a non-empty string (<= 512 chars)")
+    unknown = sorted(set(obj) - REQUEST_KEYS)
+    if unknown:
+        raise _BadLine("invalid_request",
+                       f"unknown key(s) {', '.join(map(repr, unknown))}; "
+                       f"known: {', '.join(sorted(REQUEST_KEYS))}", custom_id)
+    upstream = obj.get("upstream", view.default)
+    if upstream is None:
+        raise _BadLine("unknown_upstream",
+                       "no \"upstream\" given and no default upstream is configured", custom_id)
+    if not isinstance(upstream, str) or upstream not in view.base_urls:
+        raise _BadLine("unknown_upstream", f"upstream {upstream!r} is not configured", custom_id)
+    method = obj.get("method", "POST")
+    if not isinstance(method, str) or method.upper() not in METHODS:
+        raise _BadLine("invalid_request", f"method {method!r} is not one of "
+                       f"{', '.join(sorted(METHODS))}", custom_id)
+    if "url" not in obj:
+        raise _BadLine("invalid_request", "missing \"url\"", custom_id)
+    url = obj["url"]
+    if not isinstance(url, str) or not url:
+        raise _BadLine("invalid_request", "url must be a non-empty string", custom_id)
+    try:
+        path = relative_url(url, view.base_urls[upstream])
+    except _BadLine as exc:
+        exc.custom_id = custom_id
+        raise
+    headers = obj.get("headers", {})
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise _BadLine("invalid_request", "headers must be an object of strings", custom_id)
+    forbidden = FORBIDDEN_HEADERS | {view.auth_headers.get(upstream, "authorization")}
+    for name, value in headers.items():
+        if name.lower() in forbidden:
+            raise _BadLine("header_not_allowed",
+                           f"a job may not set the {name!r} header", custom_id)
+        if not name or any(c in name + value for c in "\r\n\0") or ":" in name:
+            raise _BadLine("invalid_request", f"header {name!r} is malformed", custom_id)
+    return Request(custom_id=custom_id, method=method.upper(), url=path, upstream=upstream,
+                   body=obj.get("body"), headers=dict(headers), line=line)
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _BadLine("invalid_utf8", f"not valid UTF-8 at byte {exc.start}") from None
+
+
+def _guess_id(text: str) -> str | None:
+    """The custom_id of a line that failed validation, if one can be read off it."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    cid = obj.get("custom_id") if isinstance(obj, dict) else None
+    return cid if isinstance(cid, str) and cid else None
+
+
+def iter_jsonl(fh: IO[bytes], stem: str, view: UpstreamView, max_line: int,
+               ) -> Iterator[Request | BadRequest]:
+    """Stream a ``.jsonl`` job: one Request or BadRequest per non-blank line."""
+    line_no = 0
+    while True:
+        raw = fh.readline(max_line + 1)
+        if not raw:
+            return
+        line_no += 1
+        if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]  # a UTF-8 BOM, as some editors write
+        if len(raw) > max_line and not raw.endswith(b"\n"):
+            while (rest := fh.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass  # skip the rest of the over-long line
+            yield BadRequest(f"{stem}:{line_no}", line_no, "line_too_long",
+                             f"line {line_no} is longer than {max_line} bytes")
+            continue
+        default_id = f"{stem}:{line_no}"
+        text = ""
+        try:
+            text = _decode(raw).strip()
+            if not text:
+                continue
+            yield parse_request(loads_strict(text), default_id, line_no, view)
+        except _BadLine as exc:
+            cid = exc.custom_id or _guess_id(text) or default_id
+            yield BadRequest(cid, line_no, exc.code, f"line {line_no}: {exc.message}")
+
+
+def read_single(data: bytes, stem: str, view: UpstreamView) -> Request:
+    """Parse a ``.json`` job (one request); raise JobFileError if it is unusable."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = _decode(data)
+        if not text.strip():
+            raise JobFileError("empty", "the job file is empty")
+        return parse_request(loads_strict(text), stem, 1, view)
+    except _BadLine as exc:
+        raise JobFileError(exc.code, exc.message) from None
+
+
+@dataclass(slots=True)
+class JobSummary:
+    """The validation pass over a whole file, before anything is sent."""
+
+    requests: int = 0
+    bad: int = 0
+    first_errors: list[str] = field(default_factory=list)
+
+
+def validate_jsonl(fh: IO[bytes], stem: str, view: UpstreamView, max_line: int) -> JobSummary:
+    """First pass over a ``.jsonl``: count, and reject what must be rejected whole."""
+    summary = JobSummary()
+    seen: set[str] = set()
+    for item in iter_jsonl(fh, stem, view, max_line):
+        if item.custom_id in seen:
+            raise JobFileError("duplicate_custom_id",
+                               f"custom_id {item.custom_id!r} appears more than once "
+                               f"(again on line {item.line})")
+        seen.add(item.custom_id)
+        if isinstance(item, BadRequest):
+            summary.bad += 1
+            if len(summary.first_errors) < 5:
+                summary.first_errors.append(item.message)
+        else:
+            summary.requests += 1
+    if summary.requests == 0 and summary.bad == 0:
+        raise JobFileError("empty", "the job file has no requests")
+    if summary.requests == 0:
+        raise JobFileError("no_valid_request",
+                           "no line is a valid request: " + "; ".join(summary.first_errors))
+    return summary

@@ -1,0 +1,97 @@
+"""The *limiter*: enforces whatever a :class:`~pacer.limit.Limit` currently says.
+
+It follows the limit through its change hook by reassigning
+``trio.CapacityLimiter.total_tokens``: raising it wakes waiters at once, lowering it
+lets in-flight holders finish and blocks new ones. Each acquired slot is an
+:class:`Attempt`, on which the caller records exactly one outcome (success with an
+rtt, ignore, dropped), like Netflix's ``Limiter.Listener``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import trio
+
+from pacer.limit import Limit, LimitChange, Outcome, Sample
+
+
+class Attempt:
+    """One slot held under the limiter; record its outcome once."""
+
+    __slots__ = ("_done", "_limiter", "inflight", "start")
+
+    def __init__(self, limiter: Limiter, start: float, inflight: int) -> None:
+        self._limiter = limiter
+        self._done = False
+        self.start = start
+        self.inflight = inflight
+
+    def success(self) -> None:
+        self._finish(Outcome.SUCCESS, "ok")
+
+    def ignore(self) -> None:
+        self._finish(Outcome.IGNORE, "ignored")
+
+    def dropped(self, reason: str) -> None:
+        self._finish(Outcome.DROPPED, reason)
+
+    def record(self, outcome: Outcome, reason: str) -> None:
+        self._finish(outcome, reason)
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def _finish(self, outcome: Outcome, reason: str) -> None:
+        if self._done:
+            return
+        self._done = True
+        now = self._limiter.clock()
+        self._limiter.limit.on_sample(
+            Sample(
+                start=self.start,
+                rtt=now - self.start,
+                inflight=self.inflight,
+                outcome=outcome,
+                reason=reason,
+            )
+        )
+
+
+class Limiter:
+    """Admits at most ``limit.limit`` concurrent attempts."""
+
+    def __init__(self, limit: Limit, clock: Callable[[], float] = trio.current_time) -> None:
+        self.limit = limit
+        self.clock = clock
+        self._capacity = trio.CapacityLimiter(limit.limit)
+        self.inflight = 0
+        limit.subscribe(self._follow)
+
+    def _follow(self, change: LimitChange) -> None:
+        self._capacity.total_tokens = max(1, change.new_limit)
+
+    @property
+    def waiting(self) -> int:
+        return self._capacity.statistics().tasks_waiting
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Attempt]:
+        """Hold one slot for the body of the ``async with``.
+
+        Leaving without recording an outcome (cancellation, an unexpected error)
+        counts as *ignore*: it says nothing about the upstream's load.
+        """
+        borrower = object()
+        await self._capacity.acquire_on_behalf_of(borrower)
+        self.inflight += 1
+        attempt = Attempt(self, self.clock(), self.inflight)
+        try:
+            yield attempt
+        finally:
+            self.inflight -= 1
+            self._capacity.release_on_behalf_of(borrower)
+            if not attempt.done:
+                attempt.ignore()

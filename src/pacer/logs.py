@@ -1,0 +1,97 @@
+"""structlog set-up: one JSON object per line on stdout, secrets redacted.
+
+Events are named ``area.what_happened`` (``limit.changed``, ``job.claimed``...).
+Context such as ``job``, ``custom_id`` and ``upstream`` is bound with
+``structlog.contextvars`` (per Trio task) rather than passed around.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+# Keys whose values are never logged, whatever they hold.
+SECRET_KEYS = frozenset(
+    {"authorization", "api_key", "apikey", "x-api-key", "api-key", "token", "password", "secret",
+     "cookie", "set-cookie", "proxy-authorization"}
+)
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+
+_secret_values: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret (an API key) so that it is masked wherever it shows up."""
+    if value and len(value) >= 4:
+        _secret_values.add(value)
+
+
+def redact_text(text: str) -> str:
+    for secret in _secret_values:
+        if secret in text:
+            text = text.replace(secret, "[REDACTED]")
+    return _BEARER.sub(r"\1 [REDACTED]", text)
+
+
+def _redact(value: Any, depth: int = 0) -> Any:
+    if depth > 8:
+        return value
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {
+            k: "[REDACTED]" if str(k).lower() in SECRET_KEYS else _redact(v, depth + 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_redact(v, depth + 1) for v in value]
+    return value
+
+
+def redact_secrets(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: mask secret keys, registered secrets and bearer tokens."""
+    out: MutableMapping[str, Any] = event_dict
+    for key in list(out):
+        out[key] = "[REDACTED]" if key.lower() in SECRET_KEYS else _redact(out[key])
+    return event_dict
+
+
+def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+    """Configure structlog for the process (call again to change level or format)."""
+    stream = stream or sys.stdout
+    renderer: Processor
+    processors: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if fmt == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        processors += [redact_secrets, renderer]
+    else:
+        # Tracebacks as data, without local variables (they could hold a key).
+        processors += [
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            ),
+            redact_secrets,
+            structlog.processors.JSONRenderer(),
+        ]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str = "pacer") -> Any:
+    return structlog.get_logger(name)

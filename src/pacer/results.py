@@ -1,0 +1,174 @@
+"""Result lines and their durable, batched writing.
+
+While a job runs, its answers are appended to ``results/.STEM.jsonl.part`` (a
+dot-name, so readers skip it) and fsynced in batches: one thread hop writes and
+fsyncs every job's pending lines at once, so durability costs one fsync per job
+per batch, not one per request. When the job ends the part file is renamed to
+``results/STEM.jsonl`` and the folder fsynced. After a crash, a torn last line
+is cut off and the custom_ids already answered are not sent again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import trio
+
+from pacer.spool import fsync_dir, iter_result_ids
+
+
+def result_line(custom_id: str, upstream: str | None, attempts: int, *,
+                status: int | None = None, body: Any = None, request_id: str | None = None,
+                error_code: str | None = None, error_message: str | None = None) -> bytes:
+    """One line of the OpenAI Batch output format, plus pacer's ``attempts``/``upstream``."""
+    response = None
+    if status is not None:
+        response = {"status_code": status, "request_id": request_id, "body": body}
+    error = None
+    if error_code is not None:
+        error = {"code": error_code, "message": error_message or error_code}
+    obj = {
+        "id": f"batch_req_{uuid.uuid4().hex}",
+        "custom_id": custom_id,
+        "response": response,
+        "error": error,
+        "attempts": attempts,
+        "upstream": upstream,
+    }
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+@dataclass(eq=False)
+class JobResults:
+    """The results file of one job; blocking methods run in a worker thread."""
+
+    folder: Path
+    stem: str
+    answered: dict[str, bool] = field(default_factory=dict)  # custom_id -> is_error
+    _fh: IO[bytes] | None = None
+
+    @property
+    def part(self) -> Path:
+        return self.folder / f".{self.stem}.jsonl.part"
+
+    @property
+    def final(self) -> Path:
+        return self.folder / f"{self.stem}.jsonl"
+
+    @property
+    def published(self) -> bool:
+        return self._fh is None and self.final.exists()
+
+    def open(self) -> None:
+        """Open for appending, resuming what a previous run already answered."""
+        if self.final.exists() and not self.part.exists():
+            # Published before a crash; only the job file's move was missing.
+            self.answered = dict(iter_result_ids(self.final))
+            return
+        if self.part.exists():
+            _cut_torn_tail(self.part)
+            self.answered = dict(iter_result_ids(self.part))
+        fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        self._fh = os.fdopen(fd, "ab")
+        if not self.answered:
+            fsync_dir(self.folder)
+
+    def append(self, lines: list[bytes]) -> None:
+        assert self._fh is not None, "results file not open"
+        self._fh.write(b"".join(lines))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def publish(self) -> None:
+        """Make the results visible as ``STEM.jsonl`` (durably)."""
+        if self._fh is None:
+            return
+        self._fh.close()
+        self._fh = None
+        os.rename(self.part, self.final)
+        fsync_dir(self.folder)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Drop a partial last line (a crash mid-write) so appends start clean."""
+    with open(path, "rb+") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        pos = size
+        while pos > 0:
+            step = min(65536, pos)
+            fh.seek(pos - step)
+            chunk = fh.read(step)
+            nl = chunk.rfind(b"\n")
+            if nl != -1:
+                end = pos - step + nl + 1
+                if end != size:
+                    fh.truncate(end)
+                    os.fsync(fh.fileno())
+                return
+            pos -= step
+        fh.truncate(0)
+        os.fsync(fh.fileno())
+
+
+class ResultWriter:
+    """Collects result lines from every job and makes them durable in batches.
+
+    ``await write(job, line)`` returns once the line is on disk. A flush happens
+    ``flush_interval`` after the first pending line, or at once when
+    ``flush_max_lines`` are pending.
+    """
+
+    def __init__(self, flush_interval: float, flush_max_lines: int) -> None:
+        self.flush_interval = flush_interval
+        self.flush_max_lines = flush_max_lines
+        self._pending: dict[JobResults, list[bytes]] = {}
+        self._count = 0
+        self._done = trio.Event()  # set when the pending batch is durable
+        self._wake = trio.Event()
+        self._full = trio.Event()
+        self.lines_written = 0
+        self.flushes = 0
+
+    async def write(self, job: JobResults, line: bytes) -> None:
+        self._pending.setdefault(job, []).append(line)
+        self._count += 1
+        done = self._done
+        self._wake.set()
+        if self._count >= self.flush_max_lines:
+            self._full.set()
+        await done.wait()
+
+    async def run(self) -> None:
+        """The flusher task; run it in a nursery that outlives every writer."""
+        while True:
+            await self._wake.wait()
+            with trio.move_on_after(self.flush_interval):
+                await self._full.wait()
+            await self.flush()
+
+    async def flush(self) -> None:
+        batch, self._pending, self._count = self._pending, {}, 0
+        done, self._done = self._done, trio.Event()
+        self._wake, self._full = trio.Event(), trio.Event()
+        if batch:
+            await trio.to_thread.run_sync(_write_batch, batch)
+            self.lines_written += sum(len(v) for v in batch.values())
+            self.flushes += 1
+        done.set()
+
+
+def _write_batch(batch: dict[JobResults, list[bytes]]) -> None:
+    for job, lines in batch.items():
+        job.append(lines)

@@ -1,0 +1,282 @@
+"""The spool: a maildir/Postfix-style set of folders on one filesystem.
+
+A job moves ``incoming/ -> active/ -> done/ | failed/ | rejected/`` by atomic
+renames. Only the daemon writes ``active/`` and the final folders (one daemon per
+spool, held by an ``flock`` on ``.lock``), so "is the name free?" followed by
+``rename`` cannot race. Every publish is durable: write, fsync the file, rename,
+fsync the folder. All functions here are blocking; the daemon batches them into
+``trio.to_thread.run_sync`` calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import stat
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FOLDERS = ("incoming", "tmp", "active", "done", "failed", "rejected", "results")
+JOB_SUFFIXES = (".json", ".jsonl")
+STATE_FILE = "state.json"
+# Only the service user (and its group, for dropping jobs) may touch the spool.
+DIR_MODES = {"incoming": 0o1770, "tmp": 0o1770}  # sticky: submitters cannot remove each other's files
+DEFAULT_DIR_MODE = 0o750
+
+
+class SpoolLocked(Exception):
+    """Another daemon already runs on this spool."""
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durable(path: Path, data: bytes, mode: int = 0o640) -> None:
+    """Publish ``data`` at ``path`` atomically: temp file, fsync, rename, fsync folder."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def job_stem(name: str) -> str | None:
+    """``a.jsonl`` -> ``a``; None for names that are not job files."""
+    for suffix in JOB_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A file in incoming/ that looks like a job, as scanned."""
+
+    name: str
+    mtime_ns: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An entry of incoming/ that is not a job file, with the reason."""
+
+    name: str
+    reason: str
+
+
+class Spool:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lock_fd: int | None = None
+
+    def folder(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / STATE_FILE
+
+    def ensure(self) -> None:
+        """Create the folders (idempotent) with modes that keep others out."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=DEFAULT_DIR_MODE)
+        for name in FOLDERS:
+            path = self.folder(name)
+            if not path.is_dir():
+                path.mkdir(mode=DIR_MODES.get(name, DEFAULT_DIR_MODE))
+                # mkdir's mode is filtered by the umask; set what we mean.
+                os.chmod(path, DIR_MODES.get(name, DEFAULT_DIR_MODE))
+
+    def lock(self) -> None:
+        """Hold the spool for this process (released when the process exits)."""
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolLocked(f"another pacer daemon is running on {self.root}") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def scan(self, folder: str = "incoming") -> tuple[list[Candidate], list[Skipped]]:
+        """Job files in ``folder``, oldest first; dot-files are ignored silently,
+        and anything not a regular file (symlink, FIFO, folder, device) is skipped."""
+        jobs: list[Candidate] = []
+        skipped: list[Skipped] = []
+        with os.scandir(self.folder(folder)) as it:
+            for entry in it:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    kind = "symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+                    skipped.append(Skipped(entry.name, kind))
+                elif job_stem(entry.name) is None:
+                    skipped.append(Skipped(entry.name, "name does not end in .json or .jsonl"))
+                else:
+                    jobs.append(Candidate(entry.name, st.st_mtime_ns, st.st_size))
+        jobs.sort(key=lambda c: (c.mtime_ns, c.name))
+        return jobs, skipped
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for name in FOLDERS:
+            try:
+                with os.scandir(self.folder(name)) as it:
+                    out[name] = sum(1 for e in it if not e.name.startswith(".")
+                                    and not e.name.endswith(".error.json"))
+            except FileNotFoundError:
+                out[name] = 0
+        return out
+
+    # -- names ---------------------------------------------------------------
+
+    def stem_taken(self, stem: str) -> bool:
+        """Whether a job with this stem exists anywhere past incoming/, or its results do."""
+        if (self.folder("results") / f"{stem}.jsonl").exists():
+            return True
+        if (self.folder("results") / f".{stem}.jsonl.part").exists():
+            return True
+        for folder in ("active", "done", "failed", "rejected"):
+            for suffix in JOB_SUFFIXES:
+                if (self.folder(folder) / f"{stem}{suffix}").exists():
+                    return True
+        return False
+
+    def free_name(self, name: str) -> str:
+        """``name`` if its stem is unused, else ``stem~2.json``, ``stem~3.json``, ..."""
+        stem = job_stem(name)
+        assert stem is not None
+        suffix = name[len(stem):]
+        candidate, n = stem, 1
+        while self.stem_taken(candidate):
+            n += 1
+            candidate = f"{stem}~{n}"
+        return candidate + suffix
+
+    # -- moves ---------------------------------------------------------------
+
+    def claim(self, name: str) -> str | None:
+        """Move ``incoming/name`` into ``active/`` under a free name.
+
+        Returns the active name, or None if the file vanished or is no longer a
+        regular file (it is then left where it is).
+        """
+        src = self.folder("incoming") / name
+        try:
+            st = os.lstat(src)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        target = self.free_name(name)
+        try:
+            os.rename(src, self.folder("active") / target)
+        except FileNotFoundError:
+            return None
+        fsync_dir(self.folder("active"))
+        fsync_dir(self.folder("incoming"))
+        return target
+
+    def finish(self, name: str, folder: str) -> str:
+        """Move ``active/name`` into ``folder`` (done, failed or rejected), never
+        replacing a file already there; returns the name it got."""
+        target = name
+        dest = self.folder(folder)
+        stem = job_stem(name) or name
+        suffix = name[len(stem):]
+        n = 1
+        while (dest / target).exists() or (dest / f"{target}.error.json").exists():
+            n += 1
+            target = f"{stem}~{n}{suffix}"
+        os.rename(self.folder("active") / name, dest / target)
+        fsync_dir(dest)
+        fsync_dir(self.folder("active"))
+        return target
+
+    def write_error(self, name: str, info: dict[str, Any]) -> None:
+        data = json.dumps(info, indent=2, ensure_ascii=False).encode() + b"\n"
+        write_durable(self.folder("rejected") / f"{name}.error.json", data)
+
+    def reject_from_incoming(self, name: str, info: dict[str, Any]) -> str:
+        """Move an unusable entry of incoming/ (not a regular file) into rejected/
+        without opening it, and explain why next to it."""
+        target = name
+        dest = self.folder("rejected")
+        n = 1
+        while os.path.lexists(dest / target) or (dest / f"{target}.error.json").exists():
+            n += 1
+            target = f"{name}~{n}"
+        os.rename(self.folder("incoming") / name, dest / target)
+        self.write_error(target, info)
+        fsync_dir(self.folder("incoming"))
+        return target
+
+    def submit(self, data: bytes, name: str) -> str:
+        """Producer side: write under tmp/, fsync, then rename into incoming/ under a
+        name nobody has (``os.link`` fails rather than replace); returns that name."""
+        stem = job_stem(name)
+        if stem is None:
+            raise ValueError(f"job file names end in .json or .jsonl, not {name!r}")
+        tmp = self.folder("tmp") / f".{uuid.uuid4().hex}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        suffix = name[len(stem):]
+        n = 1
+        target = name
+        try:
+            while True:
+                try:
+                    os.link(tmp, self.folder("incoming") / target)
+                    break
+                except FileExistsError:
+                    n += 1
+                    target = f"{stem}~{n}{suffix}"
+        finally:
+            os.unlink(tmp)
+        fsync_dir(self.folder("incoming"))
+        return target
+
+
+def iter_result_ids(path: Path) -> Iterator[tuple[str, bool]]:
+    """``(custom_id, is_error)`` of every complete line of a results file."""
+    if not path.exists():
+        return
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                return  # a torn last line from a crash: not an answer
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("custom_id"), str):
+                yield obj["custom_id"], obj.get("error") is not None
