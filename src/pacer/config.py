@@ -36,8 +36,9 @@ class SpoolConfig:
     max_line_bytes: int = 8 * 1024 * 1024
     # Full rescan of incoming/ as a safety net under the inotify watcher.
     rescan_interval: float = 5.0
-    # Jobs claimed at once; requests are streamed from them, never all loaded.
-    max_active_jobs: int = 8
+    # Jobs claimed at once (each holds up to two open files). More are claimed only
+    # while the requests read from them run short of what the upstreams can take.
+    max_active_jobs: int = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +182,7 @@ class _Reader:
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a config file; raise :class:`ConfigError` listing every problem."""
-    cfg_path = Path(path).absolute()
+    cfg_path = Path(path).resolve()
     try:
         with open(cfg_path, "rb") as fh:
             raw = tomllib.load(fh)

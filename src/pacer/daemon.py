@@ -184,7 +184,7 @@ class Daemon:
                 log.info("job.resumed", job=cand.name)
                 await self._start_job(jobs, cand.name)
             while not self.stopping:
-                if len(self.jobs) < self.config.spool.max_active_jobs and self.pending:
+                if self.pending and self._wants_more_work():
                     name = self.pending.popleft()
                     claimed = await trio.to_thread.run_sync(self.spool.claim, name)
                     if claimed is None:
@@ -201,6 +201,15 @@ class Daemon:
                     continue
                 self._wake = trio.Event()
                 await self._wake.wait()
+
+    def _wants_more_work(self) -> bool:
+        """Claim another job only while the requests already read run short of what
+        the upstreams could take: a deep spool stays on disk, not in memory."""
+        if len(self.jobs) >= self.config.spool.max_active_jobs:
+            return False
+        queued = sum(j.queued for j in self.jobs.values())
+        capacity = sum(u.limit.limit for u in self.upstreams.values())
+        return queued < max(64, 4 * capacity)
 
     async def _start_job(self, nursery: trio.Nursery, name: str) -> None:
         stem = job_stem(name) or name
@@ -256,6 +265,10 @@ class Daemon:
                 await self._process(job)
             except JobFileError as exc:
                 await self._reject(job, exc.code, exc.message)
+            except Exception as exc:
+                # A bug must not take the daemon down: the job stays in active/ and
+                # is resumed at the next start.
+                log.exception("job.crashed", error=f"{type(exc).__name__}: {exc}")
             finally:
                 await trio.to_thread.run_sync(job.results.close)
                 self.jobs.pop(job.name, None)
@@ -291,6 +304,7 @@ class Daemon:
             else:
                 singles = [read_single(fh.read(), job.stem, self._view())]
                 job.requests = 1
+                fh.close()  # read whole: no need to hold it open
             job.results.open()
         except BaseException:
             fh.close()
@@ -299,7 +313,7 @@ class Daemon:
 
     async def _process(self, job: Job) -> None:
         fh, singles = await trio.to_thread.run_sync(self._prepare, job)
-        with fh:
+        try:
             answered = job.results.answered
             job.succeeded = sum(1 for err in answered.values() if not err)
             job.failed = len(answered) - job.succeeded
@@ -322,6 +336,8 @@ class Daemon:
                         await self._request_slots.acquire()
                         job.queued += 1
                         requests.start_soon(self._request, job, item)
+        finally:
+            fh.close()
         if self.stopping or job.succeeded + job.failed < job.requests:
             log.info("job.interrupted", requests=job.requests,
                      answered=job.succeeded + job.failed)
@@ -367,6 +383,7 @@ class Daemon:
         finally:
             job.queued -= 1
             self._request_slots.release()
+            self._wake.set()  # the intake may claim more work now
 
     async def _reject(self, job: Job, code: str, message: str) -> None:
         info = {"job": job.name, "code": code, "message": message, "rejected_at": _now_iso()}

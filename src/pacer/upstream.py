@@ -20,6 +20,7 @@ import httpx
 import structlog
 import trio
 
+from pacer.aimd import AimdLimit, AimdSettings
 from pacer.breaker import Breaker, BreakerSettings, BreakerTransition
 from pacer.config import UpstreamConfig
 from pacer.jobs import Request
@@ -52,7 +53,10 @@ class Answer:
 
 
 def make_limit(cfg: UpstreamConfig) -> Limit:
-    return FixedLimit(cfg.initial_limit)
+    if not cfg.adaptive:
+        return FixedLimit(cfg.initial_limit)
+    return AimdLimit(AimdSettings(initial_limit=cfg.initial_limit, min_limit=cfg.min_limit,
+                                  max_limit=cfg.max_limit))
 
 
 def build_client(cfg: UpstreamConfig, api_key: str | None) -> httpx.AsyncClient:

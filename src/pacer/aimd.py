@@ -1,0 +1,381 @@
+"""The adaptive limit: AIMD with a fast start, a plateau below the last congestion
+point, timed probes above it, and a latency signal.
+
+:class:`AimdLimit` is a pure :class:`~pacer.limit.Limit`: one :class:`~pacer.limit.Sample`
+per finished attempt, time taken from the samples (``now = start + rtt``), no I/O.
+It learns the fastest safe concurrency of an upstream that never says its limit.
+
+1. **Slow start.** From ``initial_limit``, +1 per success whose attempt used at least
+   half the limit (Netflix's ``inflight * 2 >= limit``): the limit doubles every
+   round trip, so 1 -> 32 takes 5 round trips. It ends at the first congestion
+   signal: the limit drops to just below the concurrency that was refused
+   (``inflight - 1``, never below half), since everything under it was just accepted.
+2. **Congestion** is a drop (429, 503, timeout, connection error; the reason is the
+   LimitChange's) or sustained queueing (point 5). A burst of drops from one window
+   is one signal: drops of attempts that started before the last decrease are
+   ignored, so there is at most one decrease per round trip of evidence.
+3. **Decrease by the evidence, not by a fixed ratio.** In steady state a drop means
+   the capacity fell: the limit becomes the smallest of ``limit * backoff_ratio``
+   (the AIMD step), the concurrency at which the upstream refused minus one, and
+   the concurrency actually delivered, i.e. the successes that completed within the
+   last smoothed rtt (Little's law). A 4x capacity drop is absorbed in one or two
+   round trips instead of thirteen at x0.9.
+4. **Plateau and probes.** After a decrease the limit holds (``phase == "steady"``).
+   Plain AIMD would probe +1 above the capacity every round trip, and a hard cap
+   answers 429 to every probe (1 request in C+1). Instead, after ``probe_rounds``
+   clean round trips in which the limit was used, one probe of +1 is made
+   (``"probe"``). A failed probe returns to the plateau and doubles the clean
+   round trips required before the next one (fewer 429s at a stable cap), but a
+   probe is due at least every ``max_probe_interval`` seconds, so a capacity rise is
+   found within seconds. A probe that ran a round trip at the new limit without
+   congestion means the capacity rose: slow start resumes (fast growth) until the
+   next congestion point.
+5. **Latency.** The rtt is smoothed per sample (EWMA, weight ``rtt_smoothing``; the
+   first ``1/rtt_smoothing`` samples are averaged plainly). The no-load rtt is the
+   minimum of that smoothed rtt over the last ``min_rtt_window`` seconds, so it
+   expires instead of going stale. When the smoothed rtt exceeds
+   ``latency_tolerance`` x the no-load rtt (Vegas/Gradient-style queueing, before any
+   429), that is congestion with reason ``latency``, and the limit goes to the
+   delivered rate x no-load rtt (the concurrency the upstream serves without a queue),
+   at most ``limit * backoff_ratio``. Only attempts started after the last decrease
+   feed the smoothed rtt, so a decrease is judged on its own round trips.
+
+Only successes of attempts that used the limit raise it: an upstream that is not
+pushed teaches nothing. Every change is clamped to ``[min_limit, max_limit]`` and
+emits exactly one :class:`~pacer.limit.LimitChange` to the hooks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from pacer.limit import HookList, LimitChange, LimitHook, Outcome, Sample
+
+__all__ = ["AimdLimit", "AimdSettings", "Phase"]
+
+Phase = Literal["slow_start", "steady", "probe"]
+
+# Successes kept for the delivered count, whatever the rtt (bounds memory).
+_MAX_COMPLETIONS: Final = 100_000
+# Failed probes double the wait, up to this many round trips (the time bound rules anyway).
+_MAX_PROBE_WAIT: Final = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class AimdSettings:
+    """Tuning of :class:`AimdLimit`; invalid values raise ``ValueError``.
+
+    ``initial_limit``, ``min_limit``, ``max_limit``: the limit starts at the first and
+    always stays within the other two.
+    ``backoff_ratio``: the multiplicative decrease on congestion at the plateau, in
+    ``[0.5, 1)`` (Netflix's default 0.9); the evidence may cut deeper.
+    ``latency_tolerance``: smoothed rtt over no-load rtt above which queueing counts
+    as congestion; ``None`` turns the latency signal off.
+    ``rtt_smoothing``: EWMA weight of one rtt sample, in ``(0, 1]``.
+    ``min_rtt_window``: seconds over which the no-load rtt is the minimum.
+    ``probe_rounds``: clean round trips at the plateau before the first probe (and
+    always at least that many between probes).
+    ``max_probe_interval``: seconds after which a probe is due however many probes
+    failed before.
+    """
+
+    initial_limit: int = 1
+    min_limit: int = 1
+    max_limit: int = 256
+    backoff_ratio: float = 0.9
+    latency_tolerance: float | None = 1.5
+    rtt_smoothing: float = 0.1
+    min_rtt_window: float = 30.0
+    probe_rounds: int = 3
+    max_probe_interval: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.min_limit < 1:
+            raise ValueError(f"min_limit must be >= 1, got {self.min_limit}")
+        if self.max_limit < self.min_limit:
+            raise ValueError(f"max_limit must be >= min_limit, got {self.max_limit}")
+        if not self.min_limit <= self.initial_limit <= self.max_limit:
+            raise ValueError(
+                f"initial_limit must lie within [{self.min_limit}, {self.max_limit}], "
+                f"got {self.initial_limit}"
+            )
+        if not 0.5 <= self.backoff_ratio < 1.0:
+            raise ValueError(f"backoff_ratio must lie within [0.5, 1), got {self.backoff_ratio}")
+        if self.latency_tolerance is not None and not (
+            math.isfinite(self.latency_tolerance) and self.latency_tolerance > 1.0
+        ):
+            raise ValueError(
+                f"latency_tolerance must be > 1 (or None), got {self.latency_tolerance}"
+            )
+        if not 0.0 < self.rtt_smoothing <= 1.0:
+            raise ValueError(f"rtt_smoothing must lie within (0, 1], got {self.rtt_smoothing}")
+        if not (math.isfinite(self.min_rtt_window) and self.min_rtt_window > 0.0):
+            raise ValueError(f"min_rtt_window must be > 0, got {self.min_rtt_window}")
+        if self.probe_rounds < 1:
+            raise ValueError(f"probe_rounds must be >= 1, got {self.probe_rounds}")
+        if not (math.isfinite(self.max_probe_interval) and self.max_probe_interval > 0.0):
+            raise ValueError(f"max_probe_interval must be > 0, got {self.max_probe_interval}")
+
+
+class AimdLimit:
+    """The adaptive concurrency limit (see the module docstring)."""
+
+    def __init__(self, settings: AimdSettings | None = None) -> None:
+        s = settings if settings is not None else AimdSettings()
+        self.settings: Final = s
+        self._hooks = HookList()
+        self._limit = s.initial_limit
+        self._phase: Phase = "slow_start"
+        self._ceiling: int | None = None
+        self._plateau = s.initial_limit
+        self._last_decrease_at = -math.inf
+        # Smoothed rtt of successes started after the last decrease.
+        self._srtt: float | None = None
+        self._srtt_count = 0
+        self._warm_count = math.ceil(1.0 / s.rtt_smoothing)
+        # Monotonic deque of (at, srtt): its head is the windowed minimum.
+        self._baseline: deque[tuple[float, float]] = deque()
+        self._completions: deque[float] = deque(maxlen=_MAX_COMPLETIONS)
+        # A round ends at the first success of an attempt started at or after its start.
+        self._round_start = -math.inf
+        self._round_max_inflight = 0
+        self._clean_rounds = 0
+        self._probe_wait = s.probe_rounds
+        self._plateau_since = -math.inf
+        # The plateau a successful probe grew from (None: cold start or none).
+        self._grown_from: int | None = None
+
+    @classmethod
+    def from_values(
+        cls,
+        initial_limit: int = 1,
+        min_limit: int = 1,
+        max_limit: int = 256,
+        **tuning: Any,
+    ) -> AimdLimit:
+        """Build from plain values (e.g. a config file's); ``tuning`` takes any other
+        :class:`AimdSettings` field by name. Unknown names raise ``ValueError``."""
+        names = {f.name for f in dataclasses.fields(AimdSettings)}
+        unknown = sorted(set(tuning) - names)
+        if unknown:
+            raise ValueError(f"unknown AIMD settings: {', '.join(unknown)}")
+        settings = AimdSettings(
+            initial_limit=initial_limit, min_limit=min_limit, max_limit=max_limit
+        )
+        return cls(dataclasses.replace(settings, **tuning))
+
+    # ---- the Limit protocol
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    def subscribe(self, hook: LimitHook) -> None:
+        self._hooks.subscribe(hook)
+
+    def on_sample(self, sample: Sample) -> int:
+        now = sample.start + sample.rtt
+        if sample.outcome is Outcome.SUCCESS:
+            self._on_success(sample, now)
+        elif sample.outcome is Outcome.DROPPED:
+            # Attempts sent before the last decrease belong to the episode already
+            # answered: a burst of 429s from one window is one signal.
+            if sample.start > self._last_decrease_at:
+                refused_at = max(1, min(self._limit, sample.inflight))
+                self._congestion(sample.reason, sample, now, refused_at)
+        return self._limit
+
+    # ---- introspection, for status
+
+    @property
+    def phase(self) -> Phase:
+        """``slow_start`` (growing fast), ``steady`` (holding the plateau) or ``probe``."""
+        return self._phase
+
+    @property
+    def ceiling(self) -> int | None:
+        """The concurrency of the last congestion signal (``None`` before any)."""
+        return self._ceiling
+
+    @property
+    def plateau(self) -> int:
+        """The last limit known to be safe; a failed probe falls back to it."""
+        return self._plateau
+
+    @property
+    def min_rtt(self) -> float | None:
+        """The no-load rtt: minimum smoothed rtt over the last ``min_rtt_window`` s."""
+        return self._baseline[0][1] if self._baseline else None
+
+    @property
+    def smoothed_rtt(self) -> float | None:
+        return self._srtt
+
+    @property
+    def probe_wait(self) -> int:
+        """Clean round trips required at the plateau before the next probe."""
+        return self._probe_wait
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-ready view for status files."""
+        return {
+            "limit": self._limit,
+            "phase": self._phase,
+            "ceiling": self._ceiling,
+            "plateau": self._plateau,
+            "min_rtt": self.min_rtt,
+            "smoothed_rtt": self._srtt,
+            "probe_wait": self._probe_wait,
+        }
+
+    # ---- the algorithm
+
+    def _on_success(self, sample: Sample, now: float) -> None:
+        self._completions.append(now)
+        if self._srtt is not None:
+            horizon = now - 4.0 * self._srtt
+            while self._completions and self._completions[0] < horizon:
+                self._completions.popleft()
+        fresh = sample.start > self._last_decrease_at
+        if fresh:
+            self._observe_rtt(sample.rtt)
+        if sample.start >= self._round_start:
+            self._round_max_inflight = max(self._round_max_inflight, sample.inflight)
+        if self._phase == "slow_start" and fresh:
+            # Growth outruns a round-end check: test the queueing on every sample.
+            if self._queueing():
+                self._congestion("latency", sample, now, self._limit)
+                return
+            if 2 * sample.inflight >= self._limit and self._limit < self.settings.max_limit:
+                self._change(self._limit + 1, "slow_start", sample, now)
+        if sample.start >= self._round_start:
+            self._end_round(sample, now)
+
+    def _observe_rtt(self, rtt: float) -> None:
+        # A plain mean until warm, then an EWMA: no bias toward the first sample.
+        self._srtt_count += 1
+        weight = max(self.settings.rtt_smoothing, 1.0 / self._srtt_count)
+        self._srtt = rtt if self._srtt is None else self._srtt + weight * (rtt - self._srtt)
+
+    def _end_round(self, sample: Sample, now: float) -> None:
+        s = self.settings
+        used = self._round_max_inflight >= self._limit
+        if self._warm():
+            self._record_baseline(now)
+        if self._queueing():
+            self._congestion("latency", sample, now, self._limit)
+            return
+        if self._phase == "steady" and used:
+            self._clean_rounds += 1
+            due = self._clean_rounds >= self._probe_wait or (
+                now - self._plateau_since >= s.max_probe_interval
+            )
+            if due and self._clean_rounds >= s.probe_rounds and self._limit < s.max_limit:
+                self._plateau = self._limit
+                self._phase = "probe"
+                self._new_round(now)
+                self._change(self._limit + 1, "probe", sample, now)
+                return
+        elif self._phase == "probe" and used:
+            # A round trip at the probe limit without congestion: the capacity rose.
+            self._phase = "slow_start"
+            self._grown_from = self._plateau
+        self._new_round(now)
+
+    def _warm(self) -> bool:
+        return self._srtt is not None and self._srtt_count >= self._warm_count
+
+    def _queueing(self) -> bool:
+        """Is the smoothed rtt past the tolerance over the no-load rtt?"""
+        tolerance, base = self.settings.latency_tolerance, self.min_rtt
+        if tolerance is None or base is None or not self._warm():
+            return False
+        assert self._srtt is not None
+        return self._srtt > tolerance * base
+
+    def _record_baseline(self, now: float) -> None:
+        assert self._srtt is not None
+        window = self._baseline
+        while window and window[-1][1] >= self._srtt:
+            window.pop()
+        window.append((now, self._srtt))
+        while window[0][0] < now - self.settings.min_rtt_window:
+            window.popleft()
+
+    def _delivered(self, now: float) -> int | None:
+        """Successes completed within the last smoothed rtt: the concurrency delivered."""
+        if self._srtt is None:
+            return None
+        since = now - self._srtt
+        count = 0
+        for at in reversed(self._completions):
+            if at <= since:
+                break
+            count += 1
+        return count
+
+    def _congestion(self, reason: str, sample: Sample, now: float, refused_at: int) -> None:
+        s = self.settings
+        old = self._limit
+        cut = math.floor(old * s.backoff_ratio)
+        delivered = self._delivered(now)
+        if self._phase == "probe":
+            # The probe failed: back to the plateau, and wait longer before the next.
+            new = self._plateau
+            self._probe_wait = min(2 * self._probe_wait, _MAX_PROBE_WAIT)
+        else:
+            if reason == "latency":
+                # The delivered rate times the no-load rtt: what is served without a queue.
+                base, srtt = self.min_rtt, self._srtt
+                assert base is not None and srtt is not None and delivered is not None
+                new = min(cut, math.floor(delivered * base / srtt + 0.5))
+            elif self._phase == "slow_start":
+                # Everything below the refused concurrency was just accepted.
+                new = max(refused_at - 1, old // 2)
+            else:
+                new = min(cut, refused_at - 1)
+                if delivered is not None:
+                    new = min(new, delivered)
+        new = max(s.min_limit, min(new, old, s.max_limit))
+        if self._phase != "probe":
+            # Growth that found no more than the old plateau counts as a failed probe;
+            # anything else (new capacity, a capacity drop) calls for quick probes.
+            gained = self._grown_from is None or new > self._grown_from + 1
+            self._probe_wait = s.probe_rounds if gained else min(
+                2 * self._probe_wait, _MAX_PROBE_WAIT
+            )
+        self._grown_from = None
+        self._ceiling = refused_at
+        self._plateau = new
+        self._phase = "steady"
+        self._last_decrease_at = now
+        self._plateau_since = now
+        self._clean_rounds = 0
+        # The smoothed rtt restarts from attempts sent under the new limit.
+        self._srtt_count = 0
+        self._new_round(now)
+        self._change(new, reason, sample, now)
+
+    def _new_round(self, now: float) -> None:
+        self._round_start = now
+        self._round_max_inflight = 0
+
+    def _change(self, new: int, reason: str, sample: Sample, now: float) -> None:
+        old = self._limit
+        if new == old:
+            return
+        self._limit = new
+        self._hooks.emit(
+            LimitChange(
+                old_limit=old,
+                new_limit=new,
+                reason=reason,
+                inflight=sample.inflight,
+                rtt=sample.rtt,
+                at=now,
+            )
+        )
