@@ -63,6 +63,9 @@ Phase = Literal["slow_start", "steady", "probe"]
 _MAX_COMPLETIONS: Final = 100_000
 # Failed probes double the wait, up to this many round trips (the time bound rules anyway).
 _MAX_PROBE_WAIT: Final = 1 << 16
+_LAT_SPAN = 1.0
+_SS_TOL = 1.0
+_HEADROOM = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +298,8 @@ class AimdLimit:
         if tolerance is None or base is None or not self._warm():
             return False
         assert self._srtt is not None
+        if self._phase == "slow_start":
+            tolerance = 1 + (tolerance - 1) * _SS_TOL
         return self._srtt > tolerance * base
 
     def _record_baseline(self, now: float) -> None:
@@ -306,11 +311,11 @@ class AimdLimit:
         while window[0][0] < now - self.settings.min_rtt_window:
             window.popleft()
 
-    def _delivered(self, now: float) -> int | None:
+    def _delivered(self, now: float, span: float = 1.0) -> int | None:
         """Successes completed within the last smoothed rtt: the concurrency delivered."""
         if self._srtt is None:
             return None
-        since = now - self._srtt
+        since = now - span * self._srtt
         count = 0
         for at in reversed(self._completions):
             if at <= since:
@@ -332,7 +337,9 @@ class AimdLimit:
                 # The delivered rate times the no-load rtt: what is served without a queue.
                 base, srtt = self.min_rtt, self._srtt
                 assert base is not None and srtt is not None and delivered is not None
-                new = min(cut, math.floor(delivered * base / srtt + 0.5))
+                d2 = self._delivered(now, _LAT_SPAN)
+                assert d2 is not None
+                new = min(cut, math.floor(d2 * base * _HEADROOM / (_LAT_SPAN * srtt) + 0.5))
             elif self._phase == "slow_start":
                 # Everything below the refused concurrency was just accepted.
                 new = max(refused_at - 1, old // 2)

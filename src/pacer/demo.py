@@ -104,18 +104,18 @@ def main(argv: list[str] | None = None) -> int:
         mock.wait(timeout=10)
 
     counts = spool.counts()
-    requests = sum(1 for p in spool.folder("results").glob("*.jsonl")
-                   for _ in open(p, encoding="utf-8"))
+    requests = sum(p.read_bytes().count(b"\n") for p in spool.folder("results").glob("*.jsonl"))
     limits, _ = _limit_history(log_path)
     final = limits[-1] if limits else config.upstreams["default"].initial_limit
     tail = limits[len(limits) // 2:] or [final]
+    share = 100 * stats["rate_limited"] / max(1, stats["requests"])
     rows = [
         ("jobs", args.jobs),
         ("requests (result lines)", requests),
         ("jobs done", counts["done"]),
         ("jobs failed", counts["failed"] + counts["rejected"]),
         ("429s from the mock", stats["rate_limited"]),
-        ("429 share of attempts", f"{100 * stats['rate_limited'] / max(1, stats['requests']):.1f}%"),
+        ("429 share of attempts", f"{share:.1f}%"),
         ("elapsed", f"{elapsed:.1f} s"),
         ("throughput", f"{requests / elapsed:.1f} req/s (ideal {args.cap / args.latency:.0f})"),
         ("learned limit (final / median of 2nd half)",

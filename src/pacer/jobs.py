@@ -12,6 +12,8 @@ sees it and can ``requeue`` once fixed.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -25,6 +27,25 @@ FORBIDDEN_HEADERS = frozenset(
      "transfer-encoding", "connection"}
 )
 _MAX_DEPTH = 64
+MAX_CUSTOM_ID = 512
+# JSON's own whitespace: a line holding anything else is not blank.
+_JSON_WS = " \t\r\n"
+# RFC 9110 field names are tokens; values are visible ASCII, space and tab
+# (httpx encodes header values as ASCII, and h11 refuses control characters).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
+
+
+def header_problem(name: str, value: str) -> str | None:
+    """Why ``name: value`` cannot be sent as an HTTP header, or None if it can.
+
+    The message never quotes the value (it could be a secret)."""
+    if not _TOKEN.fullmatch(name):
+        return f"header name {name!r} is not a valid HTTP token"
+    if not _FIELD_VALUE.fullmatch(value):
+        return (f"the value of header {name!r} has a line break, a control character "
+                "or a non-ASCII character")
+    return None
 
 
 class JobFileError(Exception):
@@ -87,7 +108,25 @@ def _no_constants(name: str) -> Any:
     raise _BadLine("invalid_json", f"{name} is not valid JSON")
 
 
-def _depth(value: Any, limit: int = _MAX_DEPTH) -> int:
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: Infinity by another name
+        raise _BadLine("invalid_json", f"number {text[:40]} is out of range")
+    return value
+
+
+def _encodable(text: str) -> bool:
+    """False for strings with lone surrogates (JSON "\\ud800"): not valid UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _depth(value: Any, limit: int = _MAX_DEPTH, check_strings: bool = False) -> int:
+    """Nesting depth of ``value`` (stops past ``limit``); with ``check_strings``,
+    raise on a string or key that is not valid Unicode (a lone surrogate)."""
     stack = [(value, 1)]
     deepest = 0
     while stack:
@@ -96,23 +135,31 @@ def _depth(value: Any, limit: int = _MAX_DEPTH) -> int:
         if d > limit:
             return d
         if isinstance(item, dict):
+            if check_strings and not all(_encodable(k) for k in item):
+                raise _BadLine("invalid_json", "a key holds a lone UTF-16 surrogate")
             stack.extend((v, d + 1) for v in item.values())
         elif isinstance(item, list):
             stack.extend((v, d + 1) for v in item)
+        elif check_strings and isinstance(item, str) and not _encodable(item):
+            raise _BadLine("invalid_json", "a string holds a lone UTF-16 surrogate")
     return deepest
 
 
 def loads_strict(text: str) -> Any:
-    """JSON as the RFC has it: no NaN/Infinity, no duplicate keys, bounded depth."""
+    """JSON as the RFC has it: no NaN/Infinity (nor numbers that overflow to it),
+    no duplicate keys, no lone surrogates (they cannot be written back as UTF-8),
+    bounded depth."""
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
+                           parse_float=_finite_float)
     except _BadLine:
         raise
     except RecursionError:
         raise _BadLine("invalid_json", "JSON nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, and ints with too many digits
         raise _BadLine("invalid_json", f"not valid JSON: {exc}") from None
-    if _depth(value) > _MAX_DEPTH:
+    # Only a \u escape can produce a lone surrogate from text that decoded as UTF-8.
+    if _depth(value, check_strings="\\u" in text) > _MAX_DEPTH:
         raise _BadLine("invalid_json", f"JSON nested deeper than {_MAX_DEPTH} levels")
     return value
 
@@ -123,7 +170,10 @@ def relative_url(url: str, base_url: str) -> str:
     Absolute URLs are accepted only under ``base_url`` (same scheme, host, port and
     path prefix). No ``.``/``..`` segments (also percent-encoded), no backslashes.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. "http://[::1" (an unclosed IPv6 literal)
+        raise _BadLine("invalid_url", f"url {url!r} cannot be parsed: {exc}") from None
     base = urlsplit(base_url)
     if parts.scheme or parts.netloc:
         base_path = base.path.rstrip("/")
@@ -155,8 +205,9 @@ def parse_request(obj: Any, default_id: str, line: int, view: UpstreamView) -> R
     if not isinstance(obj, dict):
         raise _BadLine("invalid_request", "a request must be a JSON object")
     custom_id = obj.get("custom_id", default_id)
-    if not isinstance(custom_id, str) or not custom_id or len(custom_id) > 512:
-        raise _BadLine("invalid_request", "custom_id must be a non-empty string (<= 512 chars)")
+    if not _valid_id(custom_id):
+        raise _BadLine("invalid_request",
+                       f"custom_id must be a non-empty string (<= {MAX_CUSTOM_ID} chars)")
     unknown = sorted(set(obj) - REQUEST_KEYS)
     if unknown:
         raise _BadLine("invalid_request",
@@ -189,11 +240,12 @@ def parse_request(obj: Any, default_id: str, line: int, view: UpstreamView) -> R
         raise _BadLine("invalid_request", "headers must be an object of strings", custom_id)
     forbidden = FORBIDDEN_HEADERS | {view.auth_headers.get(upstream, "authorization")}
     for name, value in headers.items():
-        if name.lower() in forbidden:
+        if name.strip(_JSON_WS).lower() in forbidden:
             raise _BadLine("header_not_allowed",
                            f"a job may not set the {name!r} header", custom_id)
-        if not name or any(c in name + value for c in "\r\n\0") or ":" in name:
-            raise _BadLine("invalid_request", f"header {name!r} is malformed", custom_id)
+        problem = header_problem(name, value)
+        if problem:
+            raise _BadLine("invalid_request", problem, custom_id)
     return Request(custom_id=custom_id, method=method.upper(), url=path, upstream=upstream,
                    body=obj.get("body"), headers=dict(headers), line=line)
 
@@ -205,14 +257,23 @@ def _decode(raw: bytes) -> str:
         raise _BadLine("invalid_utf8", f"not valid UTF-8 at byte {exc.start}") from None
 
 
-def _guess_id(text: str) -> str | None:
-    """The custom_id of a line that failed validation, if one can be read off it."""
+def _valid_id(cid: Any) -> bool:
+    return (isinstance(cid, str) and 0 < len(cid) <= MAX_CUSTOM_ID and _encodable(cid))
+
+
+def _guess(text: str, view: UpstreamView) -> tuple[str | None, str | None]:
+    """The custom_id and upstream of a line that failed validation, as far as they
+    can be read off it (each None when not)."""
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError):
-        return None
-    cid = obj.get("custom_id") if isinstance(obj, dict) else None
-    return cid if isinstance(cid, str) and cid else None
+        return None, None
+    if not isinstance(obj, dict):
+        return None, None
+    cid = obj.get("custom_id")
+    upstream = obj.get("upstream", view.default)
+    return (cid if _valid_id(cid) else None,
+            upstream if isinstance(upstream, str) and upstream in view.base_urls else None)
 
 
 def iter_jsonl(fh: IO[bytes], stem: str, view: UpstreamView, max_line: int,
@@ -235,13 +296,16 @@ def iter_jsonl(fh: IO[bytes], stem: str, view: UpstreamView, max_line: int,
         default_id = f"{stem}:{line_no}"
         text = ""
         try:
-            text = _decode(raw).strip()
+            text = _decode(raw).strip(_JSON_WS)
             if not text:
                 continue
-            yield parse_request(loads_strict(text), default_id, line_no, view)
+            request = parse_request(loads_strict(text), default_id, line_no, view)
         except _BadLine as exc:
-            cid = exc.custom_id or _guess_id(text) or default_id
-            yield BadRequest(cid, line_no, exc.code, f"line {line_no}: {exc.message}")
+            guessed_id, upstream = _guess(text, view) if text else (None, None)
+            cid = exc.custom_id or guessed_id or default_id
+            yield BadRequest(cid, line_no, exc.code, f"line {line_no}: {exc.message}", upstream)
+            continue
+        yield request
 
 
 def read_single(data: bytes, stem: str, view: UpstreamView) -> Request:
@@ -250,7 +314,7 @@ def read_single(data: bytes, stem: str, view: UpstreamView) -> Request:
         data = data[3:]
     try:
         text = _decode(data)
-        if not text.strip():
+        if not text.strip(_JSON_WS):
             raise JobFileError("empty", "the job file is empty")
         return parse_request(loads_strict(text), stem, 1, view)
     except _BadLine as exc:

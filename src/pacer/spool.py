@@ -24,8 +24,9 @@ from typing import Any
 FOLDERS = ("incoming", "tmp", "active", "done", "failed", "rejected", "results")
 JOB_SUFFIXES = (".json", ".jsonl")
 STATE_FILE = "state.json"
-# Only the service user (and its group, for dropping jobs) may touch the spool.
-DIR_MODES = {"incoming": 0o1770, "tmp": 0o1770}  # sticky: submitters cannot remove each other's files
+# Only the service user (and its group, for dropping jobs) may touch the spool;
+# sticky, so that submitters cannot remove each other's files.
+DIR_MODES = {"incoming": 0o1770, "tmp": 0o1770}
 DEFAULT_DIR_MODE = 0o750
 
 
@@ -244,7 +245,12 @@ class Spool:
         if stem is None:
             raise ValueError(f"job file names end in .json or .jsonl, not {name!r}")
         tmp = self.folder("tmp") / f".{uuid.uuid4().hex}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        # The daemon reads the file through the spool's group: hand it over when
+        # the submitter is a member (the spool has no setgid bit to do it).
+        spool_gid = os.stat(self.folder("incoming")).st_gid
+        if spool_gid != os.getegid() and spool_gid in os.getgroups():
+            os.fchown(fd, -1, spool_gid)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
