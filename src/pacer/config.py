@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pacer.jobs import header_problem
+
 
 class ConfigError(Exception):
     """A config that cannot be used; ``str()`` lists every problem, one per line."""
@@ -156,9 +158,13 @@ class _Reader:
         if t == "float":
             if isinstance(value, bool) or not isinstance(value, int | float):
                 return self._bad(key, "a number", value)
-            if not math.isfinite(value):
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond any float
+                number = math.inf
+            if not math.isfinite(number):
                 return self._bad(key, "a finite number", value)
-            return float(value)
+            return number
         if t == "bool":
             return value if isinstance(value, bool) else self._bad(key, "true or false", value)
         if t in ("str", "str | None", "Path"):
@@ -192,6 +198,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(cfg_path, [f"cannot read: {exc.strerror}"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(cfg_path, [f"not valid TOML: {exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(cfg_path, [f"not valid UTF-8 (at byte {exc.start})"]) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(cfg_path, [f"not valid TOML: {exc}"]) from None
     return parse_config(raw, cfg_path)
 
 
@@ -213,6 +223,7 @@ def parse_config(raw: Mapping[str, Any], cfg_path: Path) -> Config:
     spool_raw = get("spool")
     spool_kw = r.section(spool_raw, "spool", SpoolConfig)
     r.require("dir" in spool_raw, "[spool] dir is required")
+    r.require(spool_kw.get("dir") != "", "spool.dir: must not be empty")
     spool_dir = Path(spool_kw.pop("dir", "spool"))
     spool = SpoolConfig(dir=spool_dir if spool_dir.is_absolute() else base / spool_dir, **spool_kw)
     r.require(spool.max_job_bytes > 0, "spool.max_job_bytes: must be > 0")
@@ -252,11 +263,19 @@ def parse_config(raw: Mapping[str, Any], cfg_path: Path) -> Config:
 
 
 def _check_upstream(r: _Reader, where: str, up: UpstreamConfig, base: Path) -> None:
-    parts = urlsplit(up.base_url)
-    r.require(parts.scheme in ("http", "https") and bool(parts.netloc),
+    try:
+        parts = urlsplit(up.base_url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # "http://[::1", "http://h:99999", "http://h:x"
+        parts, port_ok = urlsplit(""), False
+    r.require(parts.scheme in ("http", "https") and bool(parts.hostname) and port_ok,
               f"{where}.base_url: must be an http:// or https:// URL, got {up.base_url!r}")
     r.require(not parts.query and not parts.fragment,
               f"{where}.base_url: must not have a query or fragment")
+    # Credentials never live in the config (and check-config prints base_url).
+    r.require("@" not in parts.netloc,
+              f"{where}.base_url: must not hold a user name or password "
+              "(use api_key_env or api_key_file)")
     r.require(up.min_limit >= 1, f"{where}.min_limit: must be >= 1")
     r.require(up.max_limit >= up.min_limit, f"{where}.max_limit: must be >= min_limit")
     r.require(up.min_limit <= up.initial_limit <= up.max_limit,
@@ -269,10 +288,18 @@ def _check_upstream(r: _Reader, where: str, up: UpstreamConfig, base: Path) -> N
               f"{where}.retry_max_delay: must be >= retry_base_delay")
     r.require(not (up.api_key_env and up.api_key_file),
               f"{where}: set api_key_env or api_key_file, not both")
+    r.require(up.api_key_env != "", f"{where}.api_key_env: must not be empty")
+    r.require(up.api_key_file != "", f"{where}.api_key_file: must not be empty")
+    r.require(header_problem(up.auth_header, "") is None,
+              f"{where}.auth_header: {up.auth_header!r} is not a valid header name")
     r.require("{key}" in up.auth_format, f"{where}.auth_format: must contain {{key}}")
     lower = {h.lower() for h in up.headers}
     r.require(not lower & {"authorization", "host", up.auth_header.lower()},
               f"{where}.headers: must not set Authorization, Host or the auth header")
+    for name, value in up.headers.items():
+        problem = header_problem(name, value)
+        if problem:
+            r.problems.append(f"{where}.headers: {problem}")
 
 
 def resolve_credential_path(name: str, environ: Mapping[str, str] = os.environ) -> Path:
@@ -288,14 +315,17 @@ def read_api_key(up: UpstreamConfig, config_dir: Path,
                  environ: Mapping[str, str] = os.environ) -> str | None:
     """The upstream's API key, or None when none is configured.
 
-    Raises :class:`ConfigError` when a configured source is missing or empty; the
-    message names the source, never the value.
+    Raises :class:`ConfigError` when a configured source is missing, empty or
+    holds something that cannot go into an HTTP header (a line break, a control or
+    non-ASCII character: the HTTP library would quote the whole value in its
+    error); the message names the source, never the value.
     """
     where = f"upstreams.{up.name}"
     if up.api_key_env:
         value = environ.get(up.api_key_env, "").strip()
         if not value:
             raise ConfigError(config_dir, [f"{where}.api_key_env: ${up.api_key_env} is not set"])
+        _check_key(config_dir, f"{where}.api_key_env: ${up.api_key_env}", value)
         return value
     if up.api_key_file:
         path = resolve_credential_path(up.api_key_file, environ)
@@ -306,7 +336,18 @@ def read_api_key(up: UpstreamConfig, config_dir: Path,
         except OSError as exc:
             problem = f"{where}.api_key_file: cannot read {path}: {exc.strerror}"
             raise ConfigError(config_dir, [problem]) from None
+        except UnicodeDecodeError:
+            raise ConfigError(config_dir, [f"{where}.api_key_file: {path} is not UTF-8 text"]
+                              ) from None
         if not value:
             raise ConfigError(config_dir, [f"{where}.api_key_file: {path} is empty"])
+        _check_key(config_dir, f"{where}.api_key_file: {path}", value)
         return value
     return None
+
+
+def _check_key(config_dir: Path, source: str, value: str) -> None:
+    if header_problem("x", value) is not None:
+        raise ConfigError(config_dir, [
+            f"{source} holds a line break, a control or a non-ASCII character "
+            "(an API key is one line of printable ASCII)"])

@@ -419,30 +419,45 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = await trio.to_thread.run_sync(load_config, self.config.path)
+            self.apply_config(new)
         except ConfigError as exc:
-            log.error("config.reload_failed", problems=exc.problems)
-            self.notifier.ready()
-            return
-        self.apply_config(new)
+            log.error("config.reload_failed", problems=exc.problems,
+                      message="the new config was refused; the old one stays in force")
         self.notifier.ready()
 
     def apply_config(self, new: Config) -> None:
-        """Take a new config: unchanged upstreams keep their learned limits."""
-        configure_logging(self.log_level_override or new.daemon.log_level, self.log_format)
+        """Take a new config: unchanged upstreams keep their learned limits.
+
+        Raises ConfigError (and changes nothing) if an API key cannot be read."""
+        if new.spool.dir != self.config.spool.dir:
+            raise ConfigError(new.path, ["spool.dir cannot change on reload: restart pacer"])
         changed = [n for n in new.upstreams if n in self.upstreams
                    and new.upstreams[n] != self.config.upstreams[n]]
         added = [n for n in new.upstreams if n not in self.upstreams]
         removed = [n for n in self.upstreams if n not in new.upstreams]
-        for name in changed:
-            self.upstreams[name].reconfigure(new.upstreams[name])
-        for name in added:
+        client_keys = ("base_url", "api_key_env", "api_key_file", "auth_header", "auth_format",
+                       "headers", "http2", "max_limit")
+        clients: dict[str, httpx.AsyncClient] = {}
+        # Read every key first: a missing one refuses the whole reload.
+        for name in added + changed:
             ucfg = new.upstreams[name]
-            key = read_api_key(ucfg, new.path.parent)
-            register_secret(key)
-            self.upstreams[name] = Upstream(ucfg, build_client(ucfg, key))
+            old = self.config.upstreams.get(name)
+            if name in self._given_clients:
+                continue
+            if old is None or any(getattr(old, k) != getattr(ucfg, k) for k in client_keys):
+                key = read_api_key(ucfg, new.path.parent)
+                register_secret(key)
+                clients[name] = build_client(ucfg, key)
+        for name in changed:
+            self.upstreams[name].reconfigure(new.upstreams[name], clients.get(name))
+        for name in added:
+            self.upstreams[name] = Upstream(new.upstreams[name], clients[name])
         # Removed upstreams keep serving requests already queued for them; new
         # requests naming them are refused by validation.
         self.config = new
+        self.writer.flush_interval = new.results.flush_interval
+        self.writer.flush_max_lines = new.results.flush_max_lines
+        configure_logging(self.log_level_override or new.daemon.log_level, self.log_format)
         log.info("config.reloaded", changed=changed, added=added, removed=removed)
 
     def state(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -126,14 +126,22 @@ class Upstream:
         while not self.breaker.allow(self.clock()):
             await trio.sleep(max(0.01, self.breaker.retry_at(self.clock()) - self.clock()))
 
-    def reconfigure(self, cfg: UpstreamConfig) -> None:
+    def reconfigure(self, cfg: UpstreamConfig, client: httpx.AsyncClient | None = None) -> None:
         """Take new settings on reload; the learned limit stays (clamped to the new
-        bounds) unless the limit kind changed."""
-        self.cfg = cfg
+        bounds). A new ``client`` serves new attempts; attempts in flight finish on
+        the old one, which is then left to close by itself."""
+        old, self.cfg = self.cfg, cfg
+        if client is not None:
+            self.client = client
         self.retry = _retry_settings(cfg)
-        if hasattr(self.limit, "reconfigure"):
-            self.limit.reconfigure(min_limit=cfg.min_limit, max_limit=cfg.max_limit)
         self.client.timeout = httpx.Timeout(cfg.timeout, connect=cfg.connect_timeout)
+        bounds = ("adaptive", "min_limit", "max_limit", "initial_limit")
+        if any(getattr(old, k) != getattr(cfg, k) for k in bounds):
+            # A new algorithm with the new bounds, starting from what was learned.
+            learned = min(max(self.limit.limit, cfg.min_limit), cfg.max_limit)
+            self.limit = make_limit(replace(cfg, initial_limit=learned))
+            self.limit.subscribe(self._on_limit_change)
+            self.limiter.retarget(self.limit)
 
     async def send(self, req: Request, stop: trio.Event | None = None) -> Answer | None:
         """Run ``req`` to its final answer; None if ``stop`` is set before that
