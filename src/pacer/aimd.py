@@ -66,6 +66,7 @@ _MAX_PROBE_WAIT: Final = 1 << 16
 _LAT_SPAN = 1.0
 _SS_TOL = 1.0
 _HEADROOM = 1.0
+_STEADY_Q = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,9 @@ class AimdLimit:
         # Smoothed rtt of successes started after the last decrease.
         self._srtt: float | None = None
         self._srtt_count = 0
-        self._warm_count = math.ceil(1.0 / s.rtt_smoothing)
+        # As many samples as the EWMA's memory (its variance is that of a mean of these).
+        self._warm_count = math.ceil((2.0 - s.rtt_smoothing) / s.rtt_smoothing - 1e-9)
+        self._queued_rounds = 0
         # Monotonic deque of (at, srtt): its head is the windowed minimum.
         self._baseline: deque[tuple[float, float]] = deque()
         self._completions: deque[float] = deque(maxlen=_MAX_COMPLETIONS)
@@ -269,7 +272,10 @@ class AimdLimit:
         used = self._round_max_inflight >= self._limit
         if self._warm():
             self._record_baseline(now)
-        if self._queueing():
+        # At the plateau, queueing must last two round trips: noise must not cut a limit
+        # that is not queueing (each latency cut is deep, and cuts would cascade).
+        self._queued_rounds = self._queued_rounds + 1 if self._queueing() else 0
+        if self._queued_rounds >= (_STEADY_Q if self._phase == "steady" else 1):
             self._congestion("latency", sample, now, self._limit)
             return
         if self._phase == "steady" and used:
@@ -364,6 +370,7 @@ class AimdLimit:
         self._clean_rounds = 0
         # The smoothed rtt restarts from attempts sent under the new limit.
         self._srtt_count = 0
+        self._queued_rounds = 0
         self._new_round(now)
         self._change(new, reason, sample, now)
 

@@ -56,10 +56,6 @@ log = structlog.get_logger("pacer.daemon")
 READ_BATCH = 256  # request lines read per thread hop
 
 
-class Stopped(Exception):
-    """Raised inside a request task when the daemon stops before it is sent."""
-
-
 @dataclass(eq=False)
 class Job:
     name: str

@@ -11,6 +11,7 @@ is cut off and the custom_ids already answered are not sent again.
 from __future__ import annotations
 
 import json
+import math
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -40,7 +41,31 @@ def result_line(custom_id: str, upstream: str | None, attempts: int, *,
         "attempts": attempts,
         "upstream": upstream,
     }
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    return _dumps_line(obj)
+
+
+def _dumps_line(obj: dict[str, Any]) -> bytes:
+    """Strict JSON, one line. The body comes from the upstream and may hold what
+    Python's JSON reader lets in but a strict writer refuses: NaN/Infinity (become
+    the strings "NaN", "Infinity", "-Infinity") and lone surrogates (kept as
+    ``\\u`` escapes). Neither may cost the line, let alone crash the daemon."""
+    try:
+        text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return text.encode("utf-8") + b"\n"
+    except ValueError:  # UnicodeEncodeError included
+        text = json.dumps(_finite(obj), ensure_ascii=True, allow_nan=False,
+                          separators=(",", ":"))
+        return text.encode("ascii") + b"\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 @dataclass(eq=False)
@@ -138,6 +163,9 @@ class ResultWriter:
         self._done = trio.Event()  # set when the pending batch is durable
         self._wake = trio.Event()
         self._full = trio.Event()
+        # One batch at a time: the final flush at shutdown must not write a job's
+        # file from a second thread while the flusher task's batch is still going.
+        self._flush_lock = trio.Lock()
         self.lines_written = 0
         self.flushes = 0
 
@@ -159,14 +187,15 @@ class ResultWriter:
             await self.flush()
 
     async def flush(self) -> None:
-        batch, self._pending, self._count = self._pending, {}, 0
-        done, self._done = self._done, trio.Event()
-        self._wake, self._full = trio.Event(), trio.Event()
-        if batch:
-            await trio.to_thread.run_sync(_write_batch, batch)
-            self.lines_written += sum(len(v) for v in batch.values())
-            self.flushes += 1
-        done.set()
+        async with self._flush_lock:
+            batch, self._pending, self._count = self._pending, {}, 0
+            done, self._done = self._done, trio.Event()
+            self._wake, self._full = trio.Event(), trio.Event()
+            if batch:
+                await trio.to_thread.run_sync(_write_batch, batch)
+                self.lines_written += sum(len(v) for v in batch.values())
+                self.flushes += 1
+            done.set()
 
 
 def _write_batch(batch: dict[JobResults, list[bytes]]) -> None:

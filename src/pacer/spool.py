@@ -59,6 +59,16 @@ def write_durable(path: Path, data: bytes, mode: int = 0o640) -> None:
     fsync_dir(path.parent)
 
 
+def dumps_bytes(obj: Any, **kwargs: Any) -> bytes:
+    """``json.dumps(obj).encode()`` that cannot fail on a str holding a lone
+    surrogate (a file name that is not UTF-8, read through ``surrogateescape``):
+    such text is written with ``\\u`` escapes instead of crashing the caller."""
+    try:
+        return json.dumps(obj, ensure_ascii=False, **kwargs).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, ensure_ascii=True, **kwargs).encode("utf-8")
+
+
 def job_stem(name: str) -> str | None:
     """``a.jsonl`` -> ``a``; None for names that are not job files."""
     for suffix in JOB_SUFFIXES:
@@ -97,8 +107,13 @@ class Spool:
         return self.root / STATE_FILE
 
     def ensure(self) -> None:
-        """Create the folders (idempotent) with modes that keep others out."""
-        self.root.mkdir(parents=True, exist_ok=True, mode=DEFAULT_DIR_MODE)
+        """Create the folders (idempotent) with modes that keep others out.
+        Folders that already exist keep their modes (an admin may have chosen them)."""
+        if not self.root.is_dir():
+            self.root.mkdir(parents=True, exist_ok=True, mode=DEFAULT_DIR_MODE)
+            # The umask could leave the group without x on the root, and the
+            # submitters in it without a way to reach incoming/.
+            os.chmod(self.root, DEFAULT_DIR_MODE)
         for name in FOLDERS:
             path = self.folder(name)
             if not path.is_dir():
@@ -158,14 +173,15 @@ class Spool:
     # -- names ---------------------------------------------------------------
 
     def stem_taken(self, stem: str) -> bool:
-        """Whether a job with this stem exists anywhere past incoming/, or its results do."""
-        if (self.folder("results") / f"{stem}.jsonl").exists():
+        """Whether a job with this stem exists anywhere past incoming/, or its results do.
+        (``lexists``: a rejected symlink is a name taken, wherever it points.)"""
+        if os.path.lexists(self.folder("results") / f"{stem}.jsonl"):
             return True
-        if (self.folder("results") / f".{stem}.jsonl.part").exists():
+        if os.path.lexists(self.folder("results") / f".{stem}.jsonl.part"):
             return True
         for folder in ("active", "done", "failed", "rejected"):
             for suffix in JOB_SUFFIXES:
-                if (self.folder(folder) / f"{stem}{suffix}").exists():
+                if os.path.lexists(self.folder(folder) / f"{stem}{suffix}"):
                     return True
         return False
 
@@ -212,7 +228,8 @@ class Spool:
         stem = job_stem(name) or name
         suffix = name[len(stem):]
         n = 1
-        while (dest / target).exists() or (dest / f"{target}.error.json").exists():
+        while (os.path.lexists(dest / target)
+               or os.path.lexists(dest / f"{target}.error.json")):
             n += 1
             target = f"{stem}~{n}{suffix}"
         os.rename(self.folder("active") / name, dest / target)
@@ -221,7 +238,7 @@ class Spool:
         return target
 
     def write_error(self, name: str, info: dict[str, Any]) -> None:
-        data = json.dumps(info, indent=2, ensure_ascii=False).encode() + b"\n"
+        data = dumps_bytes(info, indent=2) + b"\n"
         write_durable(self.folder("rejected") / f"{name}.error.json", data)
 
     def reject_from_incoming(self, name: str, info: dict[str, Any]) -> str:
@@ -230,7 +247,8 @@ class Spool:
         target = name
         dest = self.folder("rejected")
         n = 1
-        while os.path.lexists(dest / target) or (dest / f"{target}.error.json").exists():
+        while (os.path.lexists(dest / target)
+               or os.path.lexists(dest / f"{target}.error.json")):
             n += 1
             target = f"{name}~{n}"
         os.rename(self.folder("incoming") / name, dest / target)
@@ -244,17 +262,29 @@ class Spool:
         stem = job_stem(name)
         if stem is None:
             raise ValueError(f"job file names end in .json or .jsonl, not {name!r}")
+        if "/" in name or "\0" in name or name.startswith("."):
+            # A dot-name would be ignored forever; a slash would leave incoming/.
+            raise ValueError(f"a job file name is one name, not starting with '.': {name!r}")
         tmp = self.folder("tmp") / f".{uuid.uuid4().hex}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        # The daemon reads the file through the spool's group: hand it over when
-        # the submitter is a member (the spool has no setgid bit to do it).
-        spool_gid = os.stat(self.folder("incoming")).st_gid
-        if spool_gid != os.getegid() and spool_gid in os.getgroups():
-            os.fchown(fd, -1, spool_gid)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            # The daemon reads the file through the spool's group: hand it over when
+            # the submitter is a member (the spool has no setgid bit to do it).
+            spool_gid = os.stat(self.folder("incoming")).st_gid
+            if spool_gid != os.getegid() and spool_gid in os.getgroups():
+                os.fchown(fd, -1, spool_gid)
+            with os.fdopen(fd, "wb") as fh:
+                fd = -1  # the file object owns it now
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            # No half-written temp file left behind (a full disk, say).
+            if fd != -1:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         suffix = name[len(stem):]
         n = 1
         target = name
@@ -282,7 +312,7 @@ def iter_result_ids(path: Path) -> Iterator[tuple[str, bool]]:
                 return  # a torn last line from a crash: not an answer
             try:
                 obj = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if isinstance(obj, dict) and isinstance(obj.get("custom_id"), str):
                 yield obj["custom_id"], obj.get("error") is not None

@@ -122,9 +122,14 @@ class Upstream:
 
     # -- sending ------------------------------------------------------------------
 
-    async def _wait_for_breaker(self) -> None:
-        while not self.breaker.allow(self.clock()):
-            await trio.sleep(max(0.01, self.breaker.retry_at(self.clock()) - self.clock()))
+    async def _wait_for_breaker(self, stop: trio.Event) -> bool:
+        """Wait until the breaker admits an attempt; False if ``stop`` came first."""
+        while not stop.is_set():
+            if self.breaker.allow(self.clock()):
+                return True
+            with trio.move_on_after(max(0.01, self.breaker.retry_at(self.clock()) - self.clock())):
+                await stop.wait()
+        return False
 
     def reconfigure(self, cfg: UpstreamConfig, client: httpx.AsyncClient | None = None) -> None:
         """Take new settings on reload; the learned limit stays (clamped to the new
@@ -149,11 +154,14 @@ class Upstream:
         stop = stop if stop is not None else trio.Event()
         attempts = 0
         while True:
-            await self._wait_for_breaker()
-            if stop.is_set():
+            if not await self._wait_for_breaker(stop):
                 return None
             attempts += 1
-            status, headers, body, verdict, message = await self._attempt(req)
+            try:
+                status, headers, body, verdict, message = await self._attempt(req)
+            except BaseException:
+                self.breaker.on_ignore(self.clock())  # give a half-open probe slot back
+                raise
             if verdict.ok:
                 self.breaker.on_success(self.clock())
                 self.budget.on_success()
