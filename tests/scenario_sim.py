@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import random
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -54,9 +55,8 @@ class ScenarioResult:
             total += v * (t_next - t)
         return total / (t1 - t0)
 
-    def first_time(self, t0: float, predicate: object) -> float | None:
+    def first_time(self, t0: float, predicate: Callable[[int], bool]) -> float | None:
         """First time >= t0 at which the limit satisfies ``predicate``."""
-        assert callable(predicate)
         if predicate(self.limit_at(t0)):
             return t0
         for t, v in self.limits:
@@ -77,7 +77,9 @@ class ScenarioResult:
 
     def count(self, t0: float, t1: float, status: int | None = None) -> int:
         return sum(
-            1 for a in self.attempts if t0 <= a.start < t1 and (status is None or a.status == status)
+            1
+            for a in self.attempts
+            if t0 <= a.start < t1 and (status is None or a.status == status)
         )
 
     def share_429(self, t0: float, t1: float) -> float:

@@ -17,8 +17,8 @@ import httpx
 import pytest
 import structlog
 import trio
-from conftest import BASE_URL, BODY, CHAT, MakeConfig, SpoolHelper, jsonl, read_jsonl, req
 
+from conftest import BASE_URL, BODY, CHAT, MakeConfig, SpoolHelper, jsonl, read_jsonl, req
 from pacer.config import load_config
 from pacer.daemon import Daemon
 from pacer.logs import configure_logging
@@ -453,6 +453,14 @@ async def test_contract_log_events(
     assert rejected["job"] == "broken.json" and "JSON" in rejected["reason"]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "bug: after a stop, request tasks already queued at the limiter still send their "
+        "attempt when they get a slot (Upstream.send checks `stop` only before waiting "
+        "for the limiter), so a graceful stop sends the whole backlog until drain_timeout"
+    ),
+)
 async def test_stop_leaves_queued_requests_for_the_next_run(
         autojump_clock: Any, make_config: MakeConfig, spool: SpoolHelper) -> None:
     """A graceful stop lets the requests in flight finish, sends no new ones, and
@@ -482,10 +490,11 @@ async def test_stop_leaves_queued_requests_for_the_next_run(
 
     assert rc == [0]
     assert spool.jobs("active") == ["slow.jsonl"]
+    assert len(rec.seen) <= sent_before + 1, (
+        f"{len(rec.seen) - sent_before} requests were sent after the stop"
+    )
     # Virtual seconds; generous because the clock also jumps while threads work.
     assert stopped_after < 10, f"stop took {stopped_after:.1f} s with one request in flight"
-    assert len(rec.seen) <= sent_before + 1, (
-        f"{len(rec.seen) - sent_before} requests were sent after the stop")
 
     rec2 = Recorder(MockSettings(latency=0.01))
     assert await run_daemon(make_daemon(cfg, rec2)) == 0

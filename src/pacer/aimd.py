@@ -6,43 +6,46 @@ per finished attempt, time taken from the samples (``now = start + rtt``), no I/
 It learns the fastest safe concurrency of an upstream that never says its limit.
 
 1. **Slow start.** From ``initial_limit``, +1 per success whose attempt used at least
-   half the limit (Netflix's ``inflight * 2 >= limit``): the limit doubles every
-   round trip, so 1 -> 32 takes 5 round trips. It ends at the first congestion
-   signal: the limit drops to just below the concurrency that was refused
-   (``inflight - 1``, never below half), since everything under it was just accepted.
-2. **Congestion** is a drop (429, 503, timeout, connection error; the reason is the
-   LimitChange's) or sustained queueing (point 5). A burst of drops from one window
-   is one signal: drops of attempts that started before the last decrease are
-   ignored, so there is at most one decrease per round trip of evidence.
-3. **Decrease by the evidence, not by a fixed ratio.** In steady state a drop means
-   the capacity fell: the limit becomes the smallest of ``limit * backoff_ratio``
-   (the AIMD step), the concurrency at which the upstream refused minus one, and
-   the concurrency actually delivered, i.e. the successes that completed within the
-   last smoothed rtt (Little's law). A 4x capacity drop is absorbed in one or two
-   round trips instead of thirteen at x0.9.
-4. **Plateau and probes.** After a decrease the limit holds (``phase == "steady"``).
-   Plain AIMD would probe +1 above the capacity every round trip, and a hard cap
-   answers 429 to every probe (1 request in C+1). Instead, after ``probe_rounds``
-   clean round trips in which the limit was used, one probe of +1 is made
-   (``"probe"``). A failed probe returns to the plateau and doubles the clean
-   round trips required before the next one (fewer 429s at a stable cap), but a
-   probe is due at least every ``max_probe_interval`` seconds, so a capacity rise is
-   found within seconds. A probe that ran a round trip at the new limit without
-   congestion means the capacity rose: slow start resumes (fast growth) until the
-   next congestion point.
-5. **Latency.** The rtt is smoothed per sample (EWMA, weight ``rtt_smoothing``; the
-   first ``1/rtt_smoothing`` samples are averaged plainly). The no-load rtt is the
-   minimum of that smoothed rtt over the last ``min_rtt_window`` seconds, so it
-   expires instead of going stale. When the smoothed rtt exceeds
-   ``latency_tolerance`` x the no-load rtt (Vegas/Gradient-style queueing, before any
-   429), that is congestion with reason ``latency``, and the limit goes to the
-   delivered rate x no-load rtt (the concurrency the upstream serves without a queue),
-   at most ``limit * backoff_ratio``. Only attempts started after the last decrease
-   feed the smoothed rtt, so a decrease is judged on its own round trips.
+   half the limit (Netflix's ``inflight * 2 >= limit``): the limit doubles every round
+   trip (1 -> 32 in 5). It ends at the first congestion signal, just below the
+   concurrency that was refused (``inflight - 1``, never below half): everything
+   under it was just accepted.
+2. **Congestion** is a drop (429, 503, timeout, connection error: the change's reason)
+   or queueing (point 5). A burst of drops is one signal: drops of attempts sent
+   before (or as) the last decrease was made are ignored, so each decrease rests on
+   a round trip that started after the previous one. An immediate 429 to an attempt
+   sent after a decrease is such a round trip: it is new evidence.
+3. **Decrease by the evidence.** At the plateau, a drop means the capacity fell: the
+   limit becomes the least of ``limit * backoff_ratio`` (the AIMD step), the refused
+   concurrency minus one, and the concurrency delivered (successes completed within
+   the last smoothed rtt, by Little's law). A 4x capacity drop is absorbed within a
+   round trip or two, not the ~13 of repeated x0.9 steps.
+4. **Plateau and probes.** After a decrease the limit holds (``phase == "steady"``):
+   plain AIMD probes +1 every round trip, and a hard cap refuses 1 request in C+1.
+   After ``probe_rounds`` clean round trips in which the limit was used, it probes
+   +1 (``"probe"``). A failed probe returns to the plateau and doubles the clean
+   round trips needed before the next; a probe is still due every
+   ``max_probe_interval`` seconds (but never before ``probe_rounds`` round trips), so
+   a capacity rise is found within seconds. A probe that ran a clean, used round trip
+   means the capacity rose: slow start resumes until the next congestion point.
+   Growth that ends no higher than one above the old plateau counts as a failed probe.
+5. **Latency.** Successes sent after the last decrease feed an EWMA of the rtt
+   (weight ``rtt_smoothing``, a plain mean until it is warm), so each decrease is
+   judged on its own round trips. The no-load rtt is the minimum, over the last
+   ``min_rtt_window`` seconds, of a 4x slower EWMA of the same samples (a minimum of
+   noisy values is biased low), seeded from the cold start's first samples; old
+   values expire, so it cannot go stale. The smoothed rtt above ``latency_tolerance``
+   x the no-load rtt is queueing (Vegas/Gradient): checked on every sample in slow
+   start (growth outruns a round trip), at the end of the probe's round trip, and for
+   two round trips in a row at the plateau (noise must not cut a limit that does not
+   queue). The cut, reason ``latency``, goes to the delivered rate x the no-load rtt
+   (the concurrency served without a queue; the best of a few recent windows, +10 %
+   headroom), at most ``limit * backoff_ratio``.
 
-Only successes of attempts that used the limit raise it: an upstream that is not
-pushed teaches nothing. Every change is clamped to ``[min_limit, max_limit]`` and
-emits exactly one :class:`~pacer.limit.LimitChange` to the hooks.
+A round trip ends with the first success of an attempt sent after it began, once a
+smoothed rtt has passed (the fastest of varied rtts is not a round trip). Only
+successes of attempts that used the limit raise it. Every change is clamped to
+``[min_limit, max_limit]`` and emits exactly one :class:`~pacer.limit.LimitChange`.
 """
 
 from __future__ import annotations
@@ -62,11 +65,23 @@ Phase = Literal["slow_start", "steady", "probe"]
 # Successes kept for the delivered count, whatever the rtt (bounds memory).
 _MAX_COMPLETIONS: Final = 100_000
 # Failed probes double the wait, up to this many round trips (the time bound rules anyway).
-_MAX_PROBE_WAIT: Final = 1 << 16
-_LAT_SPAN = 1.0
-_SS_TOL = 1.0
-_HEADROOM = 1.0
-_STEADY_Q = 2
+_MAX_PROBE_WAIT: Final = 1024
+# The no-load rtt follows an EWMA this many times slower than the smoothed rtt: a
+# minimum of noisy values is biased low, and a low baseline cuts too deep.
+_BASELINE_SLOWER: Final = 4.0
+# Slow start's first samples are the surest no-load ones: there a mean of this many
+# may enter the baseline; at the plateau only a warm slow EWMA does.
+_FIRST_BASELINE_SAMPLES: Final = 4
+# At the plateau, queueing must last this many round trips before a cut: noise must
+# not cut a limit that does not queue (latency cuts are deep and would cascade).
+_STEADY_QUEUED_ROUNDS: Final = 2
+# A latency cut sizes the limit by the delivered rate: the best of a few windows of
+# this many smoothed rtts (the latest one may be a dip caused by the overshoot)...
+_RATE_SPAN: Final = 2.0
+_RATE_WINDOWS: Final = 3
+# ...times the no-load rtt, with this headroom: the baseline, a minimum, sits a little
+# below the mean no-load rtt, and a touch of queue costs less than an idle slot.
+_LATENCY_HEADROOM: Final = 1.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +140,11 @@ class AimdSettings:
             raise ValueError(f"max_probe_interval must be > 0, got {self.max_probe_interval}")
 
 
+def _memory(weight: float) -> int:
+    """Samples an EWMA of this weight remembers: its variance is that of their mean."""
+    return math.ceil((2.0 - weight) / weight - 1e-9)
+
+
 class AimdLimit:
     """The adaptive concurrency limit (see the module docstring)."""
 
@@ -140,13 +160,17 @@ class AimdLimit:
         # Smoothed rtt of successes started after the last decrease.
         self._srtt: float | None = None
         self._srtt_count = 0
-        # As many samples as the EWMA's memory (its variance is that of a mean of these).
-        self._warm_count = math.ceil((2.0 - s.rtt_smoothing) / s.rtt_smoothing - 1e-9)
+        self._warm_count = _memory(s.rtt_smoothing)
+        # A slower EWMA of the same samples feeds the no-load rtt (see _BASELINE_SLOWER).
+        self._brtt: float | None = None
+        self._brtt_weight = s.rtt_smoothing / _BASELINE_SLOWER
+        self._brtt_warm_count = _memory(self._brtt_weight)
         self._queued_rounds = 0
-        # Monotonic deque of (at, srtt): its head is the windowed minimum.
+        # Monotonic deque of (at, slow EWMA): its head is the windowed minimum.
         self._baseline: deque[tuple[float, float]] = deque()
         self._completions: deque[float] = deque(maxlen=_MAX_COMPLETIONS)
-        # A round ends at the first success of an attempt started at or after its start.
+        # A round trip ends with the first success of an attempt sent since it began,
+        # once a smoothed rtt has passed.
         self._round_start = -math.inf
         self._round_max_inflight = 0
         self._clean_rounds = 0
@@ -187,12 +211,11 @@ class AimdLimit:
         now = sample.start + sample.rtt
         if sample.outcome is Outcome.SUCCESS:
             self._on_success(sample, now)
-        elif sample.outcome is Outcome.DROPPED:
-            # Attempts sent before the last decrease belong to the episode already
-            # answered: a burst of 429s from one window is one signal.
-            if sample.start > self._last_decrease_at:
-                refused_at = max(1, min(self._limit, sample.inflight))
-                self._congestion(sample.reason, sample, now, refused_at)
+        # Attempts sent before the last decrease belong to the episode already answered:
+        # a burst of 429s from one window is one signal.
+        elif sample.outcome is Outcome.DROPPED and sample.start > self._last_decrease_at:
+            refused_at = max(1, min(self._limit, sample.inflight))
+            self._congestion(sample.reason, sample, now, refused_at)
         return self._limit
 
     # ---- introspection, for status
@@ -214,11 +237,12 @@ class AimdLimit:
 
     @property
     def min_rtt(self) -> float | None:
-        """The no-load rtt: minimum smoothed rtt over the last ``min_rtt_window`` s."""
+        """The no-load rtt: minimum of the slow EWMA over the last ``min_rtt_window`` s."""
         return self._baseline[0][1] if self._baseline else None
 
     @property
     def smoothed_rtt(self) -> float | None:
+        """EWMA of the rtt of successes sent since the last decrease (before: older)."""
         return self._srtt
 
     @property
@@ -241,14 +265,15 @@ class AimdLimit:
     # ---- the algorithm
 
     def _on_success(self, sample: Sample, now: float) -> None:
-        self._completions.append(now)
-        if self._srtt is not None:
-            horizon = now - 4.0 * self._srtt
-            while self._completions and self._completions[0] < horizon:
-                self._completions.popleft()
         fresh = sample.start > self._last_decrease_at
         if fresh:
             self._observe_rtt(sample.rtt)
+        self._completions.append(now)
+        if self._srtt is not None:
+            # Enough history for the rate windows of a latency cut.
+            horizon = now - (_RATE_SPAN + _RATE_WINDOWS) * self._srtt
+            while self._completions[0] < horizon:
+                self._completions.popleft()
         if sample.start >= self._round_start:
             self._round_max_inflight = max(self._round_max_inflight, sample.inflight)
         if self._phase == "slow_start" and fresh:
@@ -258,7 +283,11 @@ class AimdLimit:
                 return
             if 2 * sample.inflight >= self._limit and self._limit < self.settings.max_limit:
                 self._change(self._limit + 1, "slow_start", sample, now)
-        if sample.start >= self._round_start:
+        # A round trip: an attempt sent after the round began is back, and (when rtts
+        # vary a lot) the first one back is not just the fastest.
+        if sample.start >= self._round_start and (
+            self._srtt is None or now - self._round_start >= self._srtt
+        ):
             self._end_round(sample, now)
 
     def _observe_rtt(self, rtt: float) -> None:
@@ -266,16 +295,17 @@ class AimdLimit:
         self._srtt_count += 1
         weight = max(self.settings.rtt_smoothing, 1.0 / self._srtt_count)
         self._srtt = rtt if self._srtt is None else self._srtt + weight * (rtt - self._srtt)
+        weight = max(self._brtt_weight, 1.0 / self._srtt_count)
+        self._brtt = rtt if self._brtt is None else self._brtt + weight * (rtt - self._brtt)
 
     def _end_round(self, sample: Sample, now: float) -> None:
         s = self.settings
         used = self._round_max_inflight >= self._limit
-        if self._warm():
-            self._record_baseline(now)
-        # At the plateau, queueing must last two round trips: noise must not cut a limit
-        # that is not queueing (each latency cut is deep, and cuts would cascade).
+        needed = _FIRST_BASELINE_SAMPLES if self._phase == "slow_start" else self._brtt_warm_count
+        if self._brtt is not None and self._srtt_count >= needed:
+            self._record_baseline(now, self._brtt)
         self._queued_rounds = self._queued_rounds + 1 if self._queueing() else 0
-        if self._queued_rounds >= (_STEADY_Q if self._phase == "steady" else 1):
+        if self._queued_rounds >= (_STEADY_QUEUED_ROUNDS if self._phase == "steady" else 1):
             self._congestion("latency", sample, now, self._limit)
             return
         if self._phase == "steady" and used:
@@ -304,24 +334,22 @@ class AimdLimit:
         if tolerance is None or base is None or not self._warm():
             return False
         assert self._srtt is not None
-        if self._phase == "slow_start":
-            tolerance = 1 + (tolerance - 1) * _SS_TOL
         return self._srtt > tolerance * base
 
-    def _record_baseline(self, now: float) -> None:
-        assert self._srtt is not None
+    def _record_baseline(self, now: float, rtt: float) -> None:
         window = self._baseline
-        while window and window[-1][1] >= self._srtt:
+        while window and window[-1][1] >= rtt:
             window.pop()
-        window.append((now, self._srtt))
+        window.append((now, rtt))
         while window[0][0] < now - self.settings.min_rtt_window:
             window.popleft()
 
-    def _delivered(self, now: float, span: float = 1.0) -> int | None:
-        """Successes completed within the last smoothed rtt: the concurrency delivered."""
+    def _delivered(self, now: float) -> int | None:
+        """Successes completed within the last smoothed rtt: the concurrency delivered
+        (Little's law)."""
         if self._srtt is None:
             return None
-        since = now - span * self._srtt
+        since = now - self._srtt
         count = 0
         for at in reversed(self._completions):
             if at <= since:
@@ -329,28 +357,35 @@ class AimdLimit:
             count += 1
         return count
 
+    def _unqueued_concurrency(self, now: float) -> int:
+        """Delivered rate x no-load rtt: the concurrency served without a queue."""
+        base, srtt = self.min_rtt, self._srtt
+        assert base is not None and srtt is not None
+        span = _RATE_SPAN * srtt
+        best = max(
+            sum(1 for at in self._completions if end - span < at <= end)
+            for end in (now - k * srtt for k in range(_RATE_WINDOWS))
+        )
+        return math.floor(best / span * base * _LATENCY_HEADROOM + 0.5)
+
     def _congestion(self, reason: str, sample: Sample, now: float, refused_at: int) -> None:
         s = self.settings
         old = self._limit
         cut = math.floor(old * s.backoff_ratio)
-        delivered = self._delivered(now)
         if self._phase == "probe":
             # The probe failed: back to the plateau, and wait longer before the next.
             new = self._plateau
             self._probe_wait = min(2 * self._probe_wait, _MAX_PROBE_WAIT)
         else:
             if reason == "latency":
-                # The delivered rate times the no-load rtt: what is served without a queue.
-                base, srtt = self.min_rtt, self._srtt
-                assert base is not None and srtt is not None and delivered is not None
-                d2 = self._delivered(now, _LAT_SPAN)
-                assert d2 is not None
-                new = min(cut, math.floor(d2 * base * _HEADROOM / (_LAT_SPAN * srtt) + 0.5))
+                new = min(cut, self._unqueued_concurrency(now))
             elif self._phase == "slow_start":
                 # Everything below the refused concurrency was just accepted.
                 new = max(refused_at - 1, old // 2)
             else:
+                # The capacity fell: size the cut by what the upstream still served.
                 new = min(cut, refused_at - 1)
+                delivered = self._delivered(now)
                 if delivered is not None:
                     new = min(new, delivered)
         new = max(s.min_limit, min(new, old, s.max_limit))
@@ -358,8 +393,8 @@ class AimdLimit:
             # Growth that found no more than the old plateau counts as a failed probe;
             # anything else (new capacity, a capacity drop) calls for quick probes.
             gained = self._grown_from is None or new > self._grown_from + 1
-            self._probe_wait = s.probe_rounds if gained else min(
-                2 * self._probe_wait, _MAX_PROBE_WAIT
+            self._probe_wait = (
+                s.probe_rounds if gained else min(2 * self._probe_wait, _MAX_PROBE_WAIT)
             )
         self._grown_from = None
         self._ceiling = refused_at

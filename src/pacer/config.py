@@ -268,8 +268,9 @@ def _check_upstream(r: _Reader, where: str, up: UpstreamConfig, base: Path) -> N
         port_ok = parts.port is None or parts.port > 0
     except ValueError:  # "http://[::1", "http://h:99999", "http://h:x"
         parts, port_ok = urlsplit(""), False
+    shown = up.base_url if "@" not in up.base_url else "(not shown: it holds a user name)"
     r.require(parts.scheme in ("http", "https") and bool(parts.hostname) and port_ok,
-              f"{where}.base_url: must be an http:// or https:// URL, got {up.base_url!r}")
+              f"{where}.base_url: must be an http:// or https:// URL, got {shown!r}")
     r.require(not parts.query and not parts.fragment,
               f"{where}.base_url: must not have a query or fragment")
     # Credentials never live in the config (and check-config prints base_url).

@@ -45,6 +45,8 @@ def header_problem(name: str, value: str) -> str | None:
     if not _FIELD_VALUE.fullmatch(value):
         return (f"the value of header {name!r} has a line break, a control character "
                 "or a non-ASCII character")
+    if value != value.strip(" \t"):  # h11 refuses it when sending
+        return f"the value of header {name!r} starts or ends with whitespace"
     return None
 
 
@@ -170,6 +172,10 @@ def relative_url(url: str, base_url: str) -> str:
     Absolute URLs are accepted only under ``base_url`` (same scheme, host, port and
     path prefix). No ``.``/``..`` segments (also percent-encoded), no backslashes.
     """
+    if any(c < "\x20" or c == "\x7f" for c in url):
+        # urlsplit would silently drop tabs and line breaks, and httpx refuses the
+        # other control characters with an error that is not an HTTP error.
+        raise _BadLine("invalid_url", f"url {url!r} has a control character")
     try:
         parts = urlsplit(url)
     except ValueError as exc:  # e.g. "http://[::1" (an unclosed IPv6 literal)
@@ -190,6 +196,10 @@ def relative_url(url: str, base_url: str) -> str:
         path = parts.path
     else:
         raise _BadLine("invalid_url", f"url {url!r} must be a path starting with '/'")
+    if not path.startswith("/") or path.startswith("//"):
+        # "//", "////x", "/\t/": no host, but not a path either (httpx would read
+        # "//x" as a host, or send the request to base_url itself).
+        raise _BadLine("invalid_url", f"url {url!r} must be a path starting with one '/'")
     if parts.fragment:
         raise _BadLine("invalid_url", "url must not have a fragment")
     decoded = unquote(path)

@@ -1,0 +1,849 @@
+"""The pacing gate of one upstream: decides *when* the next attempt may start.
+
+The concurrency limit (:mod:`pacer.limit`, :mod:`pacer.limiter`) bounds how many
+attempts are in flight; this module bounds how fast they *start*. It has two parts:
+
+- :class:`Pacer`, a pure core: no I/O, no clock of its own, every call takes ``now``
+  (seconds on a monotonic clock). It is fed what responses say and answers with the
+  earliest time the next start may happen.
+- :class:`PacingGate`, a thin Trio wrapper: ``await gate.wait(tokens)`` sleeps until
+  the pacer allows a start, releasing waiting tasks one at a time, in FIFO order.
+
+What decides the pace (the tightest constraint wins):
+
+1. **Pauses.** A ``Retry-After`` on a 429/503 (or an explicit :meth:`Pacer.pause`)
+   stops the *whole* upstream until then. A later, shorter Retry-After never shortens
+   a pause; a storm of 429s that only nudges the end of an ongoing pause is one pause
+   (one :class:`PauseEvent`), not one per request. The resume is jittered
+   (uniform in ``[until, until + resume_jitter × duration]``, capped) and gradual: the
+   request bucket restarts with a single start's worth of credit, so starts are spread
+   at the current rate; when no rate is known, a *ramp* rate (``ramp_factor`` × the
+   success rate before the pause) applies for ``ramp_seconds`` after the resume.
+2. **Quotas from headers**, for requests and for tokens. A response saying
+   ``remaining=R, reset=T`` allows at most R more starts (R tokens) before
+   ``now + T``, spread evenly: rate ``margin × R / T``. With ``remaining=0`` nothing
+   starts until the reset. When the window has reset the constraint lapses until the
+   next response brings a new one. (For a server whose quota is a token bucket that
+   refills continuously, as OpenAI's and the mock's are, this rule settles where the
+   bucket is about half full and the pace equals the refill rate.)
+3. **A request rate learned from 429s**, for upstreams that cap the request rate
+   without saying so. There is no learned rate until the first 429 that is *neither*
+   explained by a quota header (an exhausted ``remaining``) *nor* by concurrency. Then
+   the rate is set to the recent success rate × ``backoff``; after that every such 429
+   multiplies it by ``backoff`` (at most once per ``decrease_interval``), and each clean
+   ``increase_interval`` during which the rate was actually binding (starts ≥
+   ``busy_fraction`` × rate × interval) adds ``increase_step`` × the rate set at the
+   last decrease (additive increase).
+
+   *Rate cap or concurrency cap?* Under a pure concurrency cap, 429s come when the
+   number in flight reaches a new peak; under a rate cap they come at any concurrency.
+   So a 429 counts against the rate only if the attempt started with no more in flight
+   than some attempt that succeeded within the last ``concurrency_window`` seconds
+   (pass ``inflight`` to :meth:`Pacer.on_response`). A 429 at a new peak is left to
+   the concurrency limit (AIMD), which handles it better. Without ``inflight`` every
+   unexplained 429 counts against the rate.
+
+Both the request pace and the token pace are token buckets that hold at most one
+start (one token) of credit, so starts are spread evenly rather than bursting; a
+start that costs more than the credit runs the bucket into debt that later starts
+wait out. The token cost of a request is :func:`estimate_tokens` of its body
+(``max_tokens`` plus prompt characters / 4), as OpenAI counts it against the TPM
+limit when the request arrives; ``tokens_used`` from responses is only counted
+(the estimate is what the server charges up front, so nothing is refunded).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import trio
+
+from pacer.ratelimit_headers import Quota, RateLimitInfo, parse_rate_limit_headers
+
+__all__ = [
+    "Pacer",
+    "PacerSettings",
+    "PacerStatus",
+    "PacingGate",
+    "PauseEvent",
+    "PauseHook",
+    "RateChange",
+    "RateHook",
+    "estimate_tokens",
+    "tokens_used",
+]
+
+_EPS = 1e-9
+# Statuses whose Retry-After pauses the whole upstream.
+PAUSE_STATUSES = frozenset({429, 503})
+
+
+# ------------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True, slots=True)
+class PauseEvent:
+    """One pause of the whole upstream (log it as ``upstream.paused``).
+
+    ``duration`` is the pause asked for (seconds), ``until`` when it ends (the
+    caller's monotonic clock), ``resume_at`` when starts resume (``until`` plus the
+    jitter), ``at`` when it was decided.
+    """
+
+    cause: str
+    duration: float
+    until: float
+    resume_at: float
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RateChange:
+    """One change of the request rate learned from 429s (log it as ``rate.changed``).
+
+    Rates are in requests per second; ``None`` means no learned limit. ``reason`` is
+    ``rate_limited`` (a decrease after a 429) or ``probe`` (an additive increase).
+    """
+
+    old_rate: float | None
+    new_rate: float | None
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PacerStatus:
+    """A snapshot for ``pacer status``.
+
+    ``rate``: the request pace in force now (requests/s, ``None`` if unlimited), the
+    tightest of ``learned_rate``, ``header_rate`` and the post-pause ramp;
+    ``token_rate``: the token pace from headers (tokens/s) or ``None``;
+    ``paused_until``/``resume_at``: the current pause (``None`` when not paused);
+    ``requests_left``/``tokens_left``: what the last quota headers leave until their
+    reset (``None`` when unknown or reset).
+    """
+
+    rate: float | None
+    learned_rate: float | None
+    header_rate: float | None
+    token_rate: float | None
+    paused_until: float | None
+    resume_at: float | None
+    requests_left: float | None
+    tokens_left: float | None
+    requests_reset_at: float | None
+    tokens_reset_at: float | None
+    tokens_used: float
+
+
+E = TypeVar("E")
+PauseHook = Callable[[PauseEvent], None]
+RateHook = Callable[[RateChange], None]
+
+
+class _Hooks(Generic[E]):
+    """Change-hook plumbing, as :class:`pacer.limit.HookList`."""
+
+    def __init__(self) -> None:
+        self._hooks: list[Callable[[E], None]] = []
+
+    def subscribe(self, hook: Callable[[E], None]) -> None:
+        self._hooks.append(hook)
+
+    def emit(self, event: E) -> None:
+        for hook in self._hooks:
+            hook(event)
+
+
+# ---------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True, slots=True)
+class PacerSettings:
+    """Tuning of :class:`Pacer`; times in seconds, rates in requests per second.
+
+    ``margin``: share of the header-announced pace (``remaining / reset``) used.
+    ``backoff``: multiplicative decrease of the learned rate on a 429.
+    ``decrease_interval``: at most one decrease per this many seconds.
+    ``increase_interval``/``increase_step``: every clean, busy interval the learned
+    rate grows by ``increase_step`` × the rate set at the last decrease (at least
+    ``min_increase``). ``busy_fraction``: share of the rate that must have been used
+    in the interval for it to count as busy.
+    ``min_rate``: the learned rate never goes below this.
+    ``success_window``: the window of the success rate the first learned rate starts
+    from (measured over at least ``min_success_span`` seconds of unpaused time).
+    ``concurrency_window``: how long a success at some concurrency counts as proof
+    that a 429 at that concurrency is not a concurrency cap.
+    ``resume_jitter``/``max_resume_jitter``: a pause of D seconds resumes uniformly in
+    ``[until, until + min(max_resume_jitter, resume_jitter × D)]``.
+    ``ramp_step``/``ramp_start``/``ramp_min_rate``/``ramp_max_stages``: after a resume
+    the pace is also capped by a slow-start ramp that begins at ``max(ramp_min_rate,
+    ramp_start × success rate before the pause)`` (half the start rate when nothing
+    succeeded yet) and doubles every ``ramp_step``
+    seconds as long as it was binding (``busy_fraction`` of it used), at most
+    ``ramp_max_stages`` times; it lapses at the first stage that was not binding.
+    ``coalesce``: a Retry-After that moves the end of an ongoing pause later by at most
+    this many seconds extends it silently (a storm is one pause).
+    ``max_pause``/``max_reset``: clamp absurd Retry-After and reset values.
+    ``default_hold``: how long ``remaining=0`` holds when no reset time is given.
+    ``burst``: request credit the pace may hold (1 = strictly evenly spaced).
+    """
+
+    margin: float = 0.9
+    backoff: float = 0.9
+    decrease_interval: float = 1.0
+    increase_interval: float = 1.0
+    increase_step: float = 0.02
+    search_growth: float = 0.1
+    min_increase: float = 0.05
+    busy_fraction: float = 0.8
+    min_rate: float = 0.1
+    success_window: float = 2.0
+    min_success_span: float = 1.0
+    concurrency_window: float = 5.0
+    resume_jitter: float = 0.1
+    max_resume_jitter: float = 5.0
+    ramp_step: float = 0.5
+    ramp_start: float = 1.0
+    ramp_min_rate: float = 1.0
+    ramp_max_stages: int = 12
+    coalesce: float = 1.0
+    max_pause: float = 3600.0
+    max_reset: float = 86400.0
+    default_hold: float = 1.0
+    burst: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.margin <= 1.0:
+            raise ValueError("margin must be in (0, 1]")
+        if not 0.0 < self.backoff < 1.0:
+            raise ValueError("backoff must be in (0, 1)")
+        if not 0.0 <= self.resume_jitter <= 1.0:
+            raise ValueError("resume_jitter must be in [0, 1]")
+        if not 0.0 <= self.busy_fraction <= 1.0:
+            raise ValueError("busy_fraction must be in [0, 1]")
+        if self.ramp_max_stages < 0:
+            raise ValueError("ramp_max_stages must be >= 0")
+        if self.burst < 1.0:
+            raise ValueError("burst must be >= 1")
+        positive = ("decrease_interval", "increase_interval", "min_rate", "success_window",
+                    "min_success_span", "concurrency_window", "ramp_min_rate", "ramp_step",
+                    "min_rate",
+                    "max_pause", "max_reset", "default_hold")
+        for name in positive:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        non_negative = ("increase_step", "min_increase", "max_resume_jitter", "ramp_start",
+                        "coalesce", "search_growth")
+        for name in non_negative:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+# ------------------------------------------------------------- token estimates
+
+
+def _text_chars(value: object) -> int:
+    """Characters of text in a message content / prompt / input value (any shape the
+    chat, completions, responses and Anthropic APIs use)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_text_chars(item) for item in value)
+    if isinstance(value, dict):
+        total = 0
+        for key in ("content", "text", "input_text"):
+            if key in value:
+                total += _text_chars(value[key])
+        return total
+    return 0
+
+
+def estimate_tokens(body: object) -> int:
+    """A request's token cost, estimated from its JSON body.
+
+    ``max_tokens`` (or ``max_completion_tokens`` / ``max_output_tokens``) plus the
+    prompt size: the characters of the message contents, ``prompt``, ``input``,
+    ``system`` and ``instructions``, divided by 4 and rounded up. At least 1.
+    """
+    if not isinstance(body, Mapping):
+        return 1
+    completion = 0
+    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        value = body.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if math.isfinite(value) and value > 0:
+                completion = math.ceil(value)
+            break
+    chars = 0
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        chars += sum(_text_chars(m.get("content")) for m in messages if isinstance(m, dict))
+    for key in ("prompt", "input", "system", "instructions"):
+        chars += _text_chars(body.get(key))
+    return max(1, completion + math.ceil(chars / 4))
+
+
+def tokens_used(body: object) -> int | None:
+    """The tokens a response body reports as used (OpenAI ``usage.total_tokens``, or
+    Anthropic ``input_tokens + output_tokens``); ``None`` when it says nothing."""
+    if not isinstance(body, Mapping):
+        return None
+    usage = body.get("usage")
+    if not isinstance(usage, Mapping):
+        return None
+    total = usage.get("total_tokens")
+    if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
+        return total
+    parts = [usage.get(k) for k in ("input_tokens", "output_tokens", "prompt_tokens",
+                                     "completion_tokens")]
+    counts = [p for p in parts if isinstance(p, int) and not isinstance(p, bool) and p >= 0]
+    return sum(counts) if counts else None
+
+
+# ----------------------------------------------------------------- the buckets
+
+
+class _Bucket:
+    """A token bucket whose rate may change (``None`` = unlimited).
+
+    ``level`` is the credit in units (starts or tokens), at most ``cap``; it may go
+    negative (debt) when a start costs more than the credit. ``stamp`` is the time the
+    level refers to; it may lie in the future after :meth:`restart` (a resume).
+    """
+
+    __slots__ = ("cap", "level", "rate", "stamp")
+
+    def __init__(self, cap: float) -> None:
+        self.cap = cap
+        self.rate: float | None = None
+        self.level = cap
+        self.stamp = -math.inf
+
+    def advance(self, t: float) -> None:
+        if t <= self.stamp:
+            return
+        if self.rate is None:
+            self.level = self.cap
+        else:
+            self.level = min(self.cap, self.level + (t - self.stamp) * self.rate)
+        self.stamp = t
+
+    def set_rate(self, t: float, rate: float | None) -> None:
+        self.advance(t)
+        self.rate = rate
+
+    def restart(self, t: float, level: float) -> None:
+        """Start over at ``t`` (future allowed) with ``level`` credit."""
+        self.stamp = t
+        self.level = min(self.cap, level)
+
+    def earliest(self, t: float, cost: float) -> float:
+        """Earliest time >= ``t`` at which a start of ``cost`` may go, at this rate."""
+        if self.rate is None or cost <= 0:
+            return t
+        base = max(t, self.stamp)
+        level = self.level
+        if base > self.stamp:
+            level = min(self.cap, level + (base - self.stamp) * self.rate)
+        need = min(cost, self.cap)
+        if level >= need - _EPS:
+            return base
+        return base + (need - level) / self.rate
+
+    def take(self, t: float, cost: float) -> None:
+        self.advance(t)
+        if self.rate is not None:
+            self.level -= cost
+
+    def credit(self, t: float) -> float | None:
+        if self.rate is None:
+            return None
+        if t <= self.stamp:
+            return self.level
+        return min(self.cap, self.level + (t - self.stamp) * self.rate)
+
+
+@dataclass(slots=True)
+class _Window:
+    """What one response's quota headers allow until their reset."""
+
+    remaining: float
+    reset_at: float
+    rate: float | None  # margin × remaining / reset; None: nothing to spread
+    limit: int | None
+    used: float = 0.0
+
+    def active(self, t: float) -> bool:
+        return t < self.reset_at
+
+    def left(self) -> float:
+        return max(0.0, self.remaining - self.used)
+
+
+# -------------------------------------------------------------------- the core
+
+
+class Pacer:
+    """The pure pacing core of one upstream (see the module docstring).
+
+    Every method takes ``now``, seconds on the caller's monotonic clock, which must
+    not go backwards between calls.
+    """
+
+    estimate_tokens = staticmethod(estimate_tokens)
+
+    def __init__(self, settings: PacerSettings | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.settings = settings if settings is not None else PacerSettings()
+        self._rng = rng if rng is not None else random.Random()
+        s = self.settings
+        self._req_bucket = _Bucket(s.burst)
+        self._tok_bucket = _Bucket(1.0)
+        self._req_window: _Window | None = None
+        self._tok_window: _Window | None = None
+        self._learned: float | None = None
+        self._learned_base = 0.0  # the rate set at the last decrease
+        self._searching = False  # growing multiplicatively until the second decrease
+        self._last_decrease = -math.inf
+        self._ai_mark: float | None = None
+        self._ai_starts = 0
+        self._ai_clean = True
+        self._paused_until = -math.inf
+        self._resume_at = -math.inf
+        self._ramp_rate: float | None = None  # the post-pause ramp's current stage
+        self._ramp_next = math.inf  # the end of that stage
+        self._ramp_starts = 0  # starts during that stage
+        self._ramp_stage = 0
+        self._successes: deque[tuple[float, int | None]] = deque()
+        self._starts: deque[float] = deque()
+        self._first_start: float | None = None
+        self._last_sync = -math.inf
+        self._tokens_used = 0.0
+        self._pause_hooks: _Hooks[PauseEvent] = _Hooks()
+        self._rate_hooks: _Hooks[RateChange] = _Hooks()
+
+    # ---- hooks
+
+    def subscribe_pause(self, hook: PauseHook) -> None:
+        """Call ``hook`` with a :class:`PauseEvent` for every (new) pause."""
+        self._pause_hooks.subscribe(hook)
+
+    def subscribe_rate(self, hook: RateHook) -> None:
+        """Call ``hook`` with a :class:`RateChange` for every change of the learned rate."""
+        self._rate_hooks.subscribe(hook)
+
+    # ---- introspection
+
+    @property
+    def learned_rate(self) -> float | None:
+        return self._learned
+
+    @property
+    def paused_until(self) -> float | None:
+        """The end of the last pause asked for (``None`` if there never was one)."""
+        return None if self._paused_until == -math.inf else self._paused_until
+
+    @property
+    def resume_at(self) -> float | None:
+        """When starts resume after the last pause (jittered; ``None`` if none)."""
+        return None if self._resume_at == -math.inf else self._resume_at
+
+    def paused(self, now: float) -> bool:
+        return now < self._resume_at
+
+    def rate(self, now: float) -> float | None:
+        """The request pace in force at ``now`` (requests/s), ``None`` if unlimited."""
+        self._sync(now)
+        return self._req_bucket.rate
+
+    def status(self, now: float) -> PacerStatus:
+        self._sync(now)
+        req, tok = self._req_window, self._tok_window
+        return PacerStatus(
+            rate=self._req_bucket.rate,
+            learned_rate=self._learned,
+            header_rate=req.rate if req is not None else None,
+            token_rate=self._tok_bucket.rate,
+            paused_until=self._paused_until if now < self._resume_at else None,
+            resume_at=self._resume_at if now < self._resume_at else None,
+            requests_left=req.left() if req is not None else None,
+            tokens_left=tok.left() if tok is not None else None,
+            requests_reset_at=req.reset_at if req is not None else None,
+            tokens_reset_at=tok.reset_at if tok is not None else None,
+            tokens_used=self._tokens_used,
+        )
+
+    # ---- time
+
+    def _boundaries(self) -> list[float]:
+        """Times at which a constraint lapses (it only ever loosens then)."""
+        times = [self._ramp_next] if self._ramp_rate is not None else []
+        times.extend(w.reset_at for w in (self._req_window, self._tok_window) if w is not None)
+        return times
+
+    def _request_rate_at(self, t: float) -> float | None:
+        rates: list[float] = []
+        if self._learned is not None:
+            rates.append(self._learned)
+        w = self._req_window
+        if w is not None and w.active(t) and w.rate is not None:
+            rates.append(w.rate)
+        if self._ramp_rate is not None and t < self._ramp_next:
+            rates.append(self._ramp_rate)
+        return min(rates) if rates else None
+
+    def _next_ramp_stage(self) -> None:
+        """At the end of a ramp stage: double if the stage was binding, else end."""
+        s = self.settings
+        rate = self._ramp_rate
+        if rate is None:
+            return
+        busy = self._ramp_starts + 1 >= s.busy_fraction * rate * s.ramp_step
+        if busy and self._ramp_stage < s.ramp_max_stages:
+            self._ramp_rate = rate * 2.0
+            self._ramp_stage += 1
+            self._ramp_next += s.ramp_step
+        else:
+            self._ramp_rate = None
+            self._ramp_next = math.inf
+        self._ramp_starts = 0
+
+    def _token_rate_at(self, t: float) -> float | None:
+        w = self._tok_window
+        return w.rate if w is not None and w.active(t) else None
+
+    def _set_rates(self, t: float) -> None:
+        self._req_bucket.set_rate(t, self._request_rate_at(t))
+        self._tok_bucket.set_rate(t, self._token_rate_at(t))
+
+    def _sync(self, now: float) -> None:
+        """Bring the state to ``now``: lapse what has expired (refilling the buckets at
+        the rate in force before each change) and probe the learned rate upward."""
+        if now < self._last_sync:
+            now = self._last_sync
+        cursor = self._last_sync
+        while True:
+            due = [b for b in self._boundaries() if cursor < b <= now]
+            if not due:
+                break
+            b = min(due)
+            self._req_bucket.advance(b)
+            self._tok_bucket.advance(b)
+            if b == self._ramp_next:
+                self._next_ramp_stage()
+            self._set_rates(b)
+            cursor = b
+        if self._req_window is not None and not self._req_window.active(now):
+            self._req_window = None
+        if self._tok_window is not None and not self._tok_window.active(now):
+            self._tok_window = None
+        self._maybe_increase(now)
+        self._set_rates(now)
+        self._last_sync = now
+
+    # ---- starting
+
+    def next_start(self, now: float, tokens: float = 0.0) -> float:
+        """The earliest time (>= ``now``) a start costing ``tokens`` may happen.
+
+        Exact unless a constraint lapses on the way (a quota reset, the end of the
+        ramp); then it returns that time, a lower bound at which to ask again
+        (:class:`PacingGate` does).
+        """
+        self._sync(now)
+        t = max(now, self._resume_at)
+        for window, cost in ((self._req_window, 1.0), (self._tok_window, tokens)):
+            if window is not None and cost > 0 and window.used + cost > window.remaining + _EPS:
+                t = max(t, window.reset_at)
+        changes = [b for b in self._boundaries() if now < b]
+        if any(b <= t for b in changes) and t > now:
+            return t  # the state changes before t: ask again then
+        candidate = max(self._req_bucket.earliest(t, 1.0),
+                        self._tok_bucket.earliest(t, tokens))
+        sooner = [b for b in changes if t < b < candidate]
+        return min(sooner) if sooner else candidate
+
+    def delay(self, now: float, tokens: float = 0.0) -> float:
+        """Seconds to wait from ``now`` before the next start (0: go now)."""
+        return max(0.0, self.next_start(now, tokens) - now)
+
+    def commit(self, now: float, tokens: float = 0.0) -> None:
+        """Take a start at ``now`` costing ``tokens`` (whether or not it was allowed:
+        a premature start just puts the pace into debt)."""
+        self._sync(now)
+        tokens = max(0.0, tokens)
+        self._req_bucket.take(now, 1.0)
+        self._tok_bucket.take(now, tokens)
+        if self._req_window is not None:
+            self._req_window.used += 1.0
+        if self._tok_window is not None:
+            self._tok_window.used += tokens
+        if self._first_start is None:
+            self._first_start = now
+        self._ai_starts += 1
+        self._ramp_starts += 1
+        self._starts.append(now)
+        self._prune(now)
+
+    # ---- learning
+
+    def on_response(self, now: float, info: RateLimitInfo, status: int | None,
+                    tokens_used: float | None = None, *, inflight: int | None = None) -> None:
+        """Learn from one finished attempt.
+
+        ``info``: its parsed rate-limit headers (empty when there was no response);
+        ``status``: its HTTP status (``None``: no response); ``tokens_used``: the tokens
+        the response reports (counted only); ``inflight``: attempts in flight when it
+        started, itself included (tells a concurrency cap from a rate cap).
+        A Retry-After on a 429 or 503 pauses the whole upstream (:meth:`pause`).
+        """
+        self._sync(now)
+        if tokens_used is not None and math.isfinite(tokens_used) and tokens_used > 0:
+            self._tokens_used += tokens_used
+        if info.requests is not None and info.requests.remaining is not None:
+            self._req_window = self._window(now, info.requests, info.retry_after)
+        if info.tokens is not None and info.tokens.remaining is not None:
+            self._tok_window = self._window(now, info.tokens, info.retry_after)
+        if status is not None and 200 <= status < 300:
+            self._successes.append((now, inflight))
+        self._prune(now)
+        by_concurrency = status == 429 and self.explained_by_concurrency(now, inflight)
+        if status == 429 and not by_concurrency:
+            self._on_rate_limited(now, info)
+        if (status in PAUSE_STATUSES and not by_concurrency and info.retry_after is not None
+                and info.retry_after > 0):
+            self.pause(now, info.retry_after, "retry_after" if status == 429 else "unavailable")
+        self._set_rates(now)
+
+    def _window(self, now: float, q: Quota, retry_after: float | None) -> _Window | None:
+        s = self.settings
+        remaining = q.remaining
+        assert remaining is not None
+        reset = q.reset
+        if reset is None:
+            if remaining > 0:
+                return None  # nothing to spread it over
+            reset = retry_after if retry_after is not None else s.default_hold
+        reset = min(reset, s.max_reset)
+        if reset <= 0:
+            return None  # the window has just reset
+        rate = s.margin * remaining / reset if remaining > 0 else None
+        return _Window(float(remaining), now + reset, rate, q.limit)
+
+    def _prune(self, now: float) -> None:
+        s = self.settings
+        horizon = now - max(s.success_window, s.concurrency_window)
+        while self._successes and self._successes[0][0] < horizon:
+            self._successes.popleft()
+        while self._starts and self._starts[0] < now - s.success_window:
+            self._starts.popleft()
+
+    def _span(self, now: float) -> float:
+        """Seconds of the success window that have passed since the first start."""
+        start = now - self.settings.success_window
+        if self._first_start is not None:
+            start = max(start, self._first_start)
+        return max(0.0, now - start)
+
+    def success_rate(self, now: float) -> float:
+        """Successes per second over the last ``success_window`` seconds (or since the
+        first start, but over at least ``min_success_span`` seconds). Paused time
+        counts: a rate-capped upstream refills its quota during a pause."""
+        s = self.settings
+        count = sum(1 for t, _ in self._successes if t >= now - s.success_window)
+        return count / max(s.min_success_span, self._span(now))
+
+    def start_rate(self, now: float) -> float:
+        """Starts per second, measured as :meth:`success_rate` is."""
+        s = self.settings
+        count = sum(1 for t in self._starts if t >= now - s.success_window)
+        return count / max(s.min_success_span, self._span(now))
+
+    def explained_by_concurrency(self, now: float, inflight: int | None) -> bool:
+        """Whether a 429 of an attempt started with ``inflight`` in flight is explained
+        by a concurrency cap: attempts succeeded within ``concurrency_window`` seconds,
+        but none that started with as many in flight."""
+        if inflight is None:
+            return False
+        horizon = now - self.settings.concurrency_window
+        peak = max((n for t, n in self._successes if t >= horizon and n is not None),
+                   default=None)
+        return peak is not None and inflight > peak
+
+    def _on_rate_limited(self, now: float, info: RateLimitInfo) -> None:
+        s = self.settings
+        if any(q is not None and q.exhausted for q in (info.requests, info.tokens)):
+            return  # the quota window holds until its reset
+        self._ai_clean = False
+        if now - self._last_decrease < s.decrease_interval:
+            return
+        old = self._learned
+        measured = self.success_rate(now)
+        if old is None:
+            if measured <= 0:
+                return  # nothing succeeded yet: nothing to start from
+            new = measured * s.backoff
+            self._searching = True
+        else:
+            # The success rate is what the upstream let through: when the learned rate
+            # is above it, come down to it (but by at most two backoffs at once).
+            new = max(min(old, measured) * s.backoff, old * s.backoff**2)
+            self._searching = False
+        new = max(s.min_rate, new)
+        self._last_decrease = now
+        self._learned = new
+        self._learned_base = new
+        self._ai_mark = now
+        self._ai_starts = 0
+        self._ai_clean = True
+        if new != old:
+            self._rate_hooks.emit(RateChange(old, new, "rate_limited", now))
+
+    def _maybe_increase(self, now: float) -> None:
+        s = self.settings
+        if self._learned is None:
+            return
+        if self._ai_mark is None:
+            self._ai_mark = now
+        elapsed = now - self._ai_mark
+        if elapsed < s.increase_interval:
+            return
+        busy = self._ai_starts + 1 >= s.busy_fraction * self._learned * elapsed
+        if self._ai_clean and busy and not self.paused(now):
+            old = self._learned
+            if self._searching:
+                new = old * (1.0 + s.search_growth)
+            else:
+                new = old + max(s.min_increase, s.increase_step * self._learned_base)
+            # Refill the bucket up to now at the old rate before the new one applies.
+            self._req_bucket.advance(now)
+            self._learned = new
+            self._rate_hooks.emit(RateChange(old, new, "probe", now))
+        self._ai_mark = now
+        self._ai_starts = 0
+        self._ai_clean = True
+
+    # ---- pauses
+
+    def pause(self, now: float, seconds: float, cause: str) -> PauseEvent | None:
+        """Pause the whole upstream for ``seconds`` from ``now``.
+
+        Never shortens a pause already in force. A pause that only moves the end of an
+        ongoing one later by up to ``coalesce`` seconds extends it silently (returns
+        ``None``); otherwise the new pause is announced to the hooks and returned.
+        """
+        self._sync(now)
+        s = self.settings
+        if not math.isfinite(seconds) or seconds <= 0:
+            return None
+        seconds = min(seconds, s.max_pause)
+        until = now + seconds
+        if until <= self._paused_until:
+            return None
+        ongoing = now < self._resume_at
+        jitter = self._rng.uniform(0.0, min(s.max_resume_jitter, s.resume_jitter * seconds))
+        resume_at = max(self._resume_at, until + jitter)
+        silent = ongoing and until - self._paused_until <= s.coalesce
+        self._paused_until = until
+        self._resume_at = resume_at
+        # Resume without a burst: one start's worth of credit at the resume, then the
+        # pace, under a slow-start ramp from half the success rate before the pause.
+        if not ongoing or self._ramp_rate is None:
+            # Before anything succeeded, half the pace of the starts stands in.
+            pace = self.success_rate(now) or 0.5 * self.start_rate(now)
+            self._ramp_rate = max(s.ramp_min_rate, s.ramp_start * pace)
+        self._ramp_next = resume_at + s.ramp_step
+        self._ramp_starts = 0
+        self._ramp_stage = 0
+        self._req_bucket.restart(resume_at, 1.0)
+        self._tok_bucket.restart(resume_at, 1.0)
+        self._set_rates(now)
+        if silent:
+            return None
+        event = PauseEvent(cause, seconds, until, resume_at, now)
+        self._pause_hooks.emit(event)
+        return event
+
+
+# -------------------------------------------------------------- the Trio gate
+
+
+class PacingGate:
+    """The Trio face of a :class:`Pacer`.
+
+    ``await gate.wait(tokens)`` returns when this start may happen, and takes it.
+    Waiting tasks are served strictly in arrival order (a FIFO :class:`trio.Lock`),
+    one at a time, so a crowd never bursts through; the head re-checks whenever the
+    pacer learns something (a pause, new headers) and when its time comes.
+    Cancelling a waiting task takes nothing.
+    """
+
+    def __init__(self, pacer: Pacer | None = None,
+                 clock: Callable[[], float] = trio.current_time,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.pacer = pacer if pacer is not None else Pacer()
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self._lock = trio.Lock()
+        self._changed = trio.Event()
+        self._waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        """Tasks inside :meth:`wait` now."""
+        return self._waiting
+
+    def _poke(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait(self, tokens: float = 0.0) -> None:
+        """Sleep until the pacer allows a start costing ``tokens``; take it."""
+        self._waiting += 1
+        try:
+            async with self._lock:
+                while True:
+                    now = self.clock()
+                    at = self.pacer.next_start(now, tokens)
+                    if at <= now:
+                        self.pacer.commit(now, tokens)
+                        return
+                    changed = self._changed
+                    with trio.move_on_at(at):
+                        await changed.wait()
+        finally:
+            self._waiting -= 1
+
+    def on_response(self, info: RateLimitInfo, status: int | None,
+                    tokens_used: float | None = None, *, inflight: int | None = None) -> None:
+        """:meth:`Pacer.on_response` at the current time."""
+        self.pacer.on_response(self.clock(), info, status, tokens_used, inflight=inflight)
+        self._poke()
+
+    def on_http_response(self, status: int | None, headers: Mapping[str, str] | None,
+                         tokens_used: float | None = None, *,
+                         inflight: int | None = None) -> RateLimitInfo:
+        """Parse ``headers`` (with the wall clock, for absolute reset times) and feed
+        them; returns what was parsed."""
+        info = (parse_rate_limit_headers(headers, self.wall_clock())
+                if headers is not None else RateLimitInfo())
+        self.on_response(info, status, tokens_used, inflight=inflight)
+        return info
+
+    def pause(self, seconds: float, cause: str) -> PauseEvent | None:
+        """:meth:`Pacer.pause` at the current time."""
+        event = self.pacer.pause(self.clock(), seconds, cause)
+        self._poke()
+        return event
+
+    def status(self) -> PacerStatus:
+        return self.pacer.status(self.clock())

@@ -1,0 +1,436 @@
+"""Exact tests of the AIMD limit: explicit samples in, exact limits and changes out.
+
+Times are multiples of 1/8 s so that every sum is exact in binary floating point.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pacer.aimd import AimdLimit, AimdSettings
+from pacer.limit import LimitChange, Outcome, Sample
+
+RTT = 0.25
+
+
+def ok(start: float, rtt: float, inflight: int) -> Sample:
+    return Sample(start=start, rtt=rtt, inflight=inflight, outcome=Outcome.SUCCESS)
+
+
+def drop(start: float, inflight: int, rtt: float = 0.0, reason: str = "rate_limited") -> Sample:
+    return Sample(start=start, rtt=rtt, inflight=inflight, outcome=Outcome.DROPPED, reason=reason)
+
+
+class Recorder:
+    def __init__(self, limit: AimdLimit) -> None:
+        self.changes: list[LimitChange] = []
+        limit.subscribe(self.changes.append)
+
+    def reasons(self) -> list[str]:
+        return [c.reason for c in self.changes]
+
+
+def make(**kwargs: object) -> tuple[AimdLimit, Recorder]:
+    limit = AimdLimit.from_values(**kwargs)  # type: ignore[arg-type]
+    return limit, Recorder(limit)
+
+
+def send_round(
+    limit: AimdLimit,
+    start: float,
+    rtt: float = RTT,
+    n: int | None = None,
+    inflight: int | None = None,
+) -> float:
+    """``n`` attempts (default: the limit) sent at ``start``, each with ``inflight`` in
+    flight (default: the limit, as under a backlog), all succeeding after ``rtt``.
+    Returns when they are back."""
+    at_start = limit.limit
+    for _ in range(at_start if n is None else n):
+        limit.on_sample(ok(start, rtt, at_start if inflight is None else inflight))
+    return start + rtt
+
+
+def steady_at(plateau: int, **kwargs: object) -> tuple[AimdLimit, Recorder]:
+    """A limit that left slow start at ``plateau`` by a 429 at t = 0."""
+    limit, rec = make(initial_limit=plateau + 1, latency_tolerance=None, **kwargs)
+    limit.on_sample(drop(0.0, plateau + 1))
+    assert (limit.limit, limit.phase) == (plateau, "steady")
+    rec.changes.clear()
+    return limit, rec
+
+
+# ---- settings -------------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    s = AimdSettings()
+    assert (s.initial_limit, s.min_limit, s.max_limit) == (1, 1, 256)
+    assert (s.backoff_ratio, s.latency_tolerance, s.rtt_smoothing) == (0.9, 1.5, 0.1)
+    assert (s.min_rtt_window, s.probe_rounds, s.max_probe_interval) == (30.0, 3, 2.0)
+    limit = AimdLimit()
+    assert (limit.limit, limit.phase, limit.ceiling, limit.min_rtt) == (1, "slow_start", None, None)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"min_limit": 0},
+        {"min_limit": 5, "max_limit": 4, "initial_limit": 5},
+        {"initial_limit": 0},
+        {"initial_limit": 300},
+        {"backoff_ratio": 0.4},
+        {"backoff_ratio": 1.0},
+        {"latency_tolerance": 1.0},
+        {"latency_tolerance": math.inf},
+        {"rtt_smoothing": 0.0},
+        {"rtt_smoothing": 1.5},
+        {"min_rtt_window": 0.0},
+        {"probe_rounds": 0},
+        {"max_probe_interval": 0.0},
+        {"max_probe_interval": math.nan},
+    ],
+)
+def test_invalid_settings_raise(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        AimdSettings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_from_values() -> None:
+    limit = AimdLimit.from_values(4, 2, 50, backoff_ratio=0.5, latency_tolerance=None)
+    assert limit.limit == 4
+    assert limit.settings == AimdSettings(
+        initial_limit=4, min_limit=2, max_limit=50, backoff_ratio=0.5, latency_tolerance=None
+    )
+    with pytest.raises(ValueError, match="unknown AIMD settings: bogus"):
+        AimdLimit.from_values(bogus=1)
+    with pytest.raises(ValueError):
+        AimdLimit.from_values(initial_limit=0)
+
+
+# ---- slow start -----------------------------------------------------------------------
+
+
+def test_slow_start_doubles_every_round_trip() -> None:
+    limit, rec = make(latency_tolerance=None)
+    t = 0.0
+    for expected in (2, 4, 8, 16, 32):
+        t = send_round(limit, t)
+        assert limit.limit == expected
+    assert limit.phase == "slow_start"
+    assert len(rec.changes) == 31
+    assert set(rec.reasons()) == {"slow_start"}
+    assert all(c.new_limit == c.old_limit + 1 for c in rec.changes)
+
+
+def test_slow_start_grows_only_on_samples_that_used_half_the_limit() -> None:
+    limit, rec = make(initial_limit=8, latency_tolerance=None)
+    for _ in range(3):
+        send_round(limit, 0.0, n=8, inflight=3)  # 2 * 3 < 8: the limit was not used
+    assert limit.limit == 8 and rec.changes == []
+    limit.on_sample(ok(0.0, RTT, 4))  # 2 * 4 >= 8
+    assert limit.limit == 9
+
+
+def test_slow_start_ends_just_below_the_refused_concurrency() -> None:
+    limit, rec = make(latency_tolerance=None)
+    t = 0.0
+    for _ in range(5):
+        t = send_round(limit, t)
+    assert limit.limit == 32
+    limit.on_sample(drop(t, 32, rtt=0.125))
+    assert limit.limit == 31
+    assert (limit.phase, limit.ceiling, limit.plateau) == ("steady", 32, 31)
+    assert rec.changes[-1] == LimitChange(
+        old_limit=32, new_limit=31, reason="rate_limited", inflight=32, rtt=0.125, at=t + 0.125
+    )
+
+
+def test_slow_start_exit_never_below_half() -> None:
+    limit, _ = make(initial_limit=20, latency_tolerance=None)
+    limit.on_sample(drop(0.0, 3, reason="server_error"))  # a stray 503 at inflight 3
+    assert limit.limit == 10
+
+
+def test_slow_start_stops_at_max_limit() -> None:
+    limit, _ = make(max_limit=10, latency_tolerance=None)
+    t = 0.0
+    for _ in range(8):
+        t = send_round(limit, t)
+    assert limit.limit == 10
+
+
+# ---- decreases ------------------------------------------------------------------------
+
+
+def test_steady_drop_is_the_aimd_step_when_the_evidence_allows_more() -> None:
+    limit, rec = steady_at(20)
+    send_round(limit, 0.5, rtt=1.0)  # 20 back at 1.5: 20 delivered in the last rtt
+    limit.on_sample(drop(1.625, 20))
+    assert limit.limit == 18  # floor(20 * 0.9)
+    assert rec.changes == [LimitChange(20, 18, "rate_limited", 20, 0.0, 1.625)]
+
+
+def test_steady_drop_goes_to_the_concurrency_delivered() -> None:
+    limit, _ = steady_at(20)
+    send_round(limit, 0.5, rtt=1.0, n=6)  # only 6 came back within the last rtt
+    limit.on_sample(drop(1.625, 20))
+    assert limit.limit == 6
+
+
+def test_steady_drop_goes_below_the_refused_concurrency() -> None:
+    limit, _ = steady_at(20)
+    send_round(limit, 0.5, rtt=1.0)
+    limit.on_sample(drop(1.625, 5, reason="connection"))  # refused with 5 in flight
+    assert limit.limit == 4
+    assert limit.ceiling == 5
+
+
+def test_one_decrease_per_round_trip() -> None:
+    limit, rec = steady_at(20)
+    send_round(limit, 0.5, rtt=1.0)
+    limit.on_sample(drop(1.625, 20))  # the decrease, at 1.625
+    assert limit.limit == 18
+    # The rest of the burst: sent before (or as) the decrease was made.
+    limit.on_sample(drop(1.5, 20, rtt=0.5))
+    limit.on_sample(drop(1.625, 18))
+    limit.on_sample(drop(0.75, 20, rtt=1.0, reason="timeout"))
+    assert limit.limit == 18 and len(rec.changes) == 1
+    # Sent after the decrease: a new signal.
+    limit.on_sample(drop(1.75, 18))
+    assert limit.limit == 16
+    assert len(rec.changes) == 2
+
+
+def test_clamped_to_min_limit() -> None:
+    limit, rec = steady_at(4, min_limit=3)
+    limit.on_sample(drop(0.125, 4))  # no success delivered at all: evidence says 0
+    assert limit.limit == 3
+    limit.on_sample(drop(0.25, 3))
+    assert limit.limit == 3
+    assert [(c.old_limit, c.new_limit) for c in rec.changes] == [(4, 3)]
+
+
+def test_ignored_samples_change_nothing() -> None:
+    limit, rec = make(latency_tolerance=None)
+    for i in range(10):
+        limit.on_sample(Sample(float(i), RTT, 1, Outcome.IGNORE, "ignored"))
+    assert limit.limit == 1 and rec.changes == [] and limit.smoothed_rtt is None
+
+
+# ---- plateau and probes ---------------------------------------------------------------
+
+
+def rounds(limit: AimdLimit, start: float, count: int, n: int | None = None) -> float:
+    """``count`` round trips of ``n`` attempts in flight (default: the limit)."""
+    t = start
+    for _ in range(count):
+        t = send_round(limit, t, n=n, inflight=n)
+    return t
+
+
+def test_probe_after_clean_rounds_then_back_with_a_longer_wait() -> None:
+    limit, rec = steady_at(10, max_probe_interval=100.0)
+    t = rounds(limit, 0.125, 2)
+    assert limit.limit == 10  # two clean round trips: not yet
+    t = rounds(limit, t, 1)
+    assert (limit.limit, limit.phase, limit.plateau) == (11, "probe", 10)
+    assert rec.changes[-1] == LimitChange(10, 11, "probe", 10, RTT, t)
+    # The probe's extra attempt is refused at once: back to the plateau.
+    limit.on_sample(drop(t, 11))
+    assert (limit.limit, limit.phase, limit.ceiling, limit.probe_wait) == (10, "steady", 11, 6)
+    t = rounds(limit, t, 5)
+    assert limit.limit == 10
+    t = rounds(limit, t, 1)
+    assert limit.limit == 11  # the sixth clean round trip
+    limit.on_sample(drop(t, 11))
+    assert limit.probe_wait == 12
+    assert rec.reasons() == ["probe", "rate_limited", "probe", "rate_limited"]
+
+
+def test_a_probe_is_due_every_max_probe_interval() -> None:
+    limit, _ = steady_at(10, max_probe_interval=2.0)
+    t = 0.125
+    for wait in (3, 6):  # two failed probes: the wait is 12 round trips (3 s)...
+        t = rounds(limit, t, wait)
+        assert limit.phase == "probe"
+        limit.on_sample(drop(t, 11))
+    assert limit.probe_wait == 12
+    t = rounds(limit, t, 7)
+    assert limit.limit == 10
+    t = rounds(limit, t, 1)  # ...but 2 s (8 round trips of 0.25 s) is the bound
+    assert limit.limit == 11
+
+
+def test_no_probe_while_the_limit_is_not_used() -> None:
+    limit, rec = steady_at(10)
+    rounds(limit, 0.125, 40, n=6)  # 10 s, never more than 6 in flight
+    assert limit.limit == 10 and rec.changes == []
+
+
+def test_a_successful_probe_resumes_fast_growth() -> None:
+    limit, rec = steady_at(10, max_probe_interval=100.0)
+    t = rounds(limit, 0.125, 3)
+    assert limit.limit == 11
+    t = send_round(limit, t)  # a clean round trip at 11, with 11 in flight
+    assert limit.phase == "slow_start"
+    assert limit.limit == 21  # the round's other 10 successes grew it already
+    t = send_round(limit, t)
+    assert limit.limit == 42
+    assert rec.reasons() == ["probe"] + ["slow_start"] * 31
+    # The congestion point found by the growth is far above the old plateau: the
+    # next probes come quickly again.
+    limit.on_sample(drop(t, 40))
+    assert (limit.limit, limit.probe_wait) == (39, 3)
+
+
+def test_growth_that_finds_nothing_counts_as_a_failed_probe() -> None:
+    limit, _ = steady_at(10, max_probe_interval=100.0)
+    t = rounds(limit, 0.125, 4)
+    assert limit.phase == "slow_start"  # the probe at 11 succeeded
+    limit.on_sample(drop(t, 11))
+    assert (limit.limit, limit.probe_wait) == (10, 6)
+
+
+# ---- latency --------------------------------------------------------------------------
+
+
+def test_min_rtt_is_a_windowed_minimum_that_expires() -> None:
+    limit, _ = make(initial_limit=8, max_limit=8, latency_tolerance=None, min_rtt_window=2.0)
+    t = rounds(limit, 0.0, 8)  # until t = 2: rtt 0.25
+    assert (limit.min_rtt, limit.smoothed_rtt) == (0.25, 0.25)
+    while t < 4.0:  # from t = 2 the no-load rtt is 0.5
+        t = send_round(limit, t, rtt=0.5)
+    assert limit.min_rtt == 0.25  # the value recorded at t = 2 is still in the window
+    t = send_round(limit, t, rtt=0.5)
+    assert limit.min_rtt is not None and 0.25 < limit.min_rtt < 0.5  # expired
+    while t < 30.0:
+        t = send_round(limit, t, rtt=0.5)
+    assert limit.min_rtt == pytest.approx(0.5, rel=1e-4)
+    assert limit.smoothed_rtt == pytest.approx(0.5, rel=1e-9)
+
+
+def test_queueing_in_slow_start_is_congestion_with_reason_latency() -> None:
+    # 5 attempts every 0.25 s with nothing queued (20/s, rtt 0.25), then the rtt
+    # doubles: the same 20/s now takes 0.5 s, i.e. there is a queue.
+    limit, rec = make(initial_limit=20, max_limit=20, latency_tolerance=1.5)
+    t = 0.0
+    while t < 5.0:
+        limit.on_sample(ok(t, 0.25, 5))
+        for _ in range(4):
+            limit.on_sample(ok(t, 0.25, 5))
+        t += 0.25
+    assert (limit.min_rtt, limit.smoothed_rtt) == (0.25, 0.25)
+    sent = t
+    while limit.limit == 20:
+        for _ in range(5):
+            limit.on_sample(ok(t, 0.5, 5))
+            if limit.limit != 20:
+                break
+        t += 0.25
+    # The smoothed rtt passes 1.5 x 0.25 on the 7th slow sample (0.5 - 0.25 x 0.9^7).
+    (change,) = rec.changes
+    assert change.reason == "latency"
+    assert change.at == sent + 0.25 + 0.5  # the 7th is the 2nd of the second batch
+    # 20/s x 0.25 s of no-load rtt = 5 in service without a queue. Exactly: the best of
+    # 3 windows of 2 smoothed rtts (0.761 s) holds 15 successes, 19.7/s x 0.25 s x 1.1
+    # (headroom) = 5.4, so 5.
+    assert change.new_limit == 5
+    assert limit.phase == "steady" and limit.ceiling == 20
+
+
+def test_queueing_at_the_plateau_must_last_two_round_trips() -> None:
+    limit, rec = make(initial_limit=11, latency_tolerance=1.5, probe_rounds=100)
+    limit.on_sample(drop(0.0, 11))
+    t = rounds(limit, 0.125, 40)  # 10 s at 10 in flight, rtt 0.25
+    assert limit.min_rtt == 0.25
+    rec.changes.clear()
+    # The rtt jumps to 1.0. The first round trip ends with its first sample (0.325):
+    # no queueing yet; the smoothed rtt passes 0.375 during the rest of it.
+    t = send_round(limit, t, rtt=1.0)
+    assert limit.smoothed_rtt is not None and limit.smoothed_rtt > 0.375
+    t = send_round(limit, t, rtt=1.0)  # one round trip of queueing: could be noise
+    assert rec.changes == []
+    t = send_round(limit, t, rtt=1.0)  # two: a cut
+    (change,) = rec.changes
+    assert (change.reason, change.old_limit, change.at) == ("latency", 10, t)
+    # The rate is 40/s in the best window (it reaches back before the jump), times
+    # 0.25 s times 1.1: 6, below the AIMD step (9).
+    assert change.new_limit == 6
+
+
+# ---- hooks ----------------------------------------------------------------------------
+
+
+def test_every_change_emits_exactly_one_change_record() -> None:
+    limit, rec = make(latency_tolerance=None)
+    seen = [limit.limit]
+    t = 0.0
+    samples = [ok(0.0, RTT, 1)]
+    for _ in range(4):
+        samples += [ok(t, RTT, 2**i) for i in range(5)]
+        t += RTT
+    samples += [drop(t, 9), drop(t - 1, 9), ok(t + 0.125, RTT, 8)]
+    for sample in samples:
+        before = len(rec.changes)
+        limit.on_sample(sample)
+        if limit.limit != seen[-1]:
+            assert len(rec.changes) == before + 1
+            change = rec.changes[-1]
+            assert (change.old_limit, change.new_limit) == (seen[-1], limit.limit)
+            assert change.at == sample.start + sample.rtt
+            assert (change.inflight, change.rtt) == (sample.inflight, sample.rtt)
+            seen.append(limit.limit)
+        else:
+            assert len(rec.changes) == before
+    assert len(seen) - 1 == len(rec.changes) > 3
+
+
+samples_strategy = st.lists(
+    st.tuples(
+        st.integers(0, 400),  # start, in 1/8 s
+        st.integers(0, 40),  # rtt, in 1/8 s
+        st.integers(1, 80),  # inflight
+        st.sampled_from(["ok", "ok", "ok", "rate_limited", "timeout", "ignore"]),
+    ),
+    max_size=300,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(samples_strategy, st.sampled_from([None, 1.5]))
+def test_any_sample_sequence_keeps_the_invariants(
+    raw: list[tuple[int, int, int, str]], tolerance: float | None
+) -> None:
+    limit, rec = make(initial_limit=2, min_limit=2, max_limit=64, latency_tolerance=tolerance)
+    previous = limit.limit
+    for start8, rtt8, inflight, kind in sorted(raw):
+        start, rtt = start8 / 8, rtt8 / 8
+        if kind == "ok":
+            sample = ok(start, rtt, inflight)
+        elif kind == "ignore":
+            sample = Sample(start, rtt, inflight, Outcome.IGNORE, "ignored")
+        else:
+            sample = drop(start, inflight, rtt, kind)
+        count = len(rec.changes)
+        assert limit.on_sample(sample) == limit.limit
+        assert 2 <= limit.limit <= 64
+        if limit.limit == previous:
+            assert len(rec.changes) == count
+        else:
+            assert len(rec.changes) == count + 1
+            change = rec.changes[-1]
+            assert (change.old_limit, change.new_limit, change.at) == (
+                previous,
+                limit.limit,
+                start + rtt,
+            )
+            assert change.reason in {"slow_start", "probe", "latency", "rate_limited", "timeout"}
+            assert (change.new_limit > change.old_limit) == (
+                change.reason in {"slow_start", "probe"}
+            )
+        previous = limit.limit
