@@ -337,8 +337,8 @@ def test_queueing_in_slow_start_is_congestion_with_reason_latency() -> None:
     assert change.reason == "latency"
     assert change.at == sent + 0.25 + 0.5  # the 7th is the 2nd of the second batch
     # 20/s x 0.25 s of no-load rtt = 5 in service without a queue. Exactly: the best of
-    # 3 windows of 2 smoothed rtts (0.761 s) holds 15 successes, 19.7/s x 0.25 s x 1.1
-    # (headroom) = 5.4, so 5.
+    # 3 windows of 2 smoothed rtts (0.761 s) holds 15 successes, 19.7/s x 0.25 s = 4.9,
+    # so 5.
     assert change.new_limit == 5
     assert limit.phase == "steady" and limit.ceiling == 20
 
@@ -358,9 +358,9 @@ def test_queueing_at_the_plateau_must_last_two_round_trips() -> None:
     t = send_round(limit, t, rtt=1.0)  # two: a cut
     (change,) = rec.changes
     assert (change.reason, change.old_limit, change.at) == ("latency", 10, t)
-    # The rate is 40/s in the best window (it reaches back before the jump), times
-    # 0.25 s times 1.1: 6, below the AIMD step (9).
-    assert change.new_limit == 6
+    # The best window (1.84 s, reaching back before the jump) holds 40 successes:
+    # 21.8/s x 0.25 s = 5.4, so 5, below the AIMD step (9).
+    assert change.new_limit == 5
 
 
 # ---- hooks ----------------------------------------------------------------------------

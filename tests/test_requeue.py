@@ -95,10 +95,14 @@ def test_default_custom_ids_are_written_out(config: Config, spool: SpoolHelper) 
     assert next(iter(got[0])) == "custom_id"  # written first, for people reading it
 
 
-def test_single_request_job(config: Config, spool: SpoolHelper) -> None:
+def test_single_request_job(
+    config: Config, spool: SpoolHelper, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     failed_job(
         spool, "one.json", json.dumps(req(headers={"x-a": "1"})).encode(), [err("one", "http_400")]
     )
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "one.json").write_text("{}")  # a same-named file here does not shadow it
     assert requeue(config, "one.json") == 0  # a bare name: looked up in failed/
     assert incoming(spool) == {
         "one.requeue-1.jsonl": [{"custom_id": "one", **req(headers={"x-a": "1"})}]

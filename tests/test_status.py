@@ -237,6 +237,8 @@ def test_lock_holder_reads_proc_locks(tmp_path: Path) -> None:
     locks.write_text(f"1: FLOCK  ADVISORY  WRITE 99 ff:ff:{st.st_ino} 0 EOF\n")
     assert lock_holder(lock, locks) is None  # another device
     assert lock_holder(lock, locks, hint_pid=99) == 99  # overlayfs: inode and pid agree
+    locks.write_text(f"1: FLOCK  ADVISORY  WRITE 0 {dev}:{st.st_ino} 0 EOF\n")
+    assert lock_holder(lock, locks) == 0  # held from another pid namespace
     assert lock_holder(lock, tmp_path / "missing") == status_mod.UNKNOWN
     assert lock_holder(tmp_path / "no-lock", locks) is None
 
@@ -310,3 +312,12 @@ def test_watch_json_prints_one_object_per_tick(
     ticks.clear()
     assert status(config, watch=True, interval=0.5) == 0  # not a terminal: one report a tick
     assert capsys.readouterr().out.count("not running") == 2
+
+
+def test_holder_in_another_pid_namespace(
+    config: Config, spool: SpoolHelper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(status_mod, "lock_holder", lambda *a, **k: 0)
+    write_state(spool.root, 4321)
+    d = collect(config, now=NOW)["daemon"]
+    assert d["running"] and d["live"] and d["pid"] == 4321

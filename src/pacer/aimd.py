@@ -33,14 +33,14 @@ It learns the fastest safe concurrency of an upstream that never says its limit.
    (weight ``rtt_smoothing``, a plain mean until it is warm), so each decrease is
    judged on its own round trips. The no-load rtt is the minimum, over the last
    ``min_rtt_window`` seconds, of a 4x slower EWMA of the same samples (a minimum of
-   noisy values is biased low), seeded from the cold start's first samples; old
-   values expire, so it cannot go stale. The smoothed rtt above ``latency_tolerance``
+   noisy values is biased low), seeded by slow start's first 16 samples; old values
+   expire, so it cannot go stale. The smoothed rtt above ``latency_tolerance``
    x the no-load rtt is queueing (Vegas/Gradient): checked on every sample in slow
    start (growth outruns a round trip), at the end of the probe's round trip, and for
    two round trips in a row at the plateau (noise must not cut a limit that does not
    queue). The cut, reason ``latency``, goes to the delivered rate x the no-load rtt
-   (the concurrency served without a queue; the best of a few recent windows, +10 %
-   headroom), at most ``limit * backoff_ratio``.
+   (the concurrency served without a queue; the best of a few recent windows), at
+   most ``limit * backoff_ratio``.
 
 A round trip ends with the first success of an attempt sent after it began, once a
 smoothed rtt has passed (the fastest of varied rtts is not a round trip). Only
@@ -69,19 +69,19 @@ _MAX_PROBE_WAIT: Final = 1024
 # The no-load rtt follows an EWMA this many times slower than the smoothed rtt: a
 # minimum of noisy values is biased low, and a low baseline cuts too deep.
 _BASELINE_SLOWER: Final = 4.0
-# Slow start's first samples are the surest no-load ones: there a mean of this many
-# may enter the baseline; at the plateau only a warm slow EWMA does.
-_FIRST_BASELINE_SAMPLES: Final = 4
+# Slow start's first samples are the surest no-load ones: there a mean of at least
+# this many may enter the baseline (fewer are too noisy when rtts vary a lot); at the
+# plateau only a warm slow EWMA does.
+_FIRST_BASELINE_SAMPLES: Final = 16
 # At the plateau, queueing must last this many round trips before a cut: noise must
 # not cut a limit that does not queue (latency cuts are deep and would cascade).
 _STEADY_QUEUED_ROUNDS: Final = 2
-# A latency cut sizes the limit by the delivered rate: the best of a few windows of
-# this many smoothed rtts (the latest one may be a dip caused by the overshoot)...
+# A latency cut sizes the limit by the delivered rate (the best of a few windows of
+# this many smoothed rtts: the latest may be a dip caused by the overshoot) times the
+# no-load rtt. No headroom on top: a plateau that queues would feed its own rtt to
+# the baseline when the old minimum expires, and the baseline would creep up.
 _RATE_SPAN: Final = 2.0
 _RATE_WINDOWS: Final = 3
-# ...times the no-load rtt, with this headroom: the baseline, a minimum, sits a little
-# below the mean no-load rtt, and a touch of queue costs less than an idle slot.
-_LATENCY_HEADROOM: Final = 1.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +366,7 @@ class AimdLimit:
             sum(1 for at in self._completions if end - span < at <= end)
             for end in (now - k * srtt for k in range(_RATE_WINDOWS))
         )
-        return math.floor(best / span * base * _LATENCY_HEADROOM + 0.5)
+        return math.floor(best / span * base + 0.5)
 
     def _congestion(self, reason: str, sample: Sample, now: float, refused_at: int) -> None:
         s = self.settings

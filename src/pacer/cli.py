@@ -1,4 +1,4 @@
-"""Command line: ``pacer run | submit | status | check-config | mock-api``.
+"""Command line: ``pacer run | submit | status | check-config | mock-api | plot | requeue``.
 
 Exit codes: 0 success, 1 work failed (``run --drain``), 2 bad usage or bad config.
 """
@@ -26,8 +26,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from pacer import mockapi
+    from pacer import plot as plot_mod
 
-    parser = _Parser(prog="pacer", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="pacer", description="Send spooled HTTP jobs to rate-limited APIs at the fastest safe pace.")
     parser.add_argument("--version", action="version", version=f"pacer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -55,6 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     mock = sub.add_parser("mock-api", help="a local rate-limited OpenAI-like API")
     mockapi.add_arguments(mock)
+
+    plot = sub.add_parser("plot", help="plot limit, in flight and 429s from pacer's JSON logs")
+    plot_mod.add_arguments(plot)
+
+    requeue = sub.add_parser("requeue",
+                             help="send the failed requests of a failed job again, as a new job")
+    requeue.add_argument("--config", required=True, type=Path)
+    requeue.add_argument("--dry-run", action="store_true",
+                         help="print the requests instead of submitting them")
+    requeue.add_argument("job", metavar="JOB", help="failed/STEM.jsonl (or a bare name)")
     return parser
 
 
@@ -65,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             from pacer import mockapi
 
             return mockapi.run(args)
+        if args.command == "plot":
+            from pacer.plot import plot_command
+
+            return plot_command(args.log, args.output)
         config = load_config(args.config)
         if args.command == "check-config":
             print(json.dumps(config.to_dict(), indent=2))
@@ -78,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             from pacer.submit import submit
 
             return submit(config, args.paths, upstream=args.upstream, name=args.name)
+        if args.command == "requeue":
+            from pacer.requeue import requeue
+
+            return requeue(config, args.job, dry_run=args.dry_run)
         if args.command == "status":
             from pacer.status import status
 

@@ -63,6 +63,14 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # "HOST:PORT" to serve Prometheus /metrics on; empty: off.
+    listen: str = ""
+    # A node_exporter textfile-collector file (*.prom) rewritten with the state; empty: off.
+    textfile: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     name: str
     base_url: str
@@ -93,6 +101,7 @@ class Config:
     results: ResultsConfig
     daemon: DaemonConfig
     upstreams: Mapping[str, UpstreamConfig]
+    metrics: MetricsConfig = MetricsConfig()
 
     def default_upstream(self) -> str | None:
         """The upstream a request without ``"upstream"`` goes to."""
@@ -111,7 +120,7 @@ class Config:
             return value
 
         out: dict[str, Any] = {"config": str(self.path)}
-        for section in ("spool", "results", "daemon"):
+        for section in ("spool", "results", "daemon", "metrics"):
             out[section] = {
                 f.name: plain(getattr(getattr(self, section), f.name))
                 for f in dataclasses.fields(getattr(self, section))
@@ -208,7 +217,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 def parse_config(raw: Mapping[str, Any], cfg_path: Path) -> Config:
     r = _Reader(cfg_path)
     base = cfg_path.parent
-    known = {"spool", "results", "daemon", "upstreams"}
+    known = {"spool", "results", "daemon", "upstreams", "metrics"}
     for key in raw:
         if key not in known:
             r.problems.append(f"unknown section or key {key!r} (known: {', '.join(sorted(known))})")
@@ -242,6 +251,17 @@ def parse_config(raw: Mapping[str, Any], cfg_path: Path) -> Config:
     r.require(daemon.state_interval > 0, "daemon.state_interval: must be > 0")
     r.require(daemon.max_pending_requests >= 1, "daemon.max_pending_requests: must be >= 1")
 
+    metrics = MetricsConfig(**r.section(get("metrics"), "metrics", MetricsConfig))
+    if metrics.listen:
+        from pacer.metrics import parse_listen
+
+        try:
+            parse_listen(metrics.listen)
+        except ValueError as exc:
+            r.problems.append(f"metrics.listen: {exc}")
+    if metrics.textfile and not Path(metrics.textfile).is_absolute():
+        metrics = MetricsConfig(metrics.listen, str(base / metrics.textfile))
+
     upstreams: dict[str, UpstreamConfig] = {}
     ups_raw = get("upstreams")
     r.require(bool(ups_raw), "at least one [upstreams.NAME] table is required")
@@ -259,7 +279,7 @@ def parse_config(raw: Mapping[str, Any], cfg_path: Path) -> Config:
         upstreams[name] = up
     if r.problems:
         raise ConfigError(cfg_path, r.problems)
-    return Config(cfg_path, spool, results, daemon, upstreams)
+    return Config(cfg_path, spool, results, daemon, upstreams, metrics)
 
 
 def _check_upstream(r: _Reader, where: str, up: UpstreamConfig, base: Path) -> None:

@@ -35,7 +35,7 @@ import structlog
 import trio
 
 from pacer import __version__
-from pacer.config import Config, ConfigError, load_config, read_api_key
+from pacer.config import Config, ConfigError, UpstreamConfig, load_config, read_api_key
 from pacer.jobs import (
     BadRequest,
     JobFileError,
@@ -46,6 +46,7 @@ from pacer.jobs import (
     validate_jsonl,
 )
 from pacer.logs import configure_logging, register_secret
+from pacer.metrics import Metrics
 from pacer.results import JobResults, ResultWriter, result_line
 from pacer.spool import Spool, job_stem, write_durable
 from pacer.systemd import Notifier, watchdog_loop
@@ -65,6 +66,7 @@ class Job:
     succeeded: int = 0
     failed: int = 0
     queued: int = 0  # requests read but not answered yet
+    queued_by_upstream: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -99,6 +101,9 @@ class Daemon:
         self._request_slots = trio.Semaphore(config.daemon.max_pending_requests)
         self._jobs_scope = trio.CancelScope()
         self.ready = trio.Event()
+        self._last_state: dict[str, Any] = {}
+        self.spool_errors: dict[str, int] = {}
+        self.metrics = Metrics(lambda: self._last_state, folders=self.spool.counts)
 
     # -- set-up ---------------------------------------------------------------
 
@@ -117,7 +122,12 @@ class Daemon:
                 key = read_api_key(ucfg, self.config.path.parent)
                 register_secret(key)
                 client = build_client(ucfg, key)
-            self.upstreams[name] = Upstream(ucfg, client)
+            self.upstreams[name] = self._new_upstream(ucfg, client)
+
+    def _new_upstream(self, ucfg: UpstreamConfig, client: httpx.AsyncClient) -> Upstream:
+        up = Upstream(ucfg, client)
+        up.on_attempt = self.metrics.observe_attempt
+        return up
 
     # -- entry point ------------------------------------------------------------
 
@@ -126,6 +136,11 @@ class Daemon:
         self.spool.lock()
         try:
             self._build_upstreams()
+            self._last_state = self.state()
+            if self.config.metrics.listen:
+                self.metrics.start(self.config.metrics.listen)
+                log.info("metrics.listening", listen=self.config.metrics.listen,
+                         port=self.metrics.port)
             log.info("daemon.started", version=__version__, pid=os.getpid(),
                      spool=str(self.spool.root), drain=self.drain,
                      upstreams=sorted(self.upstreams))
@@ -154,6 +169,8 @@ class Daemon:
                     await up.client.aclose()
             self.spool.unlock()
             self.notifier.close()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.metrics.stop)
         log.info("daemon.stopped", jobs_done=self.summary.jobs_done,
                  jobs_failed=self.summary.jobs_failed, jobs_rejected=self.summary.jobs_rejected)
         return 1 if self.drain and self.summary.jobs_failed else 0
@@ -251,6 +268,7 @@ class Daemon:
                         self.pending.append(name)
                 self._wake.set()
         except Exception as exc:  # the rescan still finds everything
+            self.count_error("watch_failed")
             log.warning("spool.watch_failed", error=f"{type(exc).__name__}: {exc}")
 
     # -- one job ----------------------------------------------------------------------
@@ -264,6 +282,7 @@ class Daemon:
             except Exception as exc:
                 # A bug must not take the daemon down: the job stays in active/ and
                 # is resumed at the next start.
+                self.count_error("job_crashed")
                 log.exception("job.crashed", error=f"{type(exc).__name__}: {exc}")
             finally:
                 await trio.to_thread.run_sync(job.results.close)
@@ -331,6 +350,8 @@ class Daemon:
                             continue
                         await self._request_slots.acquire()
                         job.queued += 1
+                        up = item.upstream or ""
+                        job.queued_by_upstream[up] = job.queued_by_upstream.get(up, 0) + 1
                         requests.start_soon(self._request, job, item)
         finally:
             fh.close()
@@ -360,6 +381,7 @@ class Daemon:
                     try:
                         answer = await self.upstreams[item.upstream].send(item, self._stop_event)
                     except Exception as exc:  # a bug must cost one request, not the daemon
+                        self.count_error("request_crashed")
                         log.exception("request.crashed", error=f"{type(exc).__name__}: {exc}")
                         answer = Answer(0, error_code="internal_error",
                                         error_message=f"{type(exc).__name__} inside pacer")
@@ -378,6 +400,7 @@ class Daemon:
                     job.failed += 1
         finally:
             job.queued -= 1
+            job.queued_by_upstream[item.upstream or ""] -= 1
             self._request_slots.release()
             self._wake.set()  # the intake may claim more work now
 
@@ -447,7 +470,7 @@ class Daemon:
         for name in changed:
             self.upstreams[name].reconfigure(new.upstreams[name], clients.get(name))
         for name in added:
-            self.upstreams[name] = Upstream(new.upstreams[name], clients[name])
+            self.upstreams[name] = self._new_upstream(new.upstreams[name], clients[name])
         # Removed upstreams keep serving requests already queued for them; new
         # requests naming them are refused by validation.
         self.config = new
@@ -458,6 +481,10 @@ class Daemon:
 
     def state(self) -> dict[str, Any]:
         ups = {}
+        queued: dict[str, int] = {}
+        for job in self.jobs.values():
+            for name, n in job.queued_by_upstream.items():
+                queued[name] = queued.get(name, 0) + n
         for name, up in self.upstreams.items():
             s = up.stats
             ups[name] = {
@@ -470,6 +497,8 @@ class Daemon:
                 "attempts": s.attempts,
                 "retries": s.retries,
                 "rate_limited": s.rate_limited,
+                "queued": queued.get(name, 0),
+                "pauses": s.breaker_openings,
                 "last_minute": s.last_minute(),
             }
         return {
@@ -490,11 +519,20 @@ class Daemon:
                 "rejected": self.summary.jobs_rejected,
             },
             "upstreams": ups,
+            "spool_errors": dict(self.spool_errors),
         }
 
     async def _write_state(self) -> None:
-        data = json.dumps(self.state(), indent=1).encode()
+        # One snapshot, shared with the metrics thread: it is swapped, never mutated.
+        state = self._last_state = self.state()
+        data = json.dumps(state, indent=1).encode()
         await trio.to_thread.run_sync(write_durable, self.spool.state_path, data)
+        if self.config.metrics.textfile:
+            await trio.to_thread.run_sync(self.metrics.write_textfile,
+                                          self.config.metrics.textfile)
+
+    def count_error(self, kind: str) -> None:
+        self.spool_errors[kind] = self.spool_errors.get(kind, 0) + 1
 
     async def _state_loop(self) -> None:
         while True:

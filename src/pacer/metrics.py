@@ -20,7 +20,13 @@ from typing import Any
 from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, write_to_textfile
+from prometheus_client import (
+    CollectorRegistry,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+    write_to_textfile,
+)
 from prometheus_client.exposition import start_http_server
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -35,8 +41,23 @@ FolderCounts = Callable[[], Mapping[str, int]]
 
 # From fast APIs (~10 ms) to LLM calls of minutes: past the default 60 s timeout,
 # since a timeout can be configured higher.
-LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
-                   120.0, 300.0)
+LATENCY_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
 BREAKER_STATES = ("closed", "open", "half_open")
 
 
@@ -51,10 +72,11 @@ def parse_listen(listen: str) -> tuple[str, int]:
     except ValueError:
         port = None
         parts = urlsplit("")
-    if (port is None or not text or "@" in text or parts.path or parts.query
-            or parts.fragment):
-        raise ValueError(f"metrics listen address {listen!r} must be HOST:PORT "
-                         "(e.g. 127.0.0.1:9464, [::1]:9464, or :9464 for all addresses)")
+    if port is None or not text or "@" in text or parts.path or parts.query or parts.fragment:
+        raise ValueError(
+            f"metrics listen address {listen!r} must be HOST:PORT "
+            "(e.g. 127.0.0.1:9464, [::1]:9464, or :9464 for all addresses)"
+        )
     host = parts.hostname or ""
     if not host:
         host = "0.0.0.0" if text.startswith(":") else ""
@@ -110,14 +132,19 @@ class StateCollector:
 
         yield gauge("pacer_upstream_limit", "Current concurrency limit.", "limit")
         yield gauge("pacer_upstream_inflight", "Attempts in flight.", "inflight")
-        yield gauge("pacer_upstream_waiting",
-                    "Requests waiting for a slot under the limit.", "waiting")
-        yield gauge("pacer_upstream_queued_requests",
-                    "Requests read from job files and not answered yet.", "queued")
+        yield gauge(
+            "pacer_upstream_waiting", "Requests waiting for a slot under the limit.", "waiting"
+        )
+        yield gauge(
+            "pacer_upstream_queued_requests",
+            "Requests read from job files and not answered yet.",
+            "queued",
+        )
         breaker = GaugeMetricFamily(
             "pacer_upstream_breaker_state",
             "Circuit breaker state: 1 for the current state, 0 for the others.",
-            labels=["upstream", "state"])
+            labels=["upstream", "state"],
+        )
         for up, u in ups.items():
             current = u.get("breaker")
             if isinstance(current, str):
@@ -125,25 +152,35 @@ class StateCollector:
                     breaker.add_metric([up, st], 1.0 if current == st else 0.0)
         yield breaker
         requests = CounterMetricFamily(
-            "pacer_upstream_requests", "Requests answered, by final outcome.",
-            labels=["upstream", "outcome"])
+            "pacer_upstream_requests",
+            "Requests answered, by final outcome.",
+            labels=["upstream", "outcome"],
+        )
         for up, u in ups.items():
             for outcome, key in (("succeeded", "done"), ("failed", "failed")):
                 if (v := _num(u.get(key))) is not None:
                     requests.add_metric([up, outcome], v)
         yield requests
-        yield counter("pacer_upstream_attempts", "HTTP attempts made (retries included).",
-                      "attempts")
+        yield counter(
+            "pacer_upstream_attempts", "HTTP attempts made (retries included).", "attempts"
+        )
         yield counter("pacer_upstream_retries", "Attempts that were retried.", "retries")
-        yield counter("pacer_upstream_rate_limited",
-                      "Attempts answered with 429 Too Many Requests.", "rate_limited")
-        yield counter("pacer_upstream_pauses",
-                      "Times sending was paused because the circuit breaker opened.", "pauses")
+        yield counter(
+            "pacer_upstream_rate_limited",
+            "Attempts answered with 429 Too Many Requests.",
+            "rate_limited",
+        )
+        yield counter(
+            "pacer_upstream_pauses",
+            "Times sending was paused because the circuit breaker opened.",
+            "pauses",
+        )
 
     def _jobs(self, state: Mapping[str, Any]) -> Iterable[Metric]:
         jobs = state.get("jobs") or {}
-        done = CounterMetricFamily("pacer_jobs", "Jobs finished since the daemon started.",
-                                   labels=["outcome"])
+        done = CounterMetricFamily(
+            "pacer_jobs", "Jobs finished since the daemon started.", labels=["outcome"]
+        )
         for outcome in ("done", "failed", "rejected"):
             if (v := _num(jobs.get(outcome))) is not None:
                 done.add_metric([outcome], v)
@@ -151,20 +188,27 @@ class StateCollector:
         for name, key, doc in (
             ("pacer_jobs_active", "active", "Jobs claimed and running."),
             ("pacer_jobs_pending", "pending_incoming", "Jobs seen in incoming/, not claimed yet."),
-            ("pacer_requests_queued", "queued_requests",
-             "Requests read from active jobs and not answered yet."),
-            ("pacer_requests_remaining", "remaining_requests",
-             "Requests of active jobs not answered yet (read or not)."),
+            (
+                "pacer_requests_queued",
+                "queued_requests",
+                "Requests read from active jobs and not answered yet.",
+            ),
+            (
+                "pacer_requests_remaining",
+                "remaining_requests",
+                "Requests of active jobs not answered yet (read or not).",
+            ),
         ):
             if (v := _num(jobs.get(key))) is not None:
                 yield GaugeMetricFamily(name, doc, value=v)
         if (v := _num(state.get("started_at"))) is not None:
-            yield GaugeMetricFamily("pacer_start_time_seconds",
-                                    "When the daemon started, in seconds since the epoch.",
-                                    value=v)
+            yield GaugeMetricFamily(
+                "pacer_start_time_seconds",
+                "When the daemon started, in seconds since the epoch.",
+                value=v,
+            )
         if (v := _num(state.get("stopping"))) is not None:
-            yield GaugeMetricFamily("pacer_stopping", "1 while the daemon drains to stop.",
-                                    value=v)
+            yield GaugeMetricFamily("pacer_stopping", "1 while the daemon drains to stop.", value=v)
         if isinstance(version := state.get("version"), str):
             info = GaugeMetricFamily("pacer_build_info", "pacer's version.", labels=["version"])
             info.add_metric([version], 1.0)
@@ -178,15 +222,18 @@ class StateCollector:
             except OSError:
                 counts = None
         if counts:
-            fam = GaugeMetricFamily("pacer_spool_files", "Job files in each spool folder.",
-                                    labels=["folder"])
+            fam = GaugeMetricFamily(
+                "pacer_spool_files", "Job files in each spool folder.", labels=["folder"]
+            )
             for folder, n in counts.items():
                 if (v := _num(n)) is not None:
                     fam.add_metric([folder], v)
             yield fam
         errors = CounterMetricFamily(
-            "pacer_spool_errors", "Spool problems since the daemon started, by kind.",
-            labels=["kind"])
+            "pacer_spool_errors",
+            "Spool problems since the daemon started, by kind.",
+            labels=["kind"],
+        )
         kinds = state.get("spool_errors")
         if isinstance(kinds, Mapping):
             for kind, n in kinds.items():
@@ -208,9 +255,14 @@ class Metrics:
     the spool folders; without it a ``"folders"`` key of the snapshot is used.
     """
 
-    def __init__(self, snapshot: Snapshot, *, folders: FolderCounts | None = None,
-                 process_metrics: bool = True,
-                 buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        *,
+        folders: FolderCounts | None = None,
+        process_metrics: bool = True,
+        buckets: tuple[float, ...] = LATENCY_BUCKETS,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.collector = StateCollector(snapshot, folders)
         self.registry.register(self.collector)
@@ -219,7 +271,10 @@ class Metrics:
         self.latency = Histogram(
             "pacer_upstream_attempt_duration_seconds",
             "Duration of one HTTP attempt (slot held, response read), by outcome.",
-            ["upstream", "outcome"], buckets=buckets, registry=self.registry)
+            ["upstream", "outcome"],
+            buckets=buckets,
+            registry=self.registry,
+        )
         # labels() costs a lock and a tuple per call; keep the children.
         self._children: dict[tuple[str, str], Histogram] = {}
         self._server: WSGIServer | None = None
@@ -270,6 +325,4 @@ class Metrics:
 
     def render(self) -> bytes:
         """The text exposition, as a scrape would get it."""
-        from prometheus_client import generate_latest
-
         return generate_latest(self.registry)

@@ -83,7 +83,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -916,7 +916,9 @@ class MockUpstream:
             )
         else:
             message = f"Rate limit reached: too many requests in service (limit {cap})."
-        message += " (mock)" if reason == "too_large" else " Please try again later (mock)."
+        message += (
+            " (mock)" if reason in ("tokens", "too_large") else " Please try again later (mock)."
+        )
         error = {
             "message": message,
             "type": "rate_limit_error",
@@ -1042,8 +1044,17 @@ class _MockBody(httpx.AsyncByteStream):
     def __init__(self, answer: MockResponse, request: httpx.Request) -> None:
         self._answer = answer
         self._request = request
+        self._chunks: AsyncGenerator[bytes, None] | None = None
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        self._chunks = self._generate()
+        return self._chunks
+
+    async def aclose(self) -> None:
+        if self._chunks is not None:
+            await self._chunks.aclose()
+
+    async def _generate(self) -> AsyncGenerator[bytes, None]:
         answer = self._answer
         if answer.fault == "reset":
             yield answer.body[: len(answer.body) // 2]

@@ -174,19 +174,24 @@ class PacerSettings:
     ``increase_interval``/``increase_step``: every clean, busy interval the learned
     rate grows by ``increase_step`` × the rate set at the last decrease (at least
     ``min_increase``). ``busy_fraction``: share of the rate that must have been used
-    in the interval for it to count as busy.
+    in the interval for it to count as busy. An interval (and a ramp stage) lasts at
+    least long enough to expect ``busy_starts`` starts at its rate.
     ``min_rate``: the learned rate never goes below this.
     ``success_window``: the window of the success rate the first learned rate starts
     from (measured over at least ``min_success_span`` seconds of unpaused time).
     ``concurrency_window``: how long a success at some concurrency counts as proof
     that a 429 at that concurrency is not a concurrency cap.
+    ``concurrency_429s``/``concurrency_429_ratio``: a 429 at a new concurrency peak
+    is left to the concurrency limit only while 429s are rare: at most
+    ``max(concurrency_429s, concurrency_429_ratio × successes)`` in the last
+    ``success_window``.
     ``resume_jitter``/``max_resume_jitter``: a pause of D seconds resumes uniformly in
     ``[until, until + min(max_resume_jitter, resume_jitter × D)]``.
     ``ramp_step``/``ramp_start``/``ramp_min_rate``/``ramp_max_stages``: after a resume
     the pace is also capped by a slow-start ramp that begins at ``max(ramp_min_rate,
     ramp_start × success rate before the pause)`` (half the start rate when nothing
-    succeeded yet) and doubles every ``ramp_step``
-    seconds as long as it was binding (``busy_fraction`` of it used), at most
+    succeeded yet) and doubles every ``ramp_step`` seconds (or ``busy_starts`` starts)
+    as long as it was binding (``busy_fraction`` of it used), at most
     ``ramp_max_stages`` times; it lapses at the first stage that was not binding.
     ``coalesce``: a Retry-After that moves the end of an ongoing pause later by at most
     this many seconds extends it silently (a storm is one pause).
@@ -201,12 +206,15 @@ class PacerSettings:
     increase_interval: float = 1.0
     increase_step: float = 0.02
     search_growth: float = 0.1
-    min_increase: float = 0.05
+    min_increase: float = 0.001
     busy_fraction: float = 0.8
+    busy_starts: int = 5
     min_rate: float = 0.1
     success_window: float = 2.0
     min_success_span: float = 1.0
     concurrency_window: float = 5.0
+    concurrency_429s: int = 5
+    concurrency_429_ratio: float = 1.0
     resume_jitter: float = 0.1
     max_resume_jitter: float = 5.0
     ramp_step: float = 0.5
@@ -228,6 +236,8 @@ class PacerSettings:
             raise ValueError("resume_jitter must be in [0, 1]")
         if not 0.0 <= self.busy_fraction <= 1.0:
             raise ValueError("busy_fraction must be in [0, 1]")
+        if self.busy_starts < 1:
+            raise ValueError("busy_starts must be >= 1")
         if self.ramp_max_stages < 0:
             raise ValueError("ramp_max_stages must be >= 0")
         if self.burst < 1.0:
@@ -241,6 +251,7 @@ class PacerSettings:
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         non_negative = ("increase_step", "min_increase", "max_resume_jitter", "ramp_start",
+                        "concurrency_429s", "concurrency_429_ratio",
                         "coalesce", "search_growth")
         for name in non_negative:
             value = getattr(self, name)
@@ -425,6 +436,7 @@ class Pacer:
         self._ramp_stage = 0
         self._successes: deque[tuple[float, int | None]] = deque()
         self._starts: deque[float] = deque()
+        self._rejections: deque[float] = deque()  # times of 429s
         self._first_start: float | None = None
         self._last_sync = -math.inf
         self._tokens_used = 0.0
@@ -501,17 +513,22 @@ class Pacer:
             rates.append(self._ramp_rate)
         return min(rates) if rates else None
 
+    def _stage_length(self, rate: float) -> float:
+        """A ramp stage lasts long enough to expect ``busy_starts`` starts."""
+        s = self.settings
+        return max(s.ramp_step, s.busy_starts / rate)
+
     def _next_ramp_stage(self) -> None:
         """At the end of a ramp stage: double if the stage was binding, else end."""
         s = self.settings
         rate = self._ramp_rate
         if rate is None:
             return
-        busy = self._ramp_starts + 1 >= s.busy_fraction * rate * s.ramp_step
+        busy = self._ramp_starts >= s.busy_fraction * rate * self._stage_length(rate) - _EPS
         if busy and self._ramp_stage < s.ramp_max_stages:
             self._ramp_rate = rate * 2.0
             self._ramp_stage += 1
-            self._ramp_next += s.ramp_step
+            self._ramp_next += self._stage_length(self._ramp_rate)
         else:
             self._ramp_rate = None
             self._ramp_next = math.inf
@@ -615,6 +632,8 @@ class Pacer:
             self._tok_window = self._window(now, info.tokens, info.retry_after)
         if status is not None and 200 <= status < 300:
             self._successes.append((now, inflight))
+        if status == 429:
+            self._rejections.append(now)
         self._prune(now)
         by_concurrency = status == 429 and self.explained_by_concurrency(now, inflight)
         if status == 429 and not by_concurrency:
@@ -646,6 +665,8 @@ class Pacer:
             self._successes.popleft()
         while self._starts and self._starts[0] < now - s.success_window:
             self._starts.popleft()
+        while self._rejections and self._rejections[0] < now - s.success_window:
+            self._rejections.popleft()
 
     def _span(self, now: float) -> float:
         """Seconds of the success window that have passed since the first start."""
@@ -671,13 +692,21 @@ class Pacer:
     def explained_by_concurrency(self, now: float, inflight: int | None) -> bool:
         """Whether a 429 of an attempt started with ``inflight`` in flight is explained
         by a concurrency cap: attempts succeeded within ``concurrency_window`` seconds,
-        but none that started with as many in flight."""
+        but none that started with as many in flight; and 429s are rare (at most
+        ``max(concurrency_429s, concurrency_429_ratio × successes)`` over the last
+        ``success_window``), as when a concurrency limit probes, not a flood."""
+        s = self.settings
         if inflight is None:
             return False
-        horizon = now - self.settings.concurrency_window
+        horizon = now - s.concurrency_window
         peak = max((n for t, n in self._successes if t >= horizon and n is not None),
                    default=None)
-        return peak is not None and inflight > peak
+        if peak is None or inflight <= peak:
+            return False
+        recent = now - s.success_window
+        successes = sum(1 for t, _ in self._successes if t >= recent)
+        rejections = sum(1 for t in self._rejections if t >= recent)
+        return rejections <= max(s.concurrency_429s, s.concurrency_429_ratio * successes)
 
     def _on_rate_limited(self, now: float, info: RateLimitInfo) -> None:
         s = self.settings
@@ -715,9 +744,9 @@ class Pacer:
         if self._ai_mark is None:
             self._ai_mark = now
         elapsed = now - self._ai_mark
-        if elapsed < s.increase_interval:
+        if elapsed < max(s.increase_interval, s.busy_starts / self._learned):
             return
-        busy = self._ai_starts + 1 >= s.busy_fraction * self._learned * elapsed
+        busy = self._ai_starts >= s.busy_fraction * self._learned * elapsed - _EPS
         if self._ai_clean and busy and not self.paused(now):
             old = self._learned
             if self._searching:
@@ -761,7 +790,7 @@ class Pacer:
             # Before anything succeeded, half the pace of the starts stands in.
             pace = self.success_rate(now) or 0.5 * self.start_rate(now)
             self._ramp_rate = max(s.ramp_min_rate, s.ramp_start * pace)
-        self._ramp_next = resume_at + s.ramp_step
+        self._ramp_next = resume_at + self._stage_length(self._ramp_rate)
         self._ramp_starts = 0
         self._ramp_stage = 0
         self._req_bucket.restart(resume_at, 1.0)

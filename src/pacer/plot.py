@@ -25,8 +25,29 @@ from typing import IO, Any
 MISSING_MATPLOTLIB = "pacer plot needs matplotlib: pip install 'pacer[plot]'"
 UNKNOWN_UPSTREAM = "(unknown)"
 # Bin widths for the 429 bars, in seconds: about BINS bars across the plot.
-NICE_WIDTHS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600,
-               7200, 14400, 21600, 43200, 86400)
+NICE_WIDTHS = (
+    0.1,
+    0.2,
+    0.5,
+    1,
+    2,
+    5,
+    10,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    7200,
+    14400,
+    21600,
+    43200,
+    86400,
+)
 BINS = 60
 
 
@@ -127,7 +148,8 @@ def extract(lines: Iterable[str]) -> LogSeries:
                 # The value before this change: since the daemon started, if it
                 # started after the last point (a restart resets the limit).
                 after_last = not series.limit or (
-                    last_start is not None and last_start > series.limit[-1][0])
+                    last_start is not None and last_start > series.limit[-1][0]
+                )
                 since = last_start if last_start is not None and after_last else t
                 series.limit.append((min(since, t), old))
             series.limit.append((t, new))
@@ -173,8 +195,9 @@ def bin_width(span: float, bins: int = BINS) -> float:
     return float(NICE_WIDTHS[-1])
 
 
-def histogram(times: Iterable[float], start: float, end: float,
-              width: float) -> list[tuple[float, int]]:
+def histogram(
+    times: Iterable[float], start: float, end: float, width: float
+) -> list[tuple[float, int]]:
     """Counts of ``times`` in bins of ``width`` from ``start``: ``[(bin_start, n)]``,
     covering ``start..end`` (times outside go into the first or last bin)."""
     n = max(1, math.ceil((end - start) / width - 1e-9))
@@ -222,20 +245,37 @@ def draw(data: LogSeries, output: str, *, dpi: int = 110) -> None:
         shaded: set[str] = set()
         for begin, end, state in s.breaker:
             label = {"open": "breaker open", "half_open": "breaker half-open"}[state]
-            ax.axvspan(x(begin), x(max(end, begin + span / 500)),
-                       color="tab:red" if state == "open" else "tab:orange",
-                       alpha=0.18 if state == "open" else 0.10, lw=0,
-                       label=None if label in shaded else label)
+            ax.axvspan(
+                x(begin),
+                x(max(end, begin + span / 500)),
+                color="tab:red" if state == "open" else "tab:orange",
+                alpha=0.18 if state == "open" else 0.10,
+                lw=0,
+                label=None if label in shaded else label,
+            )
             shaded.add(label)
         for i, t in enumerate(data.starts):
             ax.axvline(x(t), color="0.5", ls=":", lw=1, label="daemon start" if i == 0 else None)
         if s.limit:
             pts = [*s.limit, (last, s.limit[-1][1])]
-            ax.step([x(t) for t, _ in pts], [v for _, v in pts], where="post",
-                    color="tab:blue", lw=1.8, label="limit")
+            ax.step(
+                [x(t) for t, _ in pts],
+                [v for _, v in pts],
+                where="post",
+                color="tab:blue",
+                lw=1.8,
+                label="limit",
+            )
         if s.inflight:
-            ax.plot([x(t) for t, _ in s.inflight], [v for _, v in s.inflight], ".",
-                    color="tab:green", ms=3, alpha=0.7, label="in flight (at limit changes)")
+            ax.plot(
+                [x(t) for t, _ in s.inflight],
+                [v for _, v in s.inflight],
+                ".",
+                color="tab:green",
+                ms=3,
+                alpha=0.7,
+                label="in flight (at limit changes)",
+            )
         ax.set_ylabel("concurrency")
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
@@ -245,21 +285,37 @@ def draw(data: LogSeries, output: str, *, dpi: int = 110) -> None:
         ax.patch.set_visible(False)
         bins = histogram(s.rate_limited, first, last, width)
         width_label = f"{width:g} s"
-        ax2.bar([x(t) for t, _ in bins], [c for _, c in bins], width=width / div,
-                align="edge", color="tab:red", alpha=0.35, label=f"429s per {width_label}")
+        ax2.bar(
+            [x(t) for t, _ in bins],
+            [c for _, c in bins],
+            width=width / div,
+            align="edge",
+            color="tab:red",
+            alpha=0.35,
+            label=f"429s per {width_label}",
+        )
         ax2.set_ylabel(f"429s per {width_label}")
         ax2.set_ylim(bottom=0, top=max(1, max((c for _, c in bins), default=0)) * 1.15)
         final = s.limit[-1][1] if s.limit else None
         top = max((v for _, v in s.limit), default=None)
-        ax.set_title(f"{name}: final limit {final if final is not None else '–'}, "
-                     f"highest {top if top is not None else '–'}, "
-                     f"{len(s.rate_limited)} 429s, breaker opened {s.opens}×",
-                     loc="left", fontsize=10)
+        ax.set_title(
+            f"{name}: final limit {final if final is not None else '–'}, "
+            f"highest {top if top is not None else '–'}, "
+            f"{len(s.rate_limited)} 429s, breaker opened {s.opens}×",
+            loc="left",
+            fontsize=10,
+        )
         for axis in (ax, ax2):
             for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
                 legend.setdefault(label, handle)
-    fig.legend(list(legend.values()), list(legend), loc="outside lower center",
-               ncols=min(len(legend), 6), fontsize=8, frameon=False)
+    fig.legend(
+        list(legend.values()),
+        list(legend),
+        loc="outside lower center",
+        ncols=min(len(legend), 6),
+        fontsize=8,
+        frameon=False,
+    )
     axes[-1].set_xlabel(f"time since start of log ({unit})")
     axes[-1].set_xlim(0, span / div)
     fig.savefig(output)
@@ -269,12 +325,20 @@ def draw(data: LogSeries, output: str, *, dpi: int = 110) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log", required=True, metavar="FILE",
-                        help="pacer's JSON log lines; - reads stdin "
-                             "(e.g. journalctl -u pacer -o cat | pacer plot --log -)")
-    parser.add_argument("-o", "--output", default="pacer-plot.png", metavar="OUT",
-                        help="image to write (PNG; .svg or .pdf by extension); "
-                             "default: pacer-plot.png")
+    parser.add_argument(
+        "--log",
+        required=True,
+        metavar="FILE",
+        help="pacer's JSON log lines; - reads stdin "
+        "(e.g. journalctl -u pacer -o cat | pacer plot --log -)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        default="pacer-plot.png",
+        metavar="OUT",
+        help="image to write (PNG; .svg or .pdf by extension); default: pacer-plot.png",
+    )
 
 
 def plot_command(log: str, output: str) -> int:
@@ -296,9 +360,12 @@ def plot_command(log: str, output: str) -> int:
         print(f"pacer plot: cannot read {log}: {exc.strerror}", file=sys.stderr)
         return 2
     if not data.upstreams:
-        print(f"pacer plot: no limit.changed, request.retry or breaker.transition events in "
-              f"{'stdin' if log == '-' else log} ({data.events} log events, "
-              f"{data.skipped} other lines)", file=sys.stderr)
+        print(
+            f"pacer plot: no limit.changed, request.retry or breaker.transition events in "
+            f"{'stdin' if log == '-' else log} ({data.events} log events, "
+            f"{data.skipped} other lines)",
+            file=sys.stderr,
+        )
         return 1
     try:
         draw(data, output)
@@ -308,7 +375,9 @@ def plot_command(log: str, output: str) -> int:
     except ValueError as exc:  # e.g. an extension matplotlib has no writer for
         print(f"pacer plot: {exc}", file=sys.stderr)
         return 2
-    ups = ", ".join(f"{n} ({s.changes} limit changes, {len(s.rate_limited)} 429s)"
-                    for n, s in sorted(data.upstreams.items()))
+    ups = ", ".join(
+        f"{n} ({s.changes} limit changes, {len(s.rate_limited)} 429s)"
+        for n, s in sorted(data.upstreams.items())
+    )
     print(f"wrote {output}: {ups}")
     return 0

@@ -67,21 +67,35 @@ def locate(spool: Spool, path: str) -> Path:
     """The job file in ``failed/`` that ``path`` names: as given (relative to the
     current folder), relative to the spool, or a bare name in ``failed/``."""
     given = Path(path)
-    tries = [given] if given.is_absolute() else [given, spool.root / given,
-                                                 spool.folder("failed") / given]
-    found = next((p for p in tries if os.path.lexists(p)), None)
+    tries = (
+        [given]
+        if given.is_absolute()
+        else [given, spool.root / given, spool.folder("failed") / given]
+    )
+    existing = [p for p in tries if os.path.lexists(p)]
+    failed = spool.folder("failed").resolve()
+    # A same-named file elsewhere under the current folder must not shadow the job.
+    found = next(
+        (p for p in existing if p.parent.resolve() == failed), existing[0] if existing else None
+    )
     if found is None:
-        raise RequeueError(2, f"{path}: no such job (looked in the current folder, "
-                              f"the spool and its failed/ folder)")
+        raise RequeueError(
+            2,
+            f"{path}: no such job (looked in the current folder, the spool and its failed/ folder)",
+        )
     if job_stem(found.name) is None:
         raise RequeueError(2, f"{path}: job files end in .json or .jsonl")
     folder = found.parent.resolve()
     if folder == spool.folder("done").resolve():
-        raise RequeueError(1, f"{path}: the job is in done/: every request succeeded, "
-                              "nothing to requeue")
-    if folder != spool.folder("failed").resolve():
-        raise RequeueError(2, f"{path}: only jobs in the spool's failed/ folder "
-                              f"({spool.folder('failed')}) can be requeued")
+        raise RequeueError(
+            1, f"{path}: the job is in done/: every request succeeded, nothing to requeue"
+        )
+    if folder != failed:
+        raise RequeueError(
+            2,
+            f"{path}: only jobs in the spool's failed/ folder "
+            f"({spool.folder('failed')}) can be requeued",
+        )
     return spool.folder("failed") / found.name
 
 
@@ -91,8 +105,9 @@ def failed_results(results: Path) -> dict[str, Any]:
     try:
         fh = open(results, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError:
-        raise RequeueError(1, f"no results file {results}: the job was never "
-                              "completed, nothing to requeue") from None
+        raise RequeueError(
+            1, f"no results file {results}: the job was never completed, nothing to requeue"
+        ) from None
     except OSError as exc:
         raise RequeueError(2, f"cannot read {results}: {exc.strerror}") from None
     with fh:
@@ -122,8 +137,9 @@ def _read_job(path: Path, max_bytes: int) -> bytes:
         if not stat.S_ISREG(st.st_mode):
             raise RequeueError(2, f"{path} is not a regular file")
         if st.st_size > max_bytes:
-            raise RequeueError(2, f"{path} has {st.st_size} bytes, more than "
-                                  f"spool.max_job_bytes = {max_bytes}")
+            raise RequeueError(
+                2, f"{path} has {st.st_size} bytes, more than spool.max_job_bytes = {max_bytes}"
+            )
         return fh.read()
 
 
@@ -154,8 +170,9 @@ def plan(config: Config, job: Path) -> Plan:
             matched.add(item.custom_id)
             was = _code(errors[item.custom_id])
             if isinstance(item, BadRequest):
-                result.skipped.append(f"{item.custom_id} (line {item.line}, was {was}): "
-                                      f"{item.message}")
+                result.skipped.append(
+                    f"{item.custom_id} (line {item.line}, was {was}): {item.message}"
+                )
                 continue
             raw = raw_lines[item.line - 1]
             if item.line == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -175,8 +192,9 @@ def plan(config: Config, job: Path) -> Plan:
                 result.requests.append(_with_id(obj, request.custom_id))
     for cid in errors:
         if cid not in matched:
-            result.skipped.append(f"{cid} (was {_code(errors[cid])}): no request of "
-                                  f"{job.name} has this custom_id")
+            result.skipped.append(
+                f"{cid} (was {_code(errors[cid])}): no request of {job.name} has this custom_id"
+            )
     return result
 
 
@@ -192,8 +210,10 @@ def requeue_name(spool: Spool, stem: str) -> str:
     n = 1
     while True:
         candidate = f"{base}.requeue-{n}"
-        in_incoming = any(os.path.lexists(spool.folder("incoming") / f"{candidate}{suffix}")
-                          for suffix in JOB_SUFFIXES)
+        in_incoming = any(
+            os.path.lexists(spool.folder("incoming") / f"{candidate}{suffix}")
+            for suffix in JOB_SUFFIXES
+        )
         if not in_incoming and not spool.stem_taken(candidate):
             return f"{candidate}.jsonl"
         n += 1
@@ -212,15 +232,21 @@ def requeue(config: Config, path: str, *, dry_run: bool = False) -> int:
     for message in result.skipped:
         print(f"pacer requeue: left out {message}", file=sys.stderr)
     if not result.failed:
-        print(f"pacer requeue: no request of {job.name} ended in an error: nothing to requeue",
-              file=sys.stderr)
+        print(
+            f"pacer requeue: no request of {job.name} ended in an error: nothing to requeue",
+            file=sys.stderr,
+        )
         return 1
     if not result.requests:
-        print(f"pacer requeue: none of the {result.failed} failed requests of {job.name} "
-              "can be sent as they are: fix them and submit them again", file=sys.stderr)
+        print(
+            f"pacer requeue: none of the {result.failed} failed requests of {job.name} "
+            "can be sent as they are: fix them and submit them again",
+            file=sys.stderr,
+        )
         return 1
-    data = b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n"
-                    for r in result.requests)
+    data = b"".join(
+        json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in result.requests
+    )
     stem = job_stem(job.name)
     assert stem is not None
     name = requeue_name(spool, stem)
@@ -235,7 +261,10 @@ def requeue(config: Config, path: str, *, dry_run: bool = False) -> int:
             return 2
         print(name, flush=True)
     n = len(result.requests)
-    print(f"pacer requeue: {'would requeue' if dry_run else 'requeued'} {n} of "
-          f"{result.failed} failed request{'s' if result.failed != 1 else ''} of "
-          f"failed/{job.name} as incoming/{name}", file=sys.stderr)
+    print(
+        f"pacer requeue: {'would requeue' if dry_run else 'requeued'} {n} of "
+        f"{result.failed} failed request{'s' if result.failed != 1 else ''} of "
+        f"failed/{job.name} as incoming/{name}",
+        file=sys.stderr,
+    )
     return 0

@@ -29,6 +29,7 @@ class UpstreamStats:
     retries: int = 0
     rate_limited: int = 0
     breaker_transitions: int = 0
+    breaker_openings: int = 0
     _recent: deque[_Second] = field(default_factory=deque)
 
     def _bucket(self) -> _Second:

@@ -55,9 +55,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def lock_holder(lock_path: Path, proc_locks: Path = Path("/proc/locks"),
-                hint_pid: int | None = None) -> int | None:
-    """The pid holding an ``flock`` on ``lock_path``; None if nobody holds it;
+def lock_holder(
+    lock_path: Path, proc_locks: Path = Path("/proc/locks"), hint_pid: int | None = None
+) -> int | None:
+    """The pid holding an ``flock`` on ``lock_path`` (0: held by a process in another
+    pid namespace, which the kernel shows as 0); None if nobody holds it;
     :data:`UNKNOWN` if that cannot be known (no ``/proc/locks``: not Linux)."""
     try:
         text = proc_locks.read_text()
@@ -97,12 +99,14 @@ def _read_state(spool: Spool) -> dict[str, Any] | None:
 
 
 def _num(value: Any, default: float = 0.0) -> float:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
-        else default
+    return (
+        float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+    )
 
 
-def _daemon_info(spool: Spool, state: dict[str, Any] | None, now: float,
-                 state_interval: float) -> dict[str, Any]:
+def _daemon_info(
+    spool: Spool, state: dict[str, Any] | None, now: float, state_interval: float
+) -> dict[str, Any]:
     st = state or {}
     pid = st.get("pid") if isinstance(st.get("pid"), int) else None
     updated = _num(st.get("updated_at"))
@@ -112,8 +116,9 @@ def _daemon_info(spool: Spool, state: dict[str, Any] | None, now: float,
         running = pid is not None and _pid_alive(pid) and fresh
         holder_pid = pid if running else None
     else:
-        running = holder is not None and holder > 0
-        holder_pid = holder if running else None
+        running = holder is not None
+        # A holder in another pid namespace shows as 0: take the state file's word.
+        holder_pid = (holder or pid) if running else None
     # Live numbers: the state file was written by the daemon that holds the lock.
     live = running and bool(st) and holder_pid == pid
     return {
@@ -191,8 +196,9 @@ LIVE_KEYS = ("limit", "inflight", "waiting", "queued", "breaker", "last_minute")
 TOTAL_KEYS = ("done", "failed", "attempts", "retries", "rate_limited")
 
 
-def _upstreams(config: Config, state: dict[str, Any] | None, live: bool,
-               eta_all: float | None) -> dict[str, dict[str, Any]]:
+def _upstreams(
+    config: Config, state: dict[str, Any] | None, live: bool, eta_all: float | None
+) -> dict[str, dict[str, Any]]:
     raw = state.get("upstreams") if state else None
     raw = raw if isinstance(raw, dict) else {}
     names = list(config.upstreams) + [n for n in raw if n not in config.upstreams]
@@ -241,13 +247,21 @@ def collect(config: Config, *, now: float | None = None) -> dict[str, Any]:
     jobs = state.get("jobs") if live and state and isinstance(state.get("jobs"), dict) else None
     ups_raw = state.get("upstreams") if live and state else None
     ups_raw = ups_raw if isinstance(ups_raw, dict) else {}
-    rate = sum(_num((u.get("last_minute") or {}).get("throughput_rps"))
-               for u in ups_raw.values() if isinstance(u, dict))
+    rate = sum(
+        _num((u.get("last_minute") or {}).get("throughput_rps"))
+        for u in ups_raw.values()
+        if isinstance(u, dict)
+    )
     in_active = int(_num(jobs.get("remaining_requests"))) if jobs else 0
     left = in_active + int(waiting["requests"])
     eta = round(left / rate, 1) if live and rate > 0 and left else None
-    completed = int(sum(_num(u.get("done")) + _num(u.get("failed"))
-                        for u in ups_raw.values() if isinstance(u, dict)))
+    completed = int(
+        sum(
+            _num(u.get("done")) + _num(u.get("failed"))
+            for u in ups_raw.values()
+            if isinstance(u, dict)
+        )
+    )
     return {
         "spool": str(spool.root),
         "checked_at": now,
@@ -309,8 +323,9 @@ def _header(info: dict[str, Any]) -> Text:
         elif d["drain"]:
             text.append("  draining")
         if d["live"] and not d["state_fresh"]:
-            text.append(f"\nstate file not updated for {duration(d['state_age_s'])}",
-                        style="yellow")
+            text.append(
+                f"\nstate file not updated for {duration(d['state_age_s'])}", style="yellow"
+            )
     else:
         text.append("○ not running", style="bold red")
         if d["since"]:
@@ -334,14 +349,32 @@ def _folders(info: dict[str, Any]) -> Table:
 def _upstream_table(info: dict[str, Any]) -> Table:
     live = info["progress"] is not None
     # One space between columns: the whole table fits 80 columns (a pipe, watch(1)).
-    table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 1, 0, 0),
-                  title=None if live else "upstreams (totals of the last run)",
-                  caption="429% and req/s: the last minute" if live else None,
-                  title_justify="left", caption_justify="left")
-    for col in ("upstream", "limit", "inflight", "wait", "breaker", "done", "failed",
-                "retries", "429%", "req/s", "ETA"):
-        table.add_column(col, justify="left" if col in ("upstream", "breaker") else "right",
-                         no_wrap=True)
+    table = Table(
+        box=None,
+        header_style="bold",
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+        title=None if info["daemon"]["running"] else "upstreams (totals of the last run)",
+        caption="429% and req/s: the last minute" if live else None,
+        title_justify="left",
+        caption_justify="left",
+    )
+    for col in (
+        "upstream",
+        "limit",
+        "inflight",
+        "wait",
+        "breaker",
+        "done",
+        "failed",
+        "retries",
+        "429%",
+        "req/s",
+        "ETA",
+    ):
+        table.add_column(
+            col, justify="left" if col in ("upstream", "breaker") else "right", no_wrap=True
+        )
     breaker_style = {"closed": "green", "open": "bold red", "half_open": "yellow"}
     for name, u in info["upstreams"].items():
         lm = u["last_minute"] or {}
@@ -369,31 +402,45 @@ def _upstream_table(info: dict[str, Any]) -> Table:
 def _queue(info: dict[str, Any]) -> RenderableType:
     q = info["queue"]
     approx = "~" if q["requests_waiting_estimated"] else ""
-    line = Text(f"queue: {q['jobs_waiting']} jobs waiting ({approx}{q['requests_waiting']} "
-                "requests)")
+    line = Text(
+        f"queue: {q['jobs_waiting']} jobs waiting ({approx}{q['requests_waiting']} requests)"
+    )
     if q["jobs_active"] is not None:
         line.append(f", {q['jobs_active']} active ({q['requests_in_active_jobs']} requests left)")
     jobs = info["jobs"]
     if jobs:
-        line.append(f"\njobs since start: {jobs.get('done', 0)} done, "
-                    f"{jobs.get('failed', 0)} failed, {jobs.get('rejected', 0)} rejected")
+        line.append(
+            f"\njobs since start: {jobs.get('done', 0)} done, "
+            f"{jobs.get('failed', 0)} failed, {jobs.get('rejected', 0)} rejected"
+        )
     prog = info["progress"]
     if prog is None:
         return line
     progress = Progress(
-        TextColumn("requests"), BarColumn(bar_width=None), MofNCompleteColumn(),
-        TaskProgressColumn(), TextColumn("{task.fields[rate]}"),
-        TextColumn("ETA {task.fields[eta]}"), auto_refresh=False, expand=True)
-    progress.add_task("requests", total=max(1, prog["total"]), completed=prog["completed"],
-                      rate=f"{info['queue']['throughput_rps'] or 0:.1f} req/s",
-                      eta=duration(info["eta_s"]) if info["eta_s"] is not None else "–")
+        TextColumn("requests"),
+        BarColumn(bar_width=None),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("ETA {task.fields[eta]}"),
+        auto_refresh=False,
+        expand=True,
+    )
+    progress.add_task(
+        "requests",
+        total=max(1, prog["total"]),
+        completed=prog["completed"],
+        rate=f"{info['queue']['throughput_rps'] or 0:.1f} req/s",
+        eta=duration(info["eta_s"]) if info["eta_s"] is not None else "–",
+    )
     return Group(line, progress)
 
 
 def render(info: dict[str, Any]) -> RenderableType:
     """The text view of :func:`collect`'s dict, as one rich renderable."""
-    return Group(_header(info), _folders(info), Text(""), _upstream_table(info), Text(""),
-                 _queue(info))
+    return Group(
+        _header(info), _folders(info), Text(""), _upstream_table(info), Text(""), _queue(info)
+    )
 
 
 def render_text(info: dict[str, Any], width: int = 120) -> str:
@@ -408,8 +455,9 @@ def render_text(info: dict[str, Any], width: int = 120) -> str:
 # -- the command --------------------------------------------------------------------------------
 
 
-def status(config: Config, *, as_json: bool = False, watch: bool = False,
-           interval: float = 1.0) -> int:
+def status(
+    config: Config, *, as_json: bool = False, watch: bool = False, interval: float = 1.0
+) -> int:
     """``pacer status``: print once, or redraw every ``interval`` s with ``watch``
     (JSON: one object per line, for scripts). Ctrl-C ends watching with 0."""
     interval = max(0.1, interval)
@@ -433,8 +481,9 @@ def status(config: Config, *, as_json: bool = False, watch: bool = False,
                 time.sleep(interval)
         from rich.live import Live
 
-        with Live(render(collect(config)), console=console, auto_refresh=False,
-                  screen=False) as live:
+        with Live(
+            render(collect(config)), console=console, auto_refresh=False, screen=False
+        ) as live:
             while True:
                 time.sleep(interval)
                 live.update(render(collect(config)), refresh=True)

@@ -107,6 +107,8 @@ class Upstream:
         self.stats = UpstreamStats(clock)
         self.limit.subscribe(self._on_limit_change)
         self.breaker.subscribe(self._on_breaker)
+        # Called after every attempt with (upstream, seconds, outcome): metrics.
+        self.on_attempt: Callable[[str, float, str], None] | None = None
 
     # -- hooks: the algorithms stay free of I/O, logging hangs off them ---------
 
@@ -117,6 +119,8 @@ class Upstream:
 
     def _on_breaker(self, t: BreakerTransition) -> None:
         self.stats.breaker_transitions += 1
+        if t.to_state == "open":
+            self.stats.breaker_openings += 1
         log.warning("breaker.transition", upstream=self.name, **{"from": str(t.from_state)},
                     to=str(t.to_state), reason=t.reason, cooldown_s=round(t.cooldown or 0, 3))
 
@@ -235,6 +239,8 @@ class Upstream:
                 status = None
             verdict = classify(status, error)
             slot.record(verdict.outcome, verdict.reason)
+            if self.on_attempt is not None:
+                self.on_attempt(self.name, self.clock() - slot.start, verdict.reason)
             return status, headers, body, verdict, message
 
 
