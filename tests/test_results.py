@@ -144,6 +144,30 @@ def test_append_is_on_disk_before_close(tmp_path: Path) -> None:
     jr.close()
 
 
+def test_append_after_close_still_lands_and_leaves_nothing_open(tmp_path: Path) -> None:
+    # Was: AssertionError. The daemon closes a job's results when its task ends,
+    # also when a hard stop cancels it with answers still pending in the writer;
+    # the final flush at shutdown must still write them.
+    jr = JobResults(tmp_path, "job")
+    jr.open()
+    jr.append([result_line("a", "u", 1, status=200)])
+    jr.close()
+    jr.append([result_line("b", "u", 1, status=200)])
+    assert jr._fh is None  # opened for the append only
+    assert [json.loads(x)["custom_id"] for x in jr.part.read_bytes().splitlines()] == ["a", "b"]
+    jr.publish()  # nothing open: nothing to publish here (the daemon resumes it)
+    assert not jr.final.exists()
+
+
+def test_append_after_publish_is_an_error(tmp_path: Path) -> None:
+    jr = JobResults(tmp_path, "job")
+    jr.open()
+    jr.publish()
+    with pytest.raises(RuntimeError, match="already published"):
+        jr.append([result_line("a", "u", 1, status=200)])
+    assert not jr.part.exists()
+
+
 def test_resume_cuts_a_torn_last_line_and_reads_answered_ids(tmp_path: Path) -> None:
     part = tmp_path / ".job.jsonl.part"
     good = result_line("a", "u", 1, status=200) + result_line("b", "u", 3, error_code="e")

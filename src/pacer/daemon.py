@@ -244,6 +244,10 @@ class Daemon:
             target = await trio.to_thread.run_sync(self.spool.reject_from_incoming, name, info)
         except FileNotFoundError:
             return
+        except OSError as exc:
+            self.count_error("reject_failed")
+            log.error("spool.reject_failed", job=name, error=f"{type(exc).__name__}: {exc}")
+            return
         self.summary.jobs_rejected += 1
         log.warning("job.rejected", job=target, reason=info["message"], code=info["code"])
 
@@ -285,7 +289,7 @@ class Daemon:
                 self.count_error("job_crashed")
                 log.exception("job.crashed", error=f"{type(exc).__name__}: {exc}")
             finally:
-                await trio.to_thread.run_sync(job.results.close)
+                job.results.close()  # cheap, and must happen even when cancelled
                 self.jobs.pop(job.name, None)
                 self._wake.set()
 
@@ -409,10 +413,14 @@ class Daemon:
 
         def move() -> str:
             job.results.close()
-            # Nothing was sent for a rejected job: drop an empty results file.
             with contextlib.suppress(FileNotFoundError):
                 if job.results.part.stat().st_size == 0:
+                    # Nothing was sent for a rejected job: drop the empty file.
                     job.results.part.unlink()
+                else:
+                    # A resumed job that no longer validates (e.g. its upstream was
+                    # removed): what was answered before stays visible.
+                    job.results.publish_partial()
             target = self.spool.finish(job.name, "rejected")
             self.spool.write_error(target, {**info, "job": target})
             return target

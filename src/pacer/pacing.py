@@ -1,55 +1,60 @@
 """The pacing gate of one upstream: decides *when* the next attempt may start.
 
 The concurrency limit (:mod:`pacer.limit`, :mod:`pacer.limiter`) bounds how many
-attempts are in flight; this module bounds how fast they *start*. It has two parts:
+attempts are in flight; this module bounds how fast they *start*. Two parts:
 
 - :class:`Pacer`, a pure core: no I/O, no clock of its own, every call takes ``now``
   (seconds on a monotonic clock). It is fed what responses say and answers with the
-  earliest time the next start may happen.
+  earliest time the next start may happen (:meth:`Pacer.next_start`), which the
+  caller then takes (:meth:`Pacer.commit`).
 - :class:`PacingGate`, a thin Trio wrapper: ``await gate.wait(tokens)`` sleeps until
-  the pacer allows a start, releasing waiting tasks one at a time, in FIFO order.
+  the pacer allows a start and takes it, releasing waiting tasks one at a time, in
+  FIFO order.
 
-What decides the pace (the tightest constraint wins):
+The pace is the tightest of these constraints:
 
-1. **Pauses.** A ``Retry-After`` on a 429/503 (or an explicit :meth:`Pacer.pause`)
-   stops the *whole* upstream until then. A later, shorter Retry-After never shortens
-   a pause; a storm of 429s that only nudges the end of an ongoing pause is one pause
-   (one :class:`PauseEvent`), not one per request. The resume is jittered
-   (uniform in ``[until, until + resume_jitter × duration]``, capped) and gradual: the
-   request bucket restarts with a single start's worth of credit, so starts are spread
-   at the current rate; when no rate is known, a *ramp* rate (``ramp_factor`` × the
-   success rate before the pause) applies for ``ramp_seconds`` after the resume.
+1. **Pauses.** A ``Retry-After`` on a 503, or on a 429 that is not put down to
+   concurrency (point 4), or an explicit :meth:`Pacer.pause`, stops the *whole*
+   upstream until then. A later, shorter Retry-After never shortens a pause; 429s that
+   only nudge the end of an ongoing pause (by up to ``coalesce`` s) extend it silently,
+   so a storm is one pause and one :class:`PauseEvent`. The resume is jittered
+   (uniform in ``[until, until + min(max_resume_jitter, resume_jitter × duration)]``)
+   and gradual: the pace buckets restart with one start's worth of credit, and a
+   slow-start ramp caps the pace, starting at the success rate before the pause and
+   doubling every stage (``ramp_step`` s, or ``busy_starts`` starts) while it binds.
 2. **Quotas from headers**, for requests and for tokens. A response saying
-   ``remaining=R, reset=T`` allows at most R more starts (R tokens) before
-   ``now + T``, spread evenly: rate ``margin × R / T``. With ``remaining=0`` nothing
-   starts until the reset. When the window has reset the constraint lapses until the
-   next response brings a new one. (For a server whose quota is a token bucket that
-   refills continuously, as OpenAI's and the mock's are, this rule settles where the
-   bucket is about half full and the pace equals the refill rate.)
-3. **A request rate learned from 429s**, for upstreams that cap the request rate
-   without saying so. There is no learned rate until the first 429 that is *neither*
-   explained by a quota header (an exhausted ``remaining``) *nor* by concurrency. Then
-   the rate is set to the recent success rate × ``backoff``; after that every such 429
-   multiplies it by ``backoff`` (at most once per ``decrease_interval``), and each clean
-   ``increase_interval`` during which the rate was actually binding (starts ≥
-   ``busy_fraction`` × rate × interval) adds ``increase_step`` × the rate set at the
-   last decrease (additive increase).
+   ``remaining=R, reset=T`` allows at most R more starts (R tokens) before ``now + T``,
+   spread evenly at ``margin × R / T``; with ``remaining=0`` nothing starts until the
+   reset. Each response replaces the previous window; a window that has reset lapses.
+   (For a quota that refills continuously, as OpenAI's, Anthropic's and the mock's
+   do, ``reset`` is the time until full, and this rule settles with the quota about
+   half full and the pace equal to the refill rate.)
+3. **A request rate learned from 429s**, for upstreams that cap the rate without
+   saying so. There is none until the first 429 that neither a quota header (an
+   exhausted ``remaining``) nor concurrency (point 4) explains. Then it is set to the
+   recent success rate × ``backoff`` and grows ×(1 + ``search_growth``) per clean
+   interval (a quick search, in case that success rate was measured too early); from
+   the next decrease on, each such 429 multiplies it by ``backoff`` (from the success
+   rate if that is lower, by at most ``backoff²`` at once; at most one decrease per
+   ``decrease_interval``), and each clean interval in which the rate was binding
+   (``busy_fraction`` of it used, over at least ``increase_interval`` s and
+   ``busy_starts`` starts) adds ``increase_step`` × the rate set at the last decrease.
+4. **Rate cap or concurrency cap?** Under a concurrency cap 429s come when the number
+   in flight reaches a new peak; under a rate cap at any concurrency. So a 429 (pass
+   ``inflight`` to :meth:`Pacer.on_response`) whose attempt started with more in flight
+   than any success of the last ``concurrency_window`` s is left to the concurrency
+   limit (AIMD): it neither lowers the rate nor pauses the upstream; unless 429s are
+   flooding in (more than ``max(concurrency_429s, concurrency_429_ratio ×
+   successes)`` in the last ``success_window`` s), which no concurrency probe causes.
+   Without ``inflight`` every 429 counts as a rate signal. (A Retry-After of a
+   concurrency 429 is the retry delay of that request, which the sender honours.)
 
-   *Rate cap or concurrency cap?* Under a pure concurrency cap, 429s come when the
-   number in flight reaches a new peak; under a rate cap they come at any concurrency.
-   So a 429 counts against the rate only if the attempt started with no more in flight
-   than some attempt that succeeded within the last ``concurrency_window`` seconds
-   (pass ``inflight`` to :meth:`Pacer.on_response`). A 429 at a new peak is left to
-   the concurrency limit (AIMD), which handles it better. Without ``inflight`` every
-   unexplained 429 counts against the rate.
-
-Both the request pace and the token pace are token buckets that hold at most one
-start (one token) of credit, so starts are spread evenly rather than bursting; a
-start that costs more than the credit runs the bucket into debt that later starts
-wait out. The token cost of a request is :func:`estimate_tokens` of its body
-(``max_tokens`` plus prompt characters / 4), as OpenAI counts it against the TPM
-limit when the request arrives; ``tokens_used`` from responses is only counted
-(the estimate is what the server charges up front, so nothing is refunded).
+Both paces are token buckets holding at most ``burst`` start (one token) of credit,
+so starts are spread evenly instead of bursting; a start that costs more than the
+credit puts the bucket into debt that later starts wait out. A request's token cost
+is :func:`estimate_tokens` of its body (``max_tokens`` plus prompt characters / 4),
+which is what OpenAI charges against the TPM quota when the request arrives;
+``tokens_used`` of responses is counted for status, not refunded.
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ __all__ = [
 ]
 
 _EPS = 1e-9
+_MAX_DEPTH = 16  # nesting levels of a body that estimate_tokens looks into
 # Statuses whose Retry-After pauses the whole upstream.
 PAUSE_STATUSES = frozenset({429, 503})
 
@@ -263,35 +269,40 @@ class PacerSettings:
 
 
 def _text_chars(value: object) -> int:
-    """Characters of text in a message content / prompt / input value (any shape the
-    chat, completions, responses and Anthropic APIs use)."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return sum(_text_chars(item) for item in value)
-    if isinstance(value, dict):
-        total = 0
-        for key in ("content", "text", "input_text"):
-            if key in value:
-                total += _text_chars(value[key])
-        return total
-    return 0
+    """Characters of text in a message content / prompt / input value, in any shape
+    the chat, completions, responses and Anthropic APIs use (a string, a list of
+    strings or parts, parts with ``text`` or nested ``content``). Iterative, and
+    deaf below ``_MAX_DEPTH`` levels, so that no body can exhaust the stack."""
+    total = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif depth >= _MAX_DEPTH:
+            continue
+        elif isinstance(item, list):
+            stack.extend((sub, depth + 1) for sub in item)
+        elif isinstance(item, Mapping):
+            stack.extend((item[key], depth + 1) for key in ("content", "text") if key in item)
+    return total
 
 
-def estimate_tokens(body: object) -> int:
+def estimate_tokens(body: object, *, default_max_tokens: int = 0) -> int:
     """A request's token cost, estimated from its JSON body.
 
-    ``max_tokens`` (or ``max_completion_tokens`` / ``max_output_tokens``) plus the
-    prompt size: the characters of the message contents, ``prompt``, ``input``,
-    ``system`` and ``instructions``, divided by 4 and rounded up. At least 1.
+    ``max_tokens`` (or ``max_completion_tokens`` / ``max_output_tokens``;
+    ``default_max_tokens`` when none is given) plus the prompt size: the characters of
+    the message contents, ``prompt``, ``input``, ``system`` and ``instructions``,
+    divided by 4 and rounded up. At least 1.
     """
     if not isinstance(body, Mapping):
-        return 1
-    completion = 0
+        return max(1, default_max_tokens)
+    completion = max(0, default_max_tokens)
     for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         value = body.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool):
-            if math.isfinite(value) and value > 0:
+            if math.isfinite(value) and value >= 0:
                 completion = math.ceil(value)
             break
     chars = 0

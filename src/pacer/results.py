@@ -104,10 +104,22 @@ class JobResults:
             fsync_dir(self.folder)
 
     def append(self, lines: list[bytes]) -> None:
-        assert self._fh is not None, "results file not open"
-        self._fh.write(b"".join(lines))
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        """Write and fsync ``lines``. After :meth:`close` (a job task that ended
+        while its last answers were still pending in the writer) the part file is
+        opened for just this append; after :meth:`publish` appending is an error."""
+        if self._fh is not None:
+            fh = self._fh
+            fh.write(b"".join(lines))
+            fh.flush()
+            os.fsync(fh.fileno())
+            return
+        if self.final.exists() and not self.part.exists():
+            raise RuntimeError(f"the results of {self.stem!r} are already published")
+        fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        with os.fdopen(fd, "ab") as late:
+            late.write(b"".join(lines))
+            late.flush()
+            os.fsync(late.fileno())
 
     def publish(self) -> None:
         """Make the results visible as ``STEM.jsonl`` (durably)."""
@@ -117,6 +129,14 @@ class JobResults:
         self._fh = None
         os.rename(self.part, self.final)
         fsync_dir(self.folder)
+
+    def publish_partial(self) -> None:
+        """Publish whatever the part file holds (a job that will not complete)."""
+        self.close()
+        if self.part.exists() and not self.final.exists():
+            _cut_torn_tail(self.part)
+            os.rename(self.part, self.final)
+            fsync_dir(self.folder)
 
     def close(self) -> None:
         if self._fh is not None:

@@ -24,7 +24,7 @@ from pacer.aimd import AimdLimit, AimdSettings
 from pacer.breaker import Breaker, BreakerSettings, BreakerTransition
 from pacer.config import UpstreamConfig
 from pacer.jobs import Request
-from pacer.limit import FixedLimit, Limit, LimitChange
+from pacer.limit import FixedLimit, Limit, LimitChange, Outcome
 from pacer.limiter import Limiter
 from pacer.outcome import Verdict, classify
 from pacer.ratelimit_headers import parse_rate_limit_headers
@@ -83,7 +83,7 @@ def _decode_body(data: bytes, content_type: str) -> Any:
     if "json" in content_type or data[:1] in (b"{", b"["):
         try:
             return json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
     return data.decode("utf-8", errors="replace")
 
@@ -162,10 +162,14 @@ class Upstream:
                 return None
             attempts += 1
             try:
-                status, headers, body, verdict, message = await self._attempt(req)
+                result = await self._attempt(req, stop)
             except BaseException:
                 self.breaker.on_ignore(self.clock())  # give a half-open probe slot back
                 raise
+            if result is None:  # stopping: it never went out
+                self.breaker.on_ignore(self.clock())
+                return None
+            status, headers, body, verdict, message = result
             if verdict.ok:
                 self.breaker.on_success(self.clock())
                 self.budget.on_success()
@@ -196,10 +200,13 @@ class Upstream:
             return Answer(attempts, status, body, _request_id(headers),
                           error_code=code, error_message=message or verdict.reason)
 
-    async def _attempt(self, req: Request) -> tuple[
-            int | None, httpx.Headers | None, Any, Verdict, str | None]:
-        """One attempt under the limiter; exceptions become a classification here."""
+    async def _attempt(self, req: Request, stop: trio.Event) -> tuple[
+            int | None, httpx.Headers | None, Any, Verdict, str | None] | None:
+        """One attempt under the limiter; exceptions become a classification here.
+        None when ``stop`` was set while it waited for a slot (nothing was sent)."""
         async with self.limiter.acquire() as slot:
+            if stop.is_set():
+                return None
             status: int | None = None
             headers: httpx.Headers | None = None
             body: Any = None
@@ -225,7 +232,7 @@ class Upstream:
                         await response.aclose()
                 except _TooLarge:
                     status, headers = response.status_code, response.headers
-                    error_verdict = Verdict(classify(None, None).outcome, "response_too_large",
+                    error_verdict = Verdict(Outcome.IGNORE, "response_too_large",
                                             retry=False, failure=False)
                     slot.record(error_verdict.outcome, error_verdict.reason)
                     return (None, headers, None, error_verdict,
@@ -233,6 +240,13 @@ class Upstream:
                 except httpx.HTTPError as exc:
                     error = exc
                     message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                except (ValueError, UnicodeError) as exc:
+                    # The request could not even be built (validation should have
+                    # caught it): final for this request, says nothing about load.
+                    verdict = Verdict(Outcome.IGNORE, "invalid_request", retry=False,
+                                      failure=False)
+                    slot.record(verdict.outcome, verdict.reason)
+                    return None, None, None, verdict, f"cannot send: {type(exc).__name__}: {exc}"
             if scope.cancelled_caught:
                 error = httpx.ReadTimeout("attempt exceeded the timeout")
                 message = f"no complete answer within {self.cfg.timeout} s"
