@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     from pacer import mockapi
     from pacer import plot as plot_mod
 
-    parser = _Parser(prog="pacer", description="Send spooled HTTP jobs to rate-limited APIs at the fastest safe pace.")
+    parser = _Parser(prog="pacer", description="Send spooled HTTP jobs to rate-limited APIs "
+                     "at the fastest safe pace, learned by itself.")
     parser.add_argument("--version", action="version", version=f"pacer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
