@@ -261,7 +261,7 @@ def test_a_503_with_retry_after_pauses_too() -> None:
     pauses, _ = recorder(pacer)
     pacer.on_response(0.0, RateLimitInfo(retry_after=3.0), 503)
     assert [(p.cause, p.until) for p in pauses] == [("unavailable", 3.0)]
-    pacer.on_response(5.0, RateLimitInfo(retry_after=3.0), 200)  # not a pause
+    assert pacer.on_response(5.0, RateLimitInfo(retry_after=3.0), 200) is None  # no pause
     assert len(pauses) == 1
 
 
@@ -347,11 +347,12 @@ def test_a_429_at_a_new_concurrency_peak_is_left_to_the_concurrency_limit() -> N
     assert pacer.explained_by_concurrency(1.0, 6)
     assert not pacer.explained_by_concurrency(1.0, 5)
     assert not pacer.explained_by_concurrency(1.0, None)
-    pacer.on_response(1.0, RateLimitInfo(retry_after=1.0), 429, inflight=6)
+    assert pacer.on_response(1.0, RateLimitInfo(retry_after=1.0), 429, inflight=6) == (
+        "concurrency")
     assert pacer.learned_rate is None and pauses == [] and rates == []
     assert pacer.next_start(1.0) == 1.0
     # The same 429 at a concurrency that has succeeded is a rate signal.
-    pacer.on_response(1.1, RateLimitInfo(retry_after=1.0), 429, inflight=3)
+    assert pacer.on_response(1.1, RateLimitInfo(retry_after=1.0), 429, inflight=3) == "rate"
     assert pacer.learned_rate is not None
     assert len(pauses) == 1
 
@@ -374,7 +375,7 @@ def test_a_429_with_an_exhausted_quota_holds_without_learning_a_rate() -> None:
     pacer = Pacer(exact())
     _, rates = recorder(pacer)
     feed_successes(pacer, 0.0, 2.0, 0.05)
-    pacer.on_response(2.0, requests_info(20, 0, 0.5), 429, inflight=1)
+    assert pacer.on_response(2.0, requests_info(20, 0, 0.5), 429, inflight=1) == "quota"
     assert rates == [] and pacer.learned_rate is None
     assert pacer.next_start(2.0) == 2.5
 

@@ -128,7 +128,7 @@ def test_ready_after_the_spool_scan_and_status_shows_the_limit(
     (spool.folder("incoming") / "notes.txt").write_text("not a job\n")
 
     daemon = start_service(start_pacer, cfg, notify)
-    ready = notify.wait_for("READY", "1", timeout=10, alive=alive(daemon))
+    notify.wait_for("READY", "1", timeout=10, alive=alive(daemon))
 
     # Whatever the daemon printed before sending READY=1 is in the file by now.
     before_ready = [e["event"] for e in daemon.events()]
@@ -136,7 +136,6 @@ def test_ready_after_the_spool_scan_and_status_shows_the_limit(
     assert "job.rejected" in before_ready, "READY=1 came before the first spool scan"
     assert before_ready.index("daemon.started") < before_ready.index("job.rejected")
     assert len(notify.matching("READY")) == 1
-    assert not notify.matching("READY", since=0) or notify.matching("READY")[0] is ready
 
     wait_for(lambda: len(spool.jobs("done")) == 3, 10, what="the 3 early jobs in done/")
     # STATUS= lines keep coming (every state_interval) and name the upstream's limit.
@@ -171,8 +170,9 @@ def test_watchdog_pings_at_half_of_watchdog_usec(
     assert 5 <= len(pings) <= 10, f"{len(pings)} pings in 1.5 s (expected ~7 at 0.2 s)"
     gaps = [b - a for a, b in itertools.pairwise(pings)]
     assert 0.1 <= statistics.median(gaps) <= 0.3, gaps
-    # Never a gap systemd would take for a hang (WATCHDOG_USEC = 0.4 s).
-    assert max(gaps) < 0.4, gaps
+    # No ping skipped (that would be a 0.4 s gap: systemd's limit), with room for
+    # scheduling noise on a busy machine.
+    assert max(gaps) < 0.35, gaps
 
 
 def test_no_watchdog_pings_when_watchdog_pid_is_another_process(
@@ -194,8 +194,8 @@ def test_no_watchdog_pings_when_watchdog_pid_is_another_process(
 # -------------------------------------------------------------------------- reload
 
 
-def reload_and_wait(daemon: Proc, notify: NotifyListener) -> tuple[int, float]:
-    """SIGHUP; return RELOADING's MONOTONIC_USEC once READY=1 followed it."""
+def reload_and_wait(daemon: Proc, notify: NotifyListener) -> None:
+    """SIGHUP, then RELOADING=1 with the current MONOTONIC_USEC, then READY=1."""
     before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     sent = time.monotonic()
     daemon.signal(signal.SIGHUP)
@@ -207,24 +207,25 @@ def reload_and_wait(daemon: Proc, notify: NotifyListener) -> tuple[int, float]:
     assert before <= usec <= after, (before, usec, after)
     ready = notify.wait_for("READY", "1", timeout=5, since=reloading.at, alive=alive(daemon))
     assert ready.at >= reloading.at
-    return usec, sent
 
 
 def test_sighup_applies_a_changed_config(
     make_config: MakeConfig, spool: SpoolHelper, mock_api: StartMock,
     start_pacer: StartPacer, notify: NotifyListener,
 ) -> None:
-    api = mock_api("--latency", "0.01")
-    cfg = make_config(api.base_url, upstream={"max_attempts": 2, "timeout": 10.0},
+    failing = mock_api("--latency", "0.01", "--error-rate", "1.0")  # always 500
+    healthy = mock_api("--latency", "0.01")
+    cfg = make_config(failing.base_url, upstream={"max_attempts": 2, "timeout": 10.0},
                       daemon={"log_level": "info", "state_interval": 0.2})
     daemon = start_service(start_pacer, cfg, notify)
     notify.wait_for("READY", "1", timeout=10, alive=alive(daemon))
-    spool.drop("before.json", req("before-1", upstream="default"))
+    spool.drop("before.json", req("before", upstream="default"))
     daemon.wait_event("job.completed", timeout=5)
+    assert spool.results("before")[0]["attempts"] == 2
 
-    make_config(api.base_url, upstream={"max_attempts": 2, "timeout": 20.0},
+    make_config(failing.base_url, upstream={"max_attempts": 1, "timeout": 20.0},
                 daemon={"log_level": "debug", "state_interval": 0.2},
-                upstreams={"second": {"base_url": api.base_url, "initial_limit": 2}})
+                upstreams={"second": {"base_url": healthy.base_url, "initial_limit": 2}})
     reload_and_wait(daemon, notify)
 
     reloaded = daemon.wait_event("config.reloaded", timeout=5)
@@ -236,14 +237,19 @@ def test_sighup_applies_a_changed_config(
     notify.wait_for("STATUS", timeout=5, since=time.monotonic())
     assert "second: limit 2" in notify.matching("STATUS")[-1].fields["STATUS"]
 
-    spool.drop("after.jsonl", [req("to-second", upstream="second"),
-                               req("to-default", upstream="default")])
-    daemon.wait_event("job.completed", timeout=5, where=lambda e: e["job"] == "after.jsonl")
-    assert spool.jobs("done") == ["after.jsonl", "before.json"]
-    lines = {line["custom_id"]: line for line in spool.results("after")}
-    assert lines["to-second"]["upstream"] == "second"
-    assert lines["to-second"]["response"]["status_code"] == 200
-    assert lines["to-default"]["response"]["status_code"] == 200
+    spool.drop("to-second.json", req("to-second", upstream="second"))
+    spool.drop("to-default.json", req("to-default"))
+    wait_for(lambda: len(events_named(daemon, "job.completed")) == 3, 5,
+             what="both new jobs completed")
+    assert spool.jobs("done") == ["to-second.json"]
+    assert spool.jobs("failed") == ["before.json", "to-default.json"]
+    [second] = spool.results("to-second")
+    assert second["upstream"] == "second" and second["error"] is None
+    assert second["response"]["status_code"] == 200
+    [default] = spool.results("to-default")
+    assert default["error"]["code"] == "http_500"
+    assert default["attempts"] == 1, "the new max_attempts is in force"
+    assert healthy.stats()["ok"] == 1
     assert daemon.popen.poll() is None
 
     daemon.signal(signal.SIGTERM)
@@ -252,7 +258,7 @@ def test_sighup_applies_a_changed_config(
 
 def test_sighup_with_a_broken_config_keeps_the_old_one(
     make_config: MakeConfig, spool: SpoolHelper, mock_api: StartMock,
-    start_pacer: StartPacer, notify: NotifyListener, tmp_path: Path,
+    start_pacer: StartPacer, notify: NotifyListener,
 ) -> None:
     api = mock_api("--latency", "0.01")
     cfg = make_config(api.base_url, upstream={"max_attempts": 2})
@@ -290,6 +296,30 @@ def test_sighup_with_a_broken_config_keeps_the_old_one(
 
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(10) == 0
+
+
+def test_sighup_with_a_deeply_nested_config_is_refused(
+    make_config: MakeConfig, spool: SpoolHelper, mock_api: StartMock,
+    start_pacer: StartPacer, notify: NotifyListener,
+) -> None:
+    """tomllib parses nested arrays recursively: a few hundred levels raise
+    RecursionError, which is no ConfigError. A reload must refuse it like any other
+    broken config (and ``check-config`` exit 2, not crash)."""
+    api = mock_api("--latency", "0.01")
+    cfg = make_config(api.base_url)
+    good_text = cfg.read_text()
+    daemon = start_service(start_pacer, cfg, notify)
+    notify.wait_for("READY", "1", timeout=10, alive=alive(daemon))
+
+    cfg.write_text(good_text + "\n[metrics]\nlisten = " + "[" * 2000 + "]" * 2000 + "\n")
+    daemon.signal(signal.SIGHUP)
+
+    failed = daemon.wait_event("config.reload_failed", timeout=3)
+    assert failed["problems"], failed
+    spool.drop("after.json", req("after"))
+    daemon.wait_event("job.completed", timeout=5)
+    assert spool.jobs("done") == ["after.json"]
+    assert daemon.popen.poll() is None
 
 
 # ---------------------------------------------------------------------------- stop
@@ -347,18 +377,18 @@ def test_sigterm_drains_in_flight_requests_and_keeps_the_rest(
     assert {c: after[c] for c in answered} == answered, "an answer on disk was replaced"
 
 
-@pytest.mark.xfail(strict=True, reason="requests waiting for a limiter slot are still sent "
-                   "after SIGTERM (Upstream._attempt does not look at the stop event)")
 def test_sigterm_starts_no_new_request(
     make_config: MakeConfig, spool: SpoolHelper, mock_api: StartMock,
     start_pacer: StartPacer, notify: NotifyListener,
 ) -> None:
-    """"Finish in-flight requests, keep the rest for later": requests queued behind
-    the concurrency limit are not sent once SIGTERM came, so the stop takes one
-    latency, not drain_timeout, and nothing is sent only to be cut and sent again."""
-    latency, drain_timeout, limit = 1.0, 3.0, 4
+    """SIGTERM means "finish in-flight requests, keep the rest for later": requests
+    queued behind the concurrency limit are not sent once it came, so the stop takes
+    one latency, not drain_timeout, and nothing is sent only to be cut and sent
+    again. (This failed before Upstream._attempt looked at the stop event once it
+    had a slot: all 30 requests were sent during the drain.)"""
+    latency, drain_timeout, limit = 1.0, 4.0, 8
     api = mock_api("--latency", str(latency))
-    cfg, _expected = slow_setup(make_config, spool, api, jobs=1, requests=12, limit=limit,
+    cfg, _expected = slow_setup(make_config, spool, api, jobs=3, requests=10, limit=limit,
                                 drain_timeout=drain_timeout)
     daemon = start_service(start_pacer, cfg, notify)
     notify.wait_for("READY", "1", timeout=10, alive=alive(daemon))

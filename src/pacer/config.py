@@ -211,6 +211,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(cfg_path, [f"not valid UTF-8 (at byte {exc.start})"]) from None
     except ValueError as exc:  # e.g. an integer of more than 4300 digits
         raise ConfigError(cfg_path, [f"not valid TOML: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError(cfg_path, ["not valid TOML: nested too deeply"]) from None
     return parse_config(raw, cfg_path)
 
 

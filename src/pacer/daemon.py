@@ -450,6 +450,9 @@ class Daemon:
         except ConfigError as exc:
             log.error("config.reload_failed", problems=exc.problems,
                       message="the new config was refused; the old one stays in force")
+        except Exception as exc:  # whatever it is, the daemon keeps the old config
+            log.exception("config.reload_failed", problems=[f"{type(exc).__name__}: {exc}"],
+                          message="the new config was refused; the old one stays in force")
         self.notifier.ready()
 
     def apply_config(self, new: Config) -> None:
@@ -495,6 +498,7 @@ class Daemon:
                 queued[name] = queued.get(name, 0) + n
         for name, up in self.upstreams.items():
             s = up.stats
+            pacing = up.gate.status()
             ups[name] = {
                 "limit": up.limit.limit,
                 "inflight": up.limiter.inflight,
@@ -506,7 +510,9 @@ class Daemon:
                 "retries": s.retries,
                 "rate_limited": s.rate_limited,
                 "queued": queued.get(name, 0),
-                "pauses": s.breaker_openings,
+                "pauses": s.pauses + s.breaker_openings,
+                "rate_rps": _round(pacing.rate),
+                "paused_for_s": _round(max(0.0, (pacing.resume_at or 0) - trio.current_time())),
                 "last_minute": s.last_minute(),
             }
         return {
@@ -551,6 +557,10 @@ class Daemon:
             self.notifier.status(f"{st['jobs']['active']} active jobs, "
                                  f"{st['jobs']['pending_incoming']} queued; " + "; ".join(parts))
             await trio.sleep(self.config.daemon.state_interval)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def _now_iso() -> str:

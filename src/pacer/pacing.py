@@ -65,13 +65,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
 import trio
 
 from pacer.ratelimit_headers import Quota, RateLimitInfo, parse_rate_limit_headers
 
 __all__ = [
+    "Cause",
     "Pacer",
     "PacerSettings",
     "PacerStatus",
@@ -149,6 +150,7 @@ class PacerStatus:
 
 
 E = TypeVar("E")
+Cause = Literal["quota", "concurrency", "rate"]
 PauseHook = Callable[[PauseEvent], None]
 RateHook = Callable[[RateChange], None]
 
@@ -182,9 +184,12 @@ class PacerSettings:
     ``min_increase``). ``busy_fraction``: share of the rate that must have been used
     in the interval for it to count as busy. An interval (and a ramp stage) lasts at
     least long enough to expect ``busy_starts`` starts at its rate.
+    ``search_growth``: until its second decrease, the learned rate grows by this share
+    per clean, busy interval instead (a quick search from the first estimate).
     ``min_rate``: the learned rate never goes below this.
-    ``success_window``: the window of the success rate the first learned rate starts
-    from (measured over at least ``min_success_span`` seconds of unpaused time).
+    ``success_window``: the window of the success (and start) rate that decreases and
+    the ramp start from, measured since the first start but over at least
+    ``min_success_span`` seconds (paused time counts: a quota refills meanwhile).
     ``concurrency_window``: how long a success at some concurrency counts as proof
     that a 429 at that concurrency is not a concurrency cap.
     ``concurrency_429s``/``concurrency_429_ratio``: a 429 at a new concurrency peak
@@ -625,14 +630,20 @@ class Pacer:
     # ---- learning
 
     def on_response(self, now: float, info: RateLimitInfo, status: int | None,
-                    tokens_used: float | None = None, *, inflight: int | None = None) -> None:
+                    tokens_used: float | None = None, *,
+                    inflight: int | None = None) -> Cause | None:
         """Learn from one finished attempt.
 
         ``info``: its parsed rate-limit headers (empty when there was no response);
         ``status``: its HTTP status (``None``: no response); ``tokens_used``: the tokens
         the response reports (counted only); ``inflight``: attempts in flight when it
         started, itself included (tells a concurrency cap from a rate cap).
-        A Retry-After on a 429 or 503 pauses the whole upstream (:meth:`pause`).
+        A Retry-After on a 429 or 503 pauses the whole upstream (:meth:`pause`), unless
+        the 429 is put down to concurrency.
+
+        For a 429, returns what it was put down to: ``"quota"`` (an exhausted quota in
+        its headers), ``"concurrency"`` (left to the concurrency limit) or ``"rate"``
+        (the learned rate); ``None`` for any other status.
         """
         self._sync(now)
         if tokens_used is not None and math.isfinite(tokens_used) and tokens_used > 0:
@@ -646,13 +657,20 @@ class Pacer:
         if status == 429:
             self._rejections.append(now)
         self._prune(now)
-        by_concurrency = status == 429 and self.explained_by_concurrency(now, inflight)
-        if status == 429 and not by_concurrency:
-            self._on_rate_limited(now, info)
-        if (status in PAUSE_STATUSES and not by_concurrency and info.retry_after is not None
-                and info.retry_after > 0):
+        cause: Cause | None = None
+        if status == 429:
+            if any(q is not None and q.exhausted for q in (info.requests, info.tokens)):
+                cause = "quota"  # the quota window holds until its reset
+            elif self.explained_by_concurrency(now, inflight):
+                cause = "concurrency"
+            else:
+                cause = "rate"
+                self._on_rate_limited(now)
+        if (status in PAUSE_STATUSES and cause != "concurrency"
+                and info.retry_after is not None and info.retry_after > 0):
             self.pause(now, info.retry_after, "retry_after" if status == 429 else "unavailable")
         self._set_rates(now)
+        return cause
 
     def _window(self, now: float, q: Quota, retry_after: float | None) -> _Window | None:
         s = self.settings
@@ -719,10 +737,8 @@ class Pacer:
         rejections = sum(1 for t in self._rejections if t >= recent)
         return rejections <= max(s.concurrency_429s, s.concurrency_429_ratio * successes)
 
-    def _on_rate_limited(self, now: float, info: RateLimitInfo) -> None:
+    def _on_rate_limited(self, now: float) -> None:
         s = self.settings
-        if any(q is not None and q.exhausted for q in (info.requests, info.tokens)):
-            return  # the quota window holds until its reset
         self._ai_clean = False
         if now - self._last_decrease < s.decrease_interval:
             return
@@ -864,10 +880,13 @@ class PacingGate:
             self._waiting -= 1
 
     def on_response(self, info: RateLimitInfo, status: int | None,
-                    tokens_used: float | None = None, *, inflight: int | None = None) -> None:
+                    tokens_used: float | None = None, *,
+                    inflight: int | None = None) -> Cause | None:
         """:meth:`Pacer.on_response` at the current time."""
-        self.pacer.on_response(self.clock(), info, status, tokens_used, inflight=inflight)
+        cause = self.pacer.on_response(self.clock(), info, status, tokens_used,
+                                       inflight=inflight)
         self._poke()
+        return cause
 
     def on_http_response(self, status: int | None, headers: Mapping[str, str] | None,
                          tokens_used: float | None = None, *,

@@ -30,6 +30,7 @@ class UpstreamStats:
     rate_limited: int = 0
     breaker_transitions: int = 0
     breaker_openings: int = 0
+    pauses: int = 0
     _recent: deque[_Second] = field(default_factory=deque)
 
     def _bucket(self) -> _Second:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,13 +27,16 @@ from pacer.jobs import Request
 from pacer.limit import FixedLimit, Limit, LimitChange, Outcome
 from pacer.limiter import Limiter
 from pacer.outcome import Verdict, classify
-from pacer.ratelimit_headers import parse_rate_limit_headers
-from pacer.retry import RetryBudget, RetrySettings, backoff_delay
+from pacer.pacing import Pacer, PacingGate, PauseEvent, RateChange, estimate_tokens, tokens_used
+from pacer.ratelimit_headers import RateLimitInfo, parse_rate_limit_headers
+from pacer.retry import RetryBudget, RetrySettings, backoff_delay, is_rate_limited
 from pacer.stats import UpstreamStats
 
 log = structlog.get_logger("pacer.upstream")
 
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+# 429s in a row at min_limit before the breaker opens (reason rate_limited_at_min).
+RATE_LIMITED_AT_MIN_TRIP = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,11 @@ class Upstream:
         self.breaker.subscribe(self._on_breaker)
         # Called after every attempt with (upstream, seconds, outcome): metrics.
         self.on_attempt: Callable[[str, float, str], None] | None = None
+        self._limited_at_min = 0
+        self.pacer = Pacer(rng=self.rng)
+        self.gate = PacingGate(self.pacer, clock, wall_clock)
+        self.pacer.subscribe_pause(self._on_pause)
+        self.pacer.subscribe_rate(self._on_rate)
 
     # -- hooks: the algorithms stay free of I/O, logging hangs off them ---------
 
@@ -116,6 +124,16 @@ class Upstream:
         log.info("limit.changed", upstream=self.name, old_limit=change.old_limit,
                  new_limit=change.new_limit, reason=change.reason, inflight=change.inflight,
                  rtt=None if change.rtt is None else round(change.rtt, 4))
+
+    def _on_pause(self, e: PauseEvent) -> None:
+        self.stats.pauses += 1
+        log.warning("upstream.paused", upstream=self.name, cause=e.cause,
+                    duration_s=round(e.duration, 3), resume_in_s=round(e.resume_at - e.at, 3))
+
+    def _on_rate(self, c: RateChange) -> None:
+        log.info("rate.changed", upstream=self.name, reason=c.reason,
+                 old_rate=None if c.old_rate is None else round(c.old_rate, 3),
+                 new_rate=None if c.new_rate is None else round(c.new_rate, 3))
 
     def _on_breaker(self, t: BreakerTransition) -> None:
         self.stats.breaker_transitions += 1
@@ -154,118 +172,185 @@ class Upstream:
 
     async def send(self, req: Request, stop: trio.Event | None = None) -> Answer | None:
         """Run ``req`` to its final answer; None if ``stop`` is set before that
-        (the request is then left unanswered, for the next run)."""
+        (the request is then left unanswered, for the next run).
+
+        ``max_attempts`` counts the attempts charged to this request. Not charged:
+        a retry the retry budget refused (the request waits instead: retries must
+        not amplify an overload, and a short outage must not fail jobs: the breaker
+        opens and requests wait), and an auth failure (the breaker stops the
+        upstream until someone fixes the key).
+        """
         stop = stop if stop is not None else trio.Event()
-        attempts = 0
+        sent = charged = 0
         while True:
             if not await self._wait_for_breaker(stop):
                 return None
-            attempts += 1
             try:
-                result = await self._attempt(req, stop)
+                tried = await self._attempt(req, stop)
             except BaseException:
                 self.breaker.on_ignore(self.clock())  # give a half-open probe slot back
                 raise
-            if result is None:  # stopping: it never went out
+            if tried is None:  # stopping: it never went out
                 self.breaker.on_ignore(self.clock())
                 return None
-            status, headers, body, verdict, message = result
-            if verdict.ok:
-                self.breaker.on_success(self.clock())
-                self.budget.on_success()
-            elif verdict.failure:
-                self.breaker.on_failure(self.clock(), verdict.reason)
-                self.budget.on_failure()
-            else:
-                self.breaker.on_ignore(self.clock())
-            if verdict.stop_upstream:
-                self.breaker.trip(self.clock(), "auth")
+            sent += 1
+            charged += 1
+            verdict = tried.verdict
+            now = self.clock()
             self.stats.record_attempt(rate_limited=verdict.reason == "rate_limited")
-            retry_after = None
-            if headers is not None:
-                retry_after = parse_rate_limit_headers(headers, self.wall_clock()).retry_after
-            if verdict.retry and attempts < self.retry.max_attempts:
-                delay = backoff_delay(attempts, self.retry, self.rng, retry_after)
+            self._feed_breaker(verdict, tried, now)
+            if verdict.ok:
+                self.stats.record_done(ok=True)
+                return Answer(sent, tried.status, tried.body, _request_id(tried.headers))
+            retry = verdict.retry or verdict.stop_upstream
+            if verdict.failure and not verdict.ok:
+                self.budget.on_failure()
+            if verdict.stop_upstream:
+                charged -= 1
+            if retry and charged < self.retry.max_attempts:
+                why = verdict.reason
+                if verdict.failure and not verdict.stop_upstream and not self.budget.try_spend():
+                    charged -= 1  # deferred, not retried: wait, uncharged
+                    why = f"{verdict.reason}, retry budget exhausted: deferred"
+                delay = backoff_delay(max(1, charged), self.retry, self.rng,
+                                      tried.info.retry_after)
                 self.stats.retries += 1
-                log.info("request.retry", custom_id=req.custom_id, attempt=attempts,
-                         delay_s=round(delay, 3), reason=verdict.reason, status=status)
+                log.info("request.retry", custom_id=req.custom_id, attempt=sent,
+                         delay_s=round(delay, 3), reason=why, status=tried.status)
                 with trio.move_on_after(delay):
                     await stop.wait()
                 continue
-            if verdict.ok:
-                self.stats.record_done(ok=True)
-                return Answer(attempts, status, body, _request_id(headers))
             self.stats.record_done(ok=False)
-            code = verdict.reason if status is None else f"http_{status}"
-            return Answer(attempts, status, body, _request_id(headers),
-                          error_code=code, error_message=message or verdict.reason)
+            code = verdict.reason if tried.status is None else f"http_{tried.status}"
+            return Answer(sent, tried.status, tried.body, _request_id(tried.headers),
+                          error_code=code, error_message=tried.message or verdict.reason)
 
-    async def _attempt(self, req: Request, stop: trio.Event) -> tuple[
-            int | None, httpx.Headers | None, Any, Verdict, str | None] | None:
-        """One attempt under the limiter; exceptions become a classification here.
-        None when ``stop`` was set while it waited for a slot (nothing was sent)."""
+    def _feed_breaker(self, verdict: Verdict, tried: _Tried, now: float) -> None:
+        """Tell the breaker (and the retry budget) how the attempt went."""
+        if verdict.ok:
+            self.breaker.on_success(now)
+            self.budget.on_success()
+            self._limited_at_min = 0
+            return
+        if verdict.failure:
+            self.breaker.on_failure(now, verdict.reason)
+        else:
+            self.breaker.on_ignore(now)
+        if verdict.stop_upstream:
+            self.breaker.trip(now, "auth")
+        elif verdict.reason == "rate_limited" and self.limit.limit <= self.cfg.min_limit:
+            # 429s even at the lowest concurrency: stop for a while rather than
+            # keep knocking (the cool-down is at least what the server asked for).
+            self._limited_at_min += 1
+            if self._limited_at_min >= RATE_LIMITED_AT_MIN_TRIP:
+                self._limited_at_min = 0
+                self.breaker.trip(now, "rate_limited_at_min",
+                                  min_cooldown=tried.info.retry_after)
+
+    async def _attempt(self, req: Request, stop: trio.Event) -> _Tried | None:
+        """One attempt under the limiter and the pacing gate; exceptions become a
+        classification here. None when ``stop`` came before anything was sent."""
         async with self.limiter.acquire() as slot:
-            if stop.is_set():
+            # The gate sits inside the slot: during a pause, no task that already
+            # holds a slot can send.
+            if stop.is_set() or not await _unless_stopped(
+                    stop, self.gate.wait, estimate_tokens(req.body)):
                 return None
-            status: int | None = None
-            headers: httpx.Headers | None = None
-            body: Any = None
-            error: BaseException | None = None
-            message: str | None = None
-            # One deadline for the whole attempt: httpx's timeouts are per read, and
-            # a body trickling in byte by byte would never trip them.
-            with trio.move_on_after(self.cfg.timeout) as scope:
-                try:
-                    request = self.client.build_request(
-                        req.method, req.url, headers=req.headers,
-                        json=req.body if req.body is not None else None)
-                    response = await self.client.send(request, stream=True)
-                    try:
-                        data = bytearray()
-                        async for chunk in response.aiter_bytes():
-                            data += chunk
-                            if len(data) > MAX_RESPONSE_BYTES:
-                                raise _TooLarge
-                        status, headers = response.status_code, response.headers
-                        body = _decode_body(bytes(data), headers.get("content-type", ""))
-                    finally:
-                        await response.aclose()
-                except _TooLarge:
-                    status, headers = response.status_code, response.headers
-                    error_verdict = Verdict(Outcome.IGNORE, "response_too_large",
-                                            retry=False, failure=False)
-                    slot.record(error_verdict.outcome, error_verdict.reason)
-                    return (None, headers, None, error_verdict,
-                            f"response body larger than {MAX_RESPONSE_BYTES} bytes")
-                except httpx.HTTPError as exc:
-                    error = exc
-                    message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                except (ValueError, UnicodeError) as exc:
-                    # The request could not even be built (validation should have
-                    # caught it): final for this request, says nothing about load.
-                    verdict = Verdict(Outcome.IGNORE, "invalid_request", retry=False,
-                                      failure=False)
-                    slot.record(verdict.outcome, verdict.reason)
-                    return None, None, None, verdict, f"cannot send: {type(exc).__name__}: {exc}"
-            if scope.cancelled_caught:
-                error = httpx.ReadTimeout("attempt exceeded the timeout")
-                message = f"no complete answer within {self.cfg.timeout} s"
-                status = None
-            verdict = classify(status, error)
-            slot.record(verdict.outcome, verdict.reason)
+            slot.start = self.clock()  # the rtt leaves the pacing wait out
+            slot.inflight = max(1, self.limiter.inflight - self.gate.waiting)
+            status, headers, body, error, message = await self._exchange(req)
+            info = (parse_rate_limit_headers(headers, self.wall_clock())
+                    if headers is not None else RateLimitInfo())
+            if status == 403 and is_rate_limited(status, info):
+                status_for_verdict: int | None = 429  # GitHub says "rate limited" with 403
+            else:
+                status_for_verdict = status
+            verdict = error if isinstance(error, Verdict) else classify(status_for_verdict, error)
+            cause = self.gate.on_response(info, status_for_verdict,
+                                          tokens_used(body), inflight=slot.inflight)
+            outcome = verdict.outcome
+            if cause in ("rate", "quota"):
+                # A rate cap is the pacing gate's to handle: shrinking the
+                # concurrency for it would only make the limit oscillate.
+                outcome = Outcome.IGNORE
+            slot.record(outcome, verdict.reason)
             if self.on_attempt is not None:
                 self.on_attempt(self.name, self.clock() - slot.start, verdict.reason)
-            return status, headers, body, verdict, message
+            return _Tried(status, headers, body, verdict, message, info)
+
+    async def _exchange(self, req: Request) -> tuple[
+            int | None, httpx.Headers | None, Any, BaseException | Verdict | None, str | None]:
+        """Send and read the whole answer, under one deadline (httpx's timeouts are
+        per read: a body trickling in byte by byte would never trip them)."""
+        status: int | None = None
+        headers: httpx.Headers | None = None
+        with trio.move_on_after(self.cfg.timeout) as scope:
+            try:
+                request = self.client.build_request(
+                    req.method, req.url, headers=req.headers,
+                    json=req.body if req.body is not None else None)
+            except (ValueError, UnicodeError, httpx.HTTPError) as exc:
+                # Validation should have caught it: final, and says nothing about load.
+                return (None, None, None,
+                        Verdict(Outcome.IGNORE, "invalid_request", retry=False, failure=False),
+                        f"cannot send: {type(exc).__name__}: {exc}")
+            try:
+                response = await self.client.send(request, stream=True)
+                try:
+                    status, headers = response.status_code, response.headers
+                    data = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        data += chunk
+                        if len(data) > MAX_RESPONSE_BYTES:
+                            return (None, headers, None,
+                                    Verdict(Outcome.IGNORE, "response_too_large", retry=False,
+                                            failure=False),
+                                    f"response body larger than {MAX_RESPONSE_BYTES} bytes")
+                    return (status, headers,
+                            _decode_body(bytes(data), headers.get("content-type", "")),
+                            None, None)
+                finally:
+                    await response.aclose()
+            except httpx.HTTPError as exc:
+                text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                return None, None, None, exc, text
+        assert scope.cancelled_caught
+        return (None, None, None, httpx.ReadTimeout("attempt exceeded the timeout"),
+                f"no complete answer within {self.cfg.timeout} s")
+
+
+@dataclass(frozen=True, slots=True)
+class _Tried:
+    """What one attempt brought back."""
+
+    status: int | None
+    headers: httpx.Headers | None
+    body: Any
+    verdict: Verdict
+    message: str | None
+    info: RateLimitInfo
+
+
+async def _unless_stopped(stop: trio.Event, fn: Callable[[float], Awaitable[None]],
+                          arg: float) -> bool:
+    """Await ``fn(arg)`` unless ``stop`` is set first; True if it completed."""
+    done = False
+    async with trio.open_nursery() as nursery:
+        async def watch() -> None:
+            await stop.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        await fn(arg)
+        done = True
+        nursery.cancel_scope.cancel()
+    return done
 
 
 def _retry_settings(cfg: UpstreamConfig) -> RetrySettings:
     base = max(cfg.retry_base_delay, 1e-3)
     return RetrySettings(max_attempts=cfg.max_attempts, base_delay=base,
                          max_delay=max(cfg.retry_max_delay, base))
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def _request_id(headers: httpx.Headers | None) -> str | None:

@@ -1,0 +1,874 @@
+"""Benchmark of pacer's adaptive limit against two fixed baselines, in real time.
+
+Run from the repository root::
+
+    .venv/bin/python bench/limit_bench.py [--quick] [--scenario NAME] [--duration S] [--seed N]
+
+For every scenario and every contender a fresh mock API (``python -m pacer.mockapi``)
+is started as a subprocess on 127.0.0.1 with the scenario's flags and a fixed
+``--seed``; an :class:`pacer.upstream.Upstream` (the daemon's own sender: limiter,
+retries honouring Retry-After, breaker) talks to it through
+:func:`pacer.upstream.build_client`. ``WORKERS = 4 x the highest concurrency of the
+scenario + 50`` tasks pull requests from an unbounded supply and ``await
+upstream.send(request)`` for a fixed duration, so the limiter is always saturated.
+Nothing but the limit differs between the contenders:
+
+* ``pacer``: :class:`pacer.aimd.AimdLimit` from ``initial_limit = 1`` (defaults
+  otherwise), never told the capacity;
+* ``oracle``: ``FixedLimit(C)``, the hidden cap itself (on the steps, a limit the
+  harness moves to the new cap at each step: the best a fixed limit could ever do);
+  on the knee, the best concurrency ``n*`` (below);
+* ``fixed-4x``: ``FixedLimit(4 x C)`` (steps: 4 x the first cap, 80; knee: 4 x n*),
+  i.e. a semaphore told 4x too high, relying on the jittered retries.
+
+Mock and client settings, and why
+---------------------------------
+* ``--retry-after 0.2`` on every mock (default 1 s): a 429'd request of any contender
+  comes back after 0.2-0.22 s (``retry-after-ms`` is honoured, plus pacer's 10 %
+  jitter), so a refused request is delayed by about one round trip rather than four.
+  Retries do not hold a limiter slot while they wait, so this only affects the
+  fixed-4x baseline's hammering rate, not anybody's goodput.
+* ``max_attempts = 1_000_000`` (nothing fails), ``retry_base_delay = 0.05``,
+  ``retry_max_delay = 1`` (only used without Retry-After, which never happens here).
+* Latency ``L = 0.25 s`` (cap, knee) and ``0.25 s`` (steps), no jitter ("constant
+  latency L"). The client must not be the bottleneck: httpx on the 2-core machine
+  this was written on manages ~1200 req/s at 5 concurrent connections but only ~230
+  at 50, so the highest rate asked of it stays at 160 req/s (40 in service / 0.25 s),
+  and the mock runs in its own process (the other core). The client's and the
+  mock's CPU shares are measured and printed (``cpu``: share of one core over the
+  run); a contender whose client is near 100 % is harness-bound, and the oracle's
+  goodput (~100 % of capacity) shows the harness is not the limit for the others.
+  The fixed-4x baseline sends hundreds of 429'd attempts per second and is the one
+  that may get close to it: its figures are then flattered, not hurt, in goodput
+  (its 429 share would be even higher with a faster client).
+
+Scenarios (durations for the default run; ``--quick`` halves every time)
+----------------------------------------------------------------------
+* ``cap``: hidden concurrency cap ``C = 32``, ``L = 0.25 s``, 30 s; cold start from
+  limit 1. Capacity ``C / L = 128 req/s``.
+* ``steps``: the cap follows ``--schedule 0:20,10:5,20:40``, ``L = 0.25 s``, 30 s.
+  Capacity ``cap(t) / L``.
+* ``knee``: no cap and never a 429; past ``K = 16`` requests in service the mock's
+  service time is ``L x (1 + 0.05 x (n - K))`` for a request arriving as the n-th in
+  service (``MockUpstream._service_time``), ``L = 0.25 s``, 30 s. At a steady
+  concurrency n every request arrives with n in service, so the goodput is
+  ``n / latency(n)`` (Little's law); the best achievable is its maximum over the n
+  whose latency is within 1.5x the unloaded one: ``n* = 26``, ``26 / 0.375 s =
+  69.3 req/s`` (the knee itself, n = 16, gives 64 req/s, 92 %). The slope is below
+  ``1 / K``, so concurrency past the knee still buys throughput, at a latency cost.
+
+Definitions (all times are seconds since the mock started; one round trip, RT, is
+the unloaded latency ``L``)
+---------------------------------------------------------------------------------
+* **window**: ``cap`` and ``knee``: the last two thirds of the run (10-30 s);
+  ``steps``: from the first step to the end (10-30 s: both steps and what follows).
+* **goodput**: successful attempts (2xx) *completed* within the window, per second;
+  **% cap**: goodput over the capacity averaged over the window (``C / L``; steps:
+  the mean of ``cap(t) / L``; knee: ``n* / latency(n*)``).
+* **429 %**: 429s among the attempts *started* within the window (``429 all``: over
+  the whole run, cold start included).
+* **lat x L**: median duration of the successful attempts completed within the
+  window (client-side, from taking a limiter slot to the full body), over ``L``.
+* **cold RT**: from the first attempt's start to the first time the limit is at
+  least the scenario's first cap (32; steps: 20), in round trips (pacer only: the
+  baselines start there).
+* **drop**: after a step down to cap ``c`` at ``ts``, the first ``t >= ts`` from
+  which the limit stays within ``[0.9 c, 1.1 c]`` for at least 1 s (and before the
+  next step), as ``t - ts`` in seconds and round trips. Measured on the limit: the
+  mock refuses everything above the cap at once, so what has to converge is the
+  contender's own limit (and with it the 429s). For ``c = 5`` the band holds only 5.
+* **rise**: after a step up to ``c`` at ``ts``, the first ``t >= ts`` at which the
+  mean number of successful attempts in flight over ``[t, t + 1 s]`` (the served
+  concurrency, i.e. the capacity actually used) is at least ``0.9 c``, as
+  ``t - ts``. The JSON also holds the same measure on the limit (``limit >= 0.9 c``
+  held for 1 s) and the drop measured on the served concurrency.
+* **cpu**: CPU time of the bench process (client) and of the mock over the wall
+  time of the run, as a share of one core.
+
+Targets, checked for pacer only: ``cap``: goodput >= 95 % of ``C / L``, 429 % <= 2,
+cold RT <= 10; ``steps``: drop <= 10 RT, rise <= 5 s; ``knee``: lat x L <= 1.5 and
+goodput >= 90 % of the best achievable.
+
+Outputs: the table on stdout, ``bench/out/limit_bench.json`` (every figure, the limit
+and in-flight series, 2xx and 429 counts per second) and ``bench/out/limit_bench.png``
+(per scenario: pacer's limit and in-flight attempts, 429s per second, the mock's cap
+dashed), drawn with matplotlib's Agg canvas (no pyplot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from pacer.aimd import AimdLimit, AimdSettings
+from pacer.config import UpstreamConfig
+from pacer.jobs import Request
+from pacer.limit import FixedLimit, HookList, Limit, LimitChange, LimitHook, Sample
+from pacer.logs import configure_logging
+from pacer.upstream import Upstream, build_client
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
+CHAT = "/v1/chat/completions"
+BODY = {"model": "mock", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+RETRY_AFTER = 0.2
+SAMPLE_EVERY = 0.1  # in-flight samples: 10 Hz
+GRID = 0.01  # resolution of the served-concurrency series
+HOLD = 1.0  # seconds a converged value must hold
+LATENCY_BOUND = 1.5  # "median latency <= 1.5x unloaded", and the knee's best n
+MAX_LIMIT = 256
+SHARDS = 8  # connection pools of the client (see ShardedTransport)
+CONTENDERS = ("pacer", "oracle", "fixed-4x")
+
+
+# ----------------------------------------------------------------------------- scenarios
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One mock configuration. ``caps`` is the cap schedule ``((t, cap), ...)`` (one
+    entry for a constant cap, empty for none); times are already scaled."""
+
+    name: str
+    title: str
+    latency: float
+    duration: float
+    caps: tuple[tuple[float, int], ...] = ()
+    knee: int | None = None
+    knee_slope: float = 0.0
+
+    def mock_args(self, seed: int) -> list[str]:
+        args = ["--latency", f"{self.latency:g}", "--jitter", "0", "--seed", str(seed),
+                "--retry-after", f"{RETRY_AFTER:g}", "--header-style", "openai"]
+        if len(self.caps) == 1:
+            args += ["--concurrency", str(self.caps[0][1])]
+        elif self.caps:
+            args += ["--schedule", ",".join(f"{t:g}:{c}" for t, c in self.caps)]
+        if self.knee is not None:
+            args += ["--knee", str(self.knee), "--knee-slope", f"{self.knee_slope:g}"]
+        return args
+
+    def cap_at(self, t: float) -> int | None:
+        cap: int | None = None
+        for at, c in self.caps:
+            if at <= t + 1e-9:
+                cap = c
+        return cap
+
+    def knee_latency(self, n: int) -> float:
+        """The mock's service time of a request arriving as the n-th in service."""
+        if self.knee is None or n <= self.knee:
+            return self.latency
+        return self.latency * (1.0 + self.knee_slope * (n - self.knee))
+
+    def best_knee(self) -> tuple[int, float]:
+        """``(n*, goodput)``: the best steady concurrency whose latency stays within
+        LATENCY_BOUND x unloaded, and its goodput ``n / latency(n)``."""
+        candidates = [n for n in range(1, 4096)
+                      if self.knee_latency(n) <= LATENCY_BOUND * self.latency + 1e-12]
+        best = max(candidates, key=lambda n: (n / self.knee_latency(n), -n))
+        return best, best / self.knee_latency(best)
+
+    @property
+    def steps(self) -> list[tuple[float, int, int]]:
+        """``(t, old cap, new cap)`` for every change of the cap after the start."""
+        return [(t, a, b) for (_, a), (t, b) in itertools.pairwise(self.caps)]
+
+    @property
+    def window(self) -> tuple[float, float]:
+        if self.steps:
+            return self.steps[0][0], self.duration
+        return self.duration / 3.0, self.duration
+
+    def capacity(self, t0: float, t1: float) -> float:
+        """The best achievable goodput (req/s), averaged over ``[t0, t1)``."""
+        if self.knee is not None:
+            return self.best_knee()[1]
+        points = [t for t, _ in self.caps if t0 < t < t1]
+        edges = [t0, *points, t1]
+        total = 0.0
+        for a, b in itertools.pairwise(edges):
+            total += (self.cap_at(a) or 0) / self.latency * (b - a)
+        return total / (t1 - t0)
+
+    def oracle(self) -> int:
+        return self.best_knee()[0] if self.knee is not None else self.caps[0][1]
+
+    def fixed4x(self) -> int:
+        return 4 * self.oracle()
+
+    def highest(self) -> int:
+        return max([self.oracle(), *(c for _, c in self.caps)])
+
+    def workers(self) -> int:
+        return 4 * self.highest() + 50
+
+
+def scenarios(scale: float) -> dict[str, Scenario]:
+    def s(t: float) -> float:
+        return round(t * scale, 3)
+
+    return {
+        "cap": Scenario("cap", "hidden cap C=32, L=0.25 s", 0.25, s(30), caps=((0.0, 32),)),
+        "steps": Scenario("steps", "cap 20 -> 5 -> 40, L=0.25 s", 0.25, s(30),
+                          caps=((0.0, 20), (s(10), 5), (s(20), 40))),
+        "knee": Scenario("knee", "latency knee K=16, slope 0.05, L=0.25 s", 0.25, s(30),
+                         knee=16, knee_slope=0.05),
+    }
+
+
+class ScheduledLimit:
+    """The steps' oracle: a fixed limit that the harness moves to the new cap at each
+    step (it knows the schedule; no limit algorithm could do better)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._hooks = HookList()
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    def on_sample(self, sample: Sample) -> int:
+        return self._limit
+
+    def subscribe(self, hook: LimitHook) -> None:
+        self._hooks.subscribe(hook)
+
+    def set(self, value: int, at: float) -> None:
+        old, self._limit = self._limit, value
+        if old != value:
+            self._hooks.emit(LimitChange(old, value, "schedule", 0, None, at))
+
+
+def make_limit(contender: str, scn: Scenario) -> Limit:
+    if contender == "pacer":
+        return AimdLimit(AimdSettings(initial_limit=1, min_limit=1, max_limit=MAX_LIMIT))
+    if contender == "oracle":
+        return ScheduledLimit(scn.oracle()) if scn.steps else FixedLimit(scn.oracle())
+    return FixedLimit(scn.fixed4x())
+
+
+# ----------------------------------------------------------------------------- client
+
+
+class _ReleasingStream(httpx.AsyncByteStream):
+    """A response body that calls ``release`` once when closed."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release: Callable[[], None] | None = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            if self._release is not None:
+                self._release()
+                self._release = None
+
+
+class ShardedTransport(httpx.AsyncBaseTransport):
+    """Several small httpcore connection pools behind one transport.
+
+    httpcore's pool does O(connections) work for each idle connection (and for each
+    queued request) whenever a request starts or ends, i.e. O(n^2) CPU at n
+    concurrent requests: past ~50 connections the client, not the mock, became the
+    bottleneck (a fixed limit of 128 got 34 % of the capacity at 86 % client CPU).
+    Each request goes to the pool with the fewest requests in flight, so every
+    pool stays at about n / shards connections.
+    """
+
+    def __init__(self, shards: int) -> None:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        self._pools = [httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+                       for _ in range(shards)]
+        self._busy = [0] * shards
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        i = min(range(len(self._busy)), key=self._busy.__getitem__)
+        self._busy[i] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._busy[i] -= 1
+
+        try:
+            response = await self._pools[i].handle_async_request(request)
+        except BaseException:
+            release()
+            raise
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(response.status_code, headers=response.headers,
+                              stream=_ReleasingStream(response.stream, release),
+                              extensions=response.extensions)
+
+    async def aclose(self) -> None:
+        for pool in self._pools:
+            await pool.aclose()
+
+
+def make_client(cfg: UpstreamConfig, sharded: bool) -> httpx.AsyncClient:
+    """``build_client(cfg)`` itself, or (``sharded``) the same client settings over a
+    :class:`ShardedTransport` (no auth, no extra headers, no redirects, no proxies
+    from the environment: what ``build_client`` sets for this config)."""
+    if not sharded:
+        return build_client(cfg, None)
+    return httpx.AsyncClient(
+        base_url=cfg.base_url,
+        timeout=httpx.Timeout(cfg.timeout, connect=cfg.connect_timeout),
+        follow_redirects=False,
+        trust_env=False,
+        transport=ShardedTransport(SHARDS),
+    )
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """What one contender did against one scenario; times in s since the mock started."""
+
+    scenario: str
+    contender: str
+    duration: float
+    attempts: list[tuple[float, float, str]] = field(default_factory=list)  # start, end, why
+    limits: list[tuple[float, int]] = field(default_factory=list)
+    samples: list[tuple[float, int, int]] = field(default_factory=list)  # t, inflight, limit
+    request_times: list[float] = field(default_factory=list)  # first attempt -> answer
+    failed: int = 0
+    wall: float = 0.0
+    cpu_client: float = 0.0
+    cpu_mock: float | None = None
+    mock_stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _proc_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a child process (Linux /proc), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def _start_mock(args: Sequence[str]) -> tuple[trio.Process, int, float]:
+    """Start the mock; return the process, its port and the Trio time it started."""
+    cmd = [sys.executable, "-m", "pacer.mockapi", "--host", "127.0.0.1", "--port", "0", *args]
+    proc = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    buf = b""
+    with trio.fail_after(15):
+        while b"\n" not in buf:
+            chunk = await proc.stdout.receive_some(4096)
+            if not chunk:
+                raise RuntimeError(f"the mock exited before listening: {cmd}")
+            buf += chunk
+    started = trio.current_time()
+    line = json.loads(buf.split(b"\n", 1)[0])
+    if line.get("event") != "mock_api.listening":
+        raise RuntimeError(f"unexpected first line from the mock: {line}")
+    return proc, int(line["port"]), started
+
+
+async def _stop_mock(proc: trio.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        with trio.move_on_after(5):
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    if proc.stdout is not None:
+        await proc.stdout.aclose()
+
+
+async def run_one(scn: Scenario, contender: str, seed: int, sharded: bool = True) -> RunRecord:
+    proc, port, t0 = await _start_mock(scn.mock_args(seed))
+    rec = RunRecord(scn.name, contender, scn.duration)
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        cfg = UpstreamConfig(
+            name="bench", base_url=base_url, initial_limit=1, min_limit=1,
+            max_limit=max(MAX_LIMIT, scn.fixed4x()), max_attempts=1_000_000, timeout=60.0,
+            retry_base_delay=0.05, retry_max_delay=1.0,
+        )
+        limit = make_limit(contender, scn)
+        client = make_client(cfg, sharded)
+        upstream = Upstream(cfg, client, limit=limit, rng=random.Random(seed))
+        rec.limits.append((0.0, limit.limit))
+
+        def on_change(change: LimitChange) -> None:
+            rec.limits.append((change.at - t0, change.new_limit))
+
+        def on_attempt(_name: str, seconds: float, reason: str) -> None:
+            end = trio.current_time() - t0
+            rec.attempts.append((end - seconds, end, reason))
+
+        limit.subscribe(on_change)
+        upstream.on_attempt = on_attempt
+        ids = itertools.count()
+
+        async def worker() -> None:
+            while True:
+                req = Request(custom_id=f"r{next(ids)}", method="POST", url=CHAT,
+                              upstream="bench", body=BODY)
+                began = trio.current_time()
+                answer = await upstream.send(req)
+                if answer is None or not answer.ok:
+                    rec.failed += 1
+                else:
+                    rec.request_times.append(trio.current_time() - began)
+
+        async def sampler() -> None:
+            while True:
+                rec.samples.append((trio.current_time() - t0, upstream.limiter.inflight,
+                                    upstream.limit.limit))
+                await trio.sleep(SAMPLE_EVERY)
+
+        async def follow_schedule(oracle: ScheduledLimit) -> None:
+            for at, cap in scn.caps[1:]:
+                await trio.sleep_until(t0 + at)
+                oracle.set(cap, trio.current_time())
+
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        mock_cpu0 = _proc_cpu_seconds(proc.pid)
+        async with client:
+            with trio.move_on_at(t0 + scn.duration):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(sampler)
+                    if isinstance(limit, ScheduledLimit):
+                        nursery.start_soon(follow_schedule, limit)
+                    for _ in range(scn.workers()):
+                        nursery.start_soon(worker)
+            rec.cpu_client = time.process_time() - cpu0
+            rec.wall = time.perf_counter() - wall0
+            mock_cpu1 = _proc_cpu_seconds(proc.pid)
+            if mock_cpu0 is not None and mock_cpu1 is not None:
+                rec.cpu_mock = mock_cpu1 - mock_cpu0
+            async with httpx.AsyncClient(base_url=base_url, trust_env=False) as stats_client:
+                rec.mock_stats = (await stats_client.get("/_mock/stats")).json()
+    finally:
+        with trio.CancelScope(shield=True):
+            await _stop_mock(proc)
+    rec.limits.sort()
+    return rec
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+class Analysis:
+    """Figures of one :class:`RunRecord` (see the module docstring for definitions)."""
+
+    def __init__(self, scn: Scenario, rec: RunRecord) -> None:
+        self.scn, self.rec = scn, rec
+        self.ok = [(s, e) for s, e, why in rec.attempts if why == "ok"]
+        n = math.ceil(rec.duration / GRID) + 2
+        diff = [0] * (n + 1)
+        for s, e in self.ok:
+            diff[min(n, max(0, math.ceil(s / GRID)))] += 1
+            diff[min(n, max(0, math.ceil(e / GRID)))] -= 1
+        self.served = list(itertools.accumulate(diff))  # served[k]: at t = k * GRID
+        self.change_times = [t for t, _ in rec.limits]
+
+    def limit_at(self, t: float) -> int:
+        value = self.rec.limits[0][1]
+        for at, v in self.rec.limits:
+            if at > t:
+                break
+            value = v
+        return value
+
+    def goodput(self, t0: float, t1: float) -> float:
+        return sum(1 for _, e in self.ok if t0 <= e < t1) / (t1 - t0)
+
+    def share_429(self, t0: float, t1: float) -> float:
+        started = [why for s, _, why in self.rec.attempts if t0 <= s < t1]
+        return sum(1 for why in started if why == "rate_limited") / max(1, len(started))
+
+    def median_latency(self, t0: float, t1: float) -> float | None:
+        lat = [e - s for s, e in self.ok if t0 <= e < t1]
+        return statistics.median(lat) if lat else None
+
+    def mean_served(self, t0: float, t1: float) -> float:
+        a, b = round(t0 / GRID), round(t1 / GRID)
+        cells = self.served[a:b]
+        return sum(cells) / max(1, len(cells))
+
+    def limit_holds(self, t0: float, t1: float, ok: Callable[[int], bool]) -> bool:
+        if not ok(self.limit_at(t0)):
+            return False
+        return all(ok(v) for at, v in self.rec.limits if t0 < at <= t1)
+
+    def first_limit_hold(self, ts: float, until: float,
+                         ok: Callable[[int], bool]) -> float | None:
+        """First t in [ts, until - HOLD] from which the limit satisfies ``ok`` for HOLD s."""
+        candidates = [ts, *(t for t in self.change_times if ts < t <= until - HOLD)]
+        for t in candidates:
+            if t + HOLD <= until + 1e-9 and self.limit_holds(t, t + HOLD, ok):
+                return t
+        return None
+
+    def first_served(self, ts: float, until: float, ok: Callable[[float], bool]) -> float | None:
+        """First t on a 50 ms grid in [ts, until - HOLD] whose mean served concurrency
+        over [t, t + HOLD] satisfies ``ok``."""
+        t = ts
+        while t + HOLD <= until + 1e-9:
+            if ok(self.mean_served(t, t + HOLD)):
+                return t
+            t += 0.05
+        return None
+
+    def cold_start(self) -> float | None:
+        """Round trips from the first attempt to the limit reaching the first cap."""
+        target = self.scn.caps[0][1] if self.scn.caps else self.scn.oracle()
+        if not self.rec.attempts:
+            return None
+        first = min(s for s, _, _ in self.rec.attempts)
+        reached = next((t for t, v in self.rec.limits if v >= target), None)
+        if reached is None:
+            return None
+        return max(0.0, reached - first) / self.scn.latency
+
+    def figures(self) -> dict[str, Any]:
+        scn, rec = self.scn, self.rec
+        w0, w1 = scn.window
+        capacity = scn.capacity(w0, w1)
+        good = self.goodput(w0, w1)
+        median = self.median_latency(w0, w1)
+        req_median = statistics.median(rec.request_times) if rec.request_times else None
+        out: dict[str, Any] = {
+            "window_s": [w0, w1],
+            "goodput_rps": good,
+            "capacity_rps": capacity,
+            "goodput_share": good / capacity,
+            "share_429_window": self.share_429(w0, w1),
+            "share_429_all": self.share_429(0.0, rec.duration),
+            "attempts": len(rec.attempts),
+            "successes": len(self.ok),
+            "rate_limited": sum(1 for *_, why in rec.attempts if why == "rate_limited"),
+            "other_outcomes": sorted({why for *_, why in rec.attempts} - {"ok", "rate_limited"}),
+            "failed_requests": rec.failed,
+            "median_latency_s": median,
+            "median_latency_x": None if median is None else median / scn.latency,
+            "median_request_time_s": req_median,
+            "mean_served_window": self.mean_served(w0, w1),
+            "final_limit": rec.limits[-1][1],
+            "limit_changes": len(rec.limits) - 1,
+            "cold_start_rt": self.cold_start() if rec.contender == "pacer" else None,
+            "cpu_client": rec.cpu_client / rec.wall if rec.wall else None,
+            "cpu_mock": None if rec.cpu_mock is None else rec.cpu_mock / rec.wall,
+            "mock_max_in_service": rec.mock_stats.get("max_in_service"),
+            "mock_rate_limited": rec.mock_stats.get("rate_limited"),
+            "mock_ok": rec.mock_stats.get("ok"),
+            "steps": [],
+        }
+        bounds = [t for t, _, _ in scn.steps] + [rec.duration]
+        for (ts, old, new), until in zip(scn.steps, bounds[1:], strict=True):
+            def band(v: float, c: int = new) -> bool:
+                return 0.9 * c - 1e-9 <= v <= 1.1 * c + 1e-9
+
+            def at_least(v: float, c: int = new) -> bool:
+                return v >= 0.9 * c - 1e-9
+
+            lim_band = self.first_limit_hold(ts, until, band)
+            lim_rise = self.first_limit_hold(ts, until, at_least)
+            srv_band = self.first_served(ts, until, band)
+            srv_rise = self.first_served(ts, until, at_least)
+            step: dict[str, Any] = {
+                "at_s": ts, "from": old, "to": new, "kind": "drop" if new < old else "rise",
+                "limit_within_10pct_s": None if lim_band is None else lim_band - ts,
+                "limit_at_least_90pct_s": None if lim_rise is None else lim_rise - ts,
+                "served_within_10pct_s": None if srv_band is None else srv_band - ts,
+                "served_at_least_90pct_s": None if srv_rise is None else srv_rise - ts,
+                "rate_limited_in_segment": sum(
+                    1 for s, _, why in rec.attempts if ts <= s < until and why == "rate_limited"),
+                "mean_limit_last_half": self._mean_limit((ts + until) / 2, until),
+            }
+            measure = step["limit_within_10pct_s"] if new < old else step[
+                "served_at_least_90pct_s"]
+            step["converged_s"] = measure
+            step["converged_rt"] = None if measure is None else measure / scn.latency
+            out["steps"].append(step)
+        return out
+
+    def _mean_limit(self, t0: float, t1: float) -> float:
+        points = [(t0, self.limit_at(t0))] + [(t, v) for t, v in self.rec.limits if t0 < t < t1]
+        total = 0.0
+        for (t, v), (t_next, _) in zip(points, [*points[1:], (t1, 0)], strict=True):
+            total += v * (t_next - t)
+        return total / (t1 - t0)
+
+    def per_second(self) -> dict[str, list[int]]:
+        n = math.ceil(self.rec.duration)
+        ok, limited = [0] * n, [0] * n
+        for _, e, why in self.rec.attempts:
+            if why == "ok":
+                ok[min(n - 1, int(e))] += 1
+            elif why == "rate_limited":
+                limited[min(n - 1, int(e))] += 1
+        return {"ok": ok, "rate_limited": limited}
+
+
+def check_targets(scn: Scenario, f: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """``(figure, target, met)`` for pacer's figures in ``scn``."""
+    def ok(v: float | None, pred: Callable[[float], bool]) -> bool:
+        return v is not None and pred(v)
+
+    checks: list[tuple[str, str, bool]] = []
+    if scn.name == "cap":
+        checks += [
+            (f"goodput {_pct(f['goodput_share'])} of C/L", ">= 95 %",
+             f["goodput_share"] >= 0.95),
+            (f"429s {_pct(f['share_429_window'], 2)} of attempts", "<= 2 %",
+             f["share_429_window"] <= 0.02),
+            (f"cold start {_num(f['cold_start_rt'])} RT", "<= 10 RT",
+             ok(f["cold_start_rt"], lambda v: v <= 10)),
+        ]
+    for step in f["steps"]:
+        label = f"{step['from']}->{step['to']}"
+        if step["kind"] == "drop":
+            checks.append((f"drop {label}: {_num(step['converged_rt'])} RT", "<= 10 RT",
+                           ok(step["converged_rt"], lambda v: v <= 10)))
+        else:
+            checks.append((f"rise {label}: {_num(step['converged_s'])} s", "<= 5 s",
+                           ok(step["converged_s"], lambda v: v <= 5)))
+    if scn.knee is not None:
+        checks += [
+            (f"median latency {_num(f['median_latency_x'])}x", "<= 1.5x",
+             ok(f["median_latency_x"], lambda v: v <= 1.5)),
+            (f"goodput {_pct(f['goodput_share'])} of best", ">= 90 %",
+             f["goodput_share"] >= 0.90),
+            (f"{f['rate_limited']} 429s", "none", f["rate_limited"] == 0),
+        ]
+    return checks
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _pct(v: float | None, digits: int = 1) -> str:
+    return "-" if v is None else f"{100 * v:.{digits}f}%"
+
+
+def _num(v: float | None, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+COLUMNS = (
+    ("scenario", 8), ("contender", 9), ("goodput/s", 9), ("% cap", 7), ("429 %", 7),
+    ("429 all", 7), ("lat xL", 6), ("req p50", 7), ("cold RT", 7), ("drop s/RT", 10),
+    ("rise s", 6), ("cpu cli/mock", 12),
+)
+
+
+def _row(cells: Sequence[str]) -> str:
+    return " ".join(
+        f"{c:<{w}}" if i < 2 else f"{c:>{w}}" for i, (c, (_, w)) in enumerate(
+            zip(cells, COLUMNS, strict=True))
+    ).rstrip()
+
+
+def table(results: dict[str, dict[str, dict[str, Any]]],
+          verdicts: dict[str, list[tuple[str, str, bool]]],
+          scns: dict[str, Scenario]) -> str:
+    lines = [_row([name for name, _ in COLUMNS]), "-" * len(_row([n for n, _ in COLUMNS]))]
+    for name, per in results.items():
+        scn = scns[name]
+        for contender, f in per.items():
+            drops = [s for s in f["steps"] if s["kind"] == "drop"]
+            rises = [s for s in f["steps"] if s["kind"] == "rise"]
+            drop = ", ".join(
+                "never" if s["converged_s"] is None
+                else f"{s['converged_s']:.1f}/{s['converged_rt']:.0f}" for s in drops) or "-"
+            rise = ", ".join(
+                "never" if s["converged_s"] is None else f"{s['converged_s']:.1f}"
+                for s in rises) or "-"
+            lines.append(_row([
+                name, contender, f"{f['goodput_rps']:.1f}", _pct(f["goodput_share"]),
+                _pct(f["share_429_window"], 2), _pct(f["share_429_all"], 2),
+                _num(f["median_latency_x"], 2), _num(f["median_request_time_s"], 2),
+                _num(f["cold_start_rt"]) if contender == "pacer" else "-",
+                drop if contender == "pacer" or drops else "-", rise,
+                f"{_pct(f['cpu_client'], 0)}/{_pct(f['cpu_mock'], 0)}",
+            ]))
+        targets = {"cap": ["", ">=95%", "<=2%", "", "", "", "<=10", "", "", ""],
+                   "steps": ["", "", "", "", "", "", "", "<=10 RT", "<=5", ""],
+                   "knee": ["", ">=90%", "0", "", "<=1.5", "", "", "", "", ""]}[name]
+        lines.append(_row([name, "target", *targets]))
+        checks = verdicts[name]
+        status = "PASS" if all(met for *_, met in checks) else "FAIL"
+        detail = "; ".join(f"{fig} ({tgt}) {'ok' if met else 'MISSED'}"
+                           for fig, tgt, met in checks)
+        lines.append(f"{'':8} pacer {status}: {detail}")
+        lines.append(f"{'':8} ({scn.title}; window {scn.window[0]:g}-{scn.window[1]:g} s, "
+                     f"capacity {scn.capacity(*scn.window):.1f} req/s, "
+                     f"oracle {scn.oracle()}, fixed-4x {scn.fixed4x()}, "
+                     f"{scn.workers()} workers)")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def draw(scns: dict[str, Scenario], records: dict[str, dict[str, RunRecord]],
+         output: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(records)
+    fig = Figure(figsize=(11, 1.0 + 3.2 * len(names)), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
+    fig.suptitle("pacer's adaptive limit against the mock API (real time, loopback)")
+    legend: dict[str, Any] = {}
+    for ax, name in zip(axes, names, strict=True):
+        scn, rec = scns[name], records[name]["pacer"]
+        pts = [*rec.limits, (rec.duration, rec.limits[-1][1])]
+        ax.step([t for t, _ in pts], [v for _, v in pts], where="post", color="tab:blue",
+                lw=1.8, label="pacer's limit")
+        ax.plot([t for t, _, _ in rec.samples], [n for _, n, _ in rec.samples],
+                color="tab:green", lw=0.9, alpha=0.8, label="pacer in flight (10 Hz)")
+        if scn.caps:
+            cpts = [*scn.caps, (rec.duration, scn.caps[-1][1])]
+            ax.step([t for t, _ in cpts], [c for _, c in cpts], where="post", color="black",
+                    ls="--", lw=1.2, label="mock's hidden cap")
+        else:
+            n_best = scn.oracle()
+            ax.axhline(n_best, color="black", ls="--", lw=1.2,
+                       label="best concurrency within 1.5x latency (knee)")
+            ax.axhline(scn.knee or 0, color="0.4", ls=":", lw=1.0, label="knee K")
+        ax.set_ylabel("concurrency")
+        ax.set_ylim(bottom=0)
+        ax.set_xlim(0, rec.duration)
+        ax.grid(True, alpha=0.3)
+        ax2 = ax.twinx()
+        ax.set_zorder(ax2.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        counts = Analysis(scn, rec).per_second()["rate_limited"]
+        ax2.bar(range(len(counts)), counts, width=1.0, align="edge", color="tab:red",
+                alpha=0.35, label="pacer's 429s per second")
+        ax2.set_ylabel("429s per second")
+        ax2.set_ylim(bottom=0, top=max(1, max(counts, default=0)) * 1.15 + 1)
+        ax.set_title(f"{name}: {scn.title}", loc="left", fontsize=10)
+        for axis in (ax, ax2):
+            for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+                legend.setdefault(label, handle)
+    axes[-1].set_xlabel("seconds since the mock started")
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center",
+               ncols=min(len(legend), 4), fontsize=8, frameon=False)
+    fig.savefig(output)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+async def bench(names: Sequence[str], scale: float, seed: int,
+                duration: float | None) -> dict[str, Any]:
+    all_scns = scenarios(scale if duration is None else duration / 30.0)
+    scns = {n: all_scns[n] for n in names}
+    records: dict[str, dict[str, RunRecord]] = {}
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    series: dict[str, dict[str, Any]] = {}
+    for name, scn in scns.items():
+        records[name], results[name], series[name] = {}, {}, {}
+        for contender in CONTENDERS:
+            print(f"running {name} / {contender} ({scn.duration:g} s) ...", file=sys.stderr,
+                  flush=True)
+            rec = await run_one(scn, contender, seed)
+            records[name][contender] = rec
+            an = Analysis(scn, rec)
+            results[name][contender] = an.figures()
+            series[name][contender] = {
+                "limit": rec.limits,
+                "inflight_10hz": [[round(t, 3), n] for t, n, _ in rec.samples],
+                "per_second": an.per_second(),
+            }
+    verdicts = {name: check_targets(scns[name], results[name]["pacer"]) for name in scns}
+    return {"scns": scns, "records": records, "results": results, "series": series,
+            "verdicts": verdicts}
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="halve every duration")
+    parser.add_argument("--scenario", action="append", choices=sorted(scenarios(1.0)),
+                        help="run only this scenario (repeatable; default: all)")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="seconds per run (scales the schedule too; default 30, 15 quick)")
+    parser.add_argument("--seed", type=int, default=1, help="the mock's --seed and the rng's")
+    parser.add_argument("--out", type=Path, default=OUT_DIR, help="output folder")
+    args = parser.parse_args(argv)
+    names = args.scenario or list(scenarios(1.0))
+    scale = 0.5 if args.quick else 1.0
+    configure_logging(level="error", stream=sys.stderr)
+    started = time.perf_counter()
+    run = trio.run(bench, names, scale, args.seed, args.duration)
+    wall = time.perf_counter() - started
+    scns, results, verdicts = run["scns"], run["results"], run["verdicts"]
+    print(table(results, verdicts, scns))
+    args.out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "command": " ".join(["bench/limit_bench.py", *(argv if argv is not None
+                                                       else sys.argv[1:])]),
+        "seed": args.seed,
+        "wall_s": wall,
+        "retry_after_s": RETRY_AFTER,
+        "scenarios": {
+            name: {
+                "title": scn.title, "latency_s": scn.latency, "duration_s": scn.duration,
+                "caps": scn.caps, "knee": scn.knee, "knee_slope": scn.knee_slope,
+                "window_s": scn.window, "capacity_rps": scn.capacity(*scn.window),
+                "oracle_limit": scn.oracle(), "fixed4x_limit": scn.fixed4x(),
+                "workers": scn.workers(), "mock_args": scn.mock_args(args.seed),
+                "targets": [{"figure": fig, "target": tgt, "met": met}
+                            for fig, tgt, met in verdicts[name]],
+                "contenders": results[name],
+                "series": run["series"][name],
+            }
+            for name, scn in scns.items()
+        },
+    }
+    json_path = args.out / "limit_bench.json"
+    json_path.write_text(json.dumps(doc, indent=1) + "\n")
+    png_path = args.out / "limit_bench.png"
+    draw(scns, run["records"], png_path)
+    failed = [name for name, checks in verdicts.items() if not all(m for *_, m in checks)]
+    print(f"wall time {wall:.0f} s; wrote {_shown(json_path)} and {_shown(png_path)}")
+    print("pacer: all targets met" if not failed
+          else f"pacer missed targets in: {', '.join(failed)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
