@@ -132,7 +132,6 @@ GRID = 0.01  # resolution of the served-concurrency series
 HOLD = 1.0  # seconds a converged value must hold
 LATENCY_BOUND = 1.5  # "median latency <= 1.5x unloaded", and the knee's best n
 MAX_LIMIT = 256
-SHARDS = 8  # connection pools of the client (see ShardedTransport)
 CONTENDERS = ("pacer", "oracle", "fixed-4x")
 
 
@@ -287,61 +286,65 @@ class _ReleasingStream(httpx.AsyncByteStream):
                 self._release = None
 
 
-class ShardedTransport(httpx.AsyncBaseTransport):
-    """Several small httpcore connection pools behind one transport.
+class FreeListTransport(httpx.AsyncBaseTransport):
+    """One keep-alive connection per request in flight, taken from a free list.
 
-    httpcore's pool does O(connections) work for each idle connection (and for each
-    queued request) whenever a request starts or ends, i.e. O(n^2) CPU at n
-    concurrent requests: past ~50 connections the client, not the mock, became the
-    bottleneck (a fixed limit of 128 got 34 % of the capacity at 86 % client CPU).
-    Each request goes to the pool with the fewest requests in flight, so every
-    pool stays at about n / shards connections.
+    httpcore's pool (what ``build_client`` gets) assigns *every* queued request to the
+    first idle connection, since assigning does not make it busy; they then queue on
+    that connection's lock, one wins, the others fail over with
+    ``ConnectionNotAvailable`` and go round again, and each round rescans every
+    connection. A burst of n requests (a wave of retries waking together) costs
+    O(n^2) and stalls: with a fixed limit of 128 against a cap of 32, ~100 requests
+    sat in that convoy for seconds while the mock served only 20 of its 32 slots (a
+    third of the capacity, the client at 60-85 % CPU). Here each request takes an
+    idle single-connection transport (or a new one) and gives it back when its
+    response is closed: O(1), whatever the burst.
     """
 
-    def __init__(self, shards: int) -> None:
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-        self._pools = [httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
-                       for _ in range(shards)]
-        self._busy = [0] * shards
+    def __init__(self, keepalive_expiry: float = 30.0) -> None:
+        self._limits = httpx.Limits(max_connections=1, max_keepalive_connections=1,
+                                    keepalive_expiry=keepalive_expiry)
+        self._idle: list[httpx.AsyncHTTPTransport] = []
+        self._all: list[httpx.AsyncHTTPTransport] = []
+
+    @property
+    def connections(self) -> int:
+        return len(self._all)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        i = min(range(len(self._busy)), key=self._busy.__getitem__)
-        self._busy[i] += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self._busy[i] -= 1
-
+        if self._idle:
+            transport = self._idle.pop()
+        else:
+            transport = httpx.AsyncHTTPTransport(limits=self._limits, trust_env=False)
+            self._all.append(transport)
         try:
-            response = await self._pools[i].handle_async_request(request)
+            response = await transport.handle_async_request(request)
         except BaseException:
-            release()
+            self._idle.append(transport)  # its pool drops a broken connection itself
             raise
         assert isinstance(response.stream, httpx.AsyncByteStream)
         return httpx.Response(response.status_code, headers=response.headers,
-                              stream=_ReleasingStream(response.stream, release),
+                              stream=_ReleasingStream(response.stream,
+                                                      lambda: self._idle.append(transport)),
                               extensions=response.extensions)
 
     async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()
+        for transport in self._all:
+            await transport.aclose()
 
 
-def make_client(cfg: UpstreamConfig, sharded: bool) -> httpx.AsyncClient:
-    """``build_client(cfg)`` itself, or (``sharded``) the same client settings over a
-    :class:`ShardedTransport` (no auth, no extra headers, no redirects, no proxies
-    from the environment: what ``build_client`` sets for this config)."""
-    if not sharded:
+def make_client(cfg: UpstreamConfig, client: str) -> httpx.AsyncClient:
+    """``build_client(cfg)`` itself (``client == "build"``), or the same client settings
+    over a :class:`FreeListTransport` (no auth and no extra headers for this config,
+    no redirects, no proxies from the environment, the same timeouts)."""
+    if client == "build":
         return build_client(cfg, None)
     return httpx.AsyncClient(
         base_url=cfg.base_url,
         timeout=httpx.Timeout(cfg.timeout, connect=cfg.connect_timeout),
         follow_redirects=False,
         trust_env=False,
-        transport=ShardedTransport(SHARDS),
+        transport=FreeListTransport(),
     )
 
 
@@ -406,7 +409,8 @@ async def _stop_mock(proc: trio.Process) -> None:
         await proc.stdout.aclose()
 
 
-async def run_one(scn: Scenario, contender: str, seed: int, sharded: bool = True) -> RunRecord:
+async def run_one(scn: Scenario, contender: str, seed: int,
+                  client_kind: str = "freelist") -> RunRecord:
     proc, port, t0 = await _start_mock(scn.mock_args(seed))
     rec = RunRecord(scn.name, contender, scn.duration)
     try:
@@ -417,7 +421,7 @@ async def run_one(scn: Scenario, contender: str, seed: int, sharded: bool = True
             retry_base_delay=0.05, retry_max_delay=1.0,
         )
         limit = make_limit(contender, scn)
-        client = make_client(cfg, sharded)
+        client = make_client(cfg, client_kind)
         upstream = Upstream(cfg, client, limit=limit, rng=random.Random(seed))
         rec.limits.append((0.0, limit.limit))
 

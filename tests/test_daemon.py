@@ -428,7 +428,9 @@ async def test_upstream_always_500_puts_job_in_failed(
 @pytest.mark.xfail(strict=True, reason=(
     "bug: once the retry budget is spent, Upstream.send defers a refused retry "
     "without charging it, forever: against an upstream that always fails, requests "
-    "never reach max_attempts, the job never ends and `run --drain` never exits"))
+    "never reach max_attempts, the job never ends and `run --drain` never exits "
+    "(and with only one half-open probe per cool-down, even a bounded number of "
+    "attempts per request takes ~requests x attempts x 60 s to fail a job)"))
 async def test_upstream_always_500_many_requests_all_end_in_failed(
         virtual_clock: MockClock, make_config: MakeConfig, spool: SpoolHelper) -> None:
     cfg = make_config(upstream={"max_attempts": 2, "initial_limit": 4},

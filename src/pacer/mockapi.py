@@ -679,14 +679,8 @@ class MockUpstream:
                 reset=(self._bucket_size - self._tokens) / rate,
                 window=self._bucket_size / rate,
             )
-        if cap is not None:
-            remaining = max(0, cap - self.stats.in_service)
-            return _Quota(
-                limit=cap,
-                remaining=remaining,
-                reset=0.0 if remaining > 0 else self.settings.retry_after,
-                window=max(1.0, self.settings.retry_after),
-            )
+        # A concurrency cap is not announced: real APIs publish rate quotas
+        # (requests or tokens per window), never how many may be in flight.
         return None
 
     def _tokens_quota(self) -> _Quota | None:
