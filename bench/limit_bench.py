@@ -121,6 +121,8 @@ from pacer.config import UpstreamConfig
 from pacer.jobs import Request
 from pacer.limit import FixedLimit, HookList, Limit, LimitChange, LimitHook, Sample
 from pacer.logs import configure_logging
+from pacer.pacing import PauseEvent, RateChange
+from pacer.ratelimit_headers import RateLimitInfo
 from pacer.upstream import Upstream, build_client
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
@@ -133,6 +135,8 @@ HOLD = 1.0  # seconds a converged value must hold
 LATENCY_BOUND = 1.5  # "median latency <= 1.5x unloaded", and the knee's best n
 MAX_LIMIT = 256
 CONTENDERS = ("pacer", "oracle", "fixed-4x")
+# Not run by default: Upstream's own pacing gate in front of a 4x-too-high fixed limit.
+EXTRA_CONTENDERS = ("fixed-4x+gate",)
 
 
 # ----------------------------------------------------------------------------- scenarios
@@ -153,7 +157,7 @@ class Scenario:
 
     def mock_args(self, seed: int) -> list[str]:
         args = ["--latency", f"{self.latency:g}", "--jitter", "0", "--seed", str(seed),
-                "--retry-after", f"{RETRY_AFTER:g}", "--header-style", "openai"]
+                "--retry-after", f"{RETRY_AFTER:g}", "--header-style", "none"]
         if len(self.caps) == 1:
             args += ["--concurrency", str(self.caps[0][1])]
         elif self.caps:
@@ -263,6 +267,27 @@ def make_limit(contender: str, scn: Scenario) -> Limit:
     return FixedLimit(scn.fixed4x())
 
 
+class OpenGate:
+    """A pacing gate that never holds anything back: the baselines are a bare
+    semaphore plus the sender's retries, as the issue describes them."""
+
+    waiting = 0
+
+    async def wait(self, tokens: float = 0.0) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def on_response(self, info: RateLimitInfo, status: int | None,
+                    tokens_used: float | None = None, *,
+                    inflight: int | None = None) -> None:
+        return None
+
+
+def uses_gate(contender: str) -> bool:
+    """pacer runs as shipped (AIMD limit and pacing gate); the baselines without the
+    gate, except ``fixed-4x+gate``."""
+    return contender in ("pacer", "fixed-4x+gate")
+
+
 # ----------------------------------------------------------------------------- client
 
 
@@ -362,6 +387,8 @@ class RunRecord:
     limits: list[tuple[float, int]] = field(default_factory=list)
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # t, inflight, limit
     request_times: list[float] = field(default_factory=list)  # first attempt -> answer
+    pauses: list[tuple[float, float, str]] = field(default_factory=list)  # at, seconds, cause
+    rates: list[tuple[float, float | None]] = field(default_factory=list)  # gate's learned rate
     failed: int = 0
     wall: float = 0.0
     cpu_client: float = 0.0
@@ -432,8 +459,19 @@ async def run_one(scn: Scenario, contender: str, seed: int,
             end = trio.current_time() - t0
             rec.attempts.append((end - seconds, end, reason))
 
+        def on_pause(event: PauseEvent) -> None:
+            rec.pauses.append((event.at - t0, event.duration, event.cause))
+
+        def on_rate(change: RateChange) -> None:
+            rec.rates.append((change.at - t0, change.new_rate))
+
         limit.subscribe(on_change)
         upstream.on_attempt = on_attempt
+        if uses_gate(contender):
+            upstream.pacer.subscribe_pause(on_pause)
+            upstream.pacer.subscribe_rate(on_rate)
+        else:
+            upstream.gate = OpenGate()  # type: ignore[assignment]
         ids = itertools.count()
 
         async def worker() -> None:
@@ -586,6 +624,9 @@ class Analysis:
             "cold_start_rt": self.cold_start() if rec.contender == "pacer" else None,
             "cpu_client": rec.cpu_client / rec.wall if rec.wall else None,
             "cpu_mock": None if rec.cpu_mock is None else rec.cpu_mock / rec.wall,
+            "gate_pauses": len(rec.pauses),
+            "gate_rate_changes": len(rec.rates),
+            "gate_final_rate": rec.rates[-1][1] if rec.rates else None,
             "mock_max_in_service": rec.mock_stats.get("max_in_service"),
             "mock_rate_limited": rec.mock_stats.get("rate_limited"),
             "mock_ok": rec.mock_stats.get("ok"),
@@ -809,6 +850,8 @@ async def bench(names: Sequence[str], scale: float, seed: int,
                 "limit": rec.limits,
                 "inflight_10hz": [[round(t, 3), n] for t, n, _ in rec.samples],
                 "per_second": an.per_second(),
+                "gate_pauses": rec.pauses,
+                "gate_rates": rec.rates,
             }
     verdicts = {name: check_targets(scns[name], results[name]["pacer"]) for name in scns}
     return {"scns": scns, "records": records, "results": results, "series": series,

@@ -485,6 +485,7 @@ def test_hard_stop_writes_answers_still_waiting_for_a_flush(
 
     kept = all_result_ids(spool)
     assert len(kept) >= received, f"{received} answers received, {len(kept)} on disk"
+    cfg.write_text(cfg.read_text().replace("flush_interval = 5.0", "flush_interval = 0.02"))
     finish_with_drain(cfg, api, mock_api, run_pacer)
     assert_one_line_per_request(spool, expected)
     after = {line["custom_id"]: line["id"] for stem in expected for line in spool.results(stem)}

@@ -19,6 +19,7 @@ Structure (one Trio nursery):
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -91,7 +92,13 @@ class Daemon:
         self._given_clients = dict(clients or {})
         self.upstreams: dict[str, Upstream] = {}
         self.writer = ResultWriter(config.results.flush_interval,
-                                   config.results.flush_max_lines)
+                                   config.results.flush_max_lines,
+                                   on_trouble=self._writer_trouble)
+        # The spool's disk refused a write (full, I/O error, permissions): claim
+        # nothing new until a write succeeds again.
+        self.disk_trouble: OSError | None = None
+        # Jobs in active/ whose start the disk refused; restarted once it works.
+        self._deferred: deque[str] = deque()
         self.jobs: dict[str, Job] = {}
         self.pending: deque[str] = deque()
         self.summary = RunSummary()
@@ -197,6 +204,12 @@ class Daemon:
                 log.info("job.resumed", job=cand.name)
                 await self._start_job(jobs, cand.name)
             while not self.stopping:
+                if self._deferred and self.disk_trouble is None:
+                    name = self._deferred.popleft()
+                    if name not in self.jobs:
+                        log.info("job.resumed", job=name)
+                        await self._start_job(jobs, name)
+                    continue
                 if self.pending and self._wants_more_work():
                     name = self.pending.popleft()
                     claimed = await trio.to_thread.run_sync(self.spool.claim, name)
@@ -207,7 +220,7 @@ class Daemon:
                                     reason="a job or results with this name already exist")
                     await self._start_job(jobs, claimed)
                     continue
-                if self.drain and not self.pending and not self.jobs:
+                if self.drain and not self.pending and not self.jobs and not self._deferred:
                     await self._rescan()
                     if not self.pending:
                         return
@@ -218,6 +231,8 @@ class Daemon:
     def _wants_more_work(self) -> bool:
         """Claim another job only while the requests already read run short of what
         the upstreams could take: a deep spool stays on disk, not in memory."""
+        if self.disk_trouble is not None:
+            return False
         if len(self.jobs) >= self.config.spool.max_active_jobs:
             return False
         queued = sum(j.queued for j in self.jobs.values())
@@ -283,6 +298,12 @@ class Daemon:
                 await self._process(job)
             except JobFileError as exc:
                 await self._reject(job, exc.code, exc.message)
+            except OSError as exc:
+                # The disk refused (full, I/O error): give the job back to incoming/
+                # (a rename needs no space) and claim nothing until writes work.
+                self._disk_failed(exc, "job")
+                self._deferred.append(job.name)
+                log.warning("job.deferred", reason=f"{type(exc).__name__}: {exc}")
             except Exception as exc:
                 # A bug must not take the daemon down: the job stays in active/ and
                 # is resumed at the next start.
@@ -548,9 +569,36 @@ class Daemon:
     def count_error(self, kind: str) -> None:
         self.spool_errors[kind] = self.spool_errors.get(kind, 0) + 1
 
+    # -- disk trouble -------------------------------------------------------------
+
+    def _writer_trouble(self, error: OSError | None) -> None:
+        if error is not None:
+            self._disk_failed(error, "results")
+        else:
+            self._disk_recovered("results")
+
+    def _disk_failed(self, error: OSError, what: str) -> None:
+        if self.disk_trouble is None:
+            self.count_error("disk")
+            log.error("spool.write_failed", what=what, errno=errno.errorcode.get(error.errno or 0),
+                      error=str(error), message="pacer stops claiming new work and keeps "
+                      "what it has; it resumes by itself once writes succeed again")
+        self.disk_trouble = error
+
+    def _disk_recovered(self, what: str) -> None:
+        if self.disk_trouble is not None and self.writer.trouble is None:
+            self.disk_trouble = None
+            log.info("spool.write_recovered", what=what)
+            self._wake.set()
+
     async def _state_loop(self) -> None:
         while True:
-            await self._write_state()
+            try:
+                await self._write_state()
+            except OSError as exc:
+                self._disk_failed(exc, "state")
+            else:
+                self._disk_recovered("state")
             st = self.state()
             parts = [f"{n}: limit {u['limit']} inflight {u['inflight']} {u['breaker']}"
                      for n, u in st["upstreams"].items()]

@@ -10,10 +10,12 @@ is cut off and the custom_ids already answered are not sent again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -99,27 +101,28 @@ class JobResults:
             _cut_torn_tail(self.part)
             self.answered = dict(iter_result_ids(self.part))
         fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        self._fh = os.fdopen(fd, "ab")
+        self._fh = os.fdopen(fd, "ab", buffering=0)
         if not self.answered:
             fsync_dir(self.folder)
 
     def append(self, lines: list[bytes]) -> None:
-        """Write and fsync ``lines``. After :meth:`close` (a job task that ended
-        while its last answers were still pending in the writer) the part file is
-        opened for just this append; after :meth:`publish` appending is an error."""
+        """Write and fsync ``lines``, all or nothing: on an error (disk full, I/O
+        error) the file is cut back to where it was, so a retry appends whole lines
+        and no torn fragment ends up glued to the next line.
+
+        After :meth:`close` (a job task that ended while its last answers were still
+        pending in the writer) the part file is opened for just this append; after
+        :meth:`publish` appending is an error."""
         if self._fh is not None:
-            fh = self._fh
-            fh.write(b"".join(lines))
-            fh.flush()
-            os.fsync(fh.fileno())
+            _append_all_or_nothing(self._fh.fileno(), b"".join(lines))
             return
         if self.final.exists() and not self.part.exists():
             raise RuntimeError(f"the results of {self.stem!r} are already published")
         fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        with os.fdopen(fd, "ab") as late:
-            late.write(b"".join(lines))
-            late.flush()
-            os.fsync(late.fileno())
+        try:
+            _append_all_or_nothing(fd, b"".join(lines))
+        finally:
+            os.close(fd)
 
     def publish(self) -> None:
         """Make the results visible as ``STEM.jsonl`` (durably)."""
@@ -142,6 +145,19 @@ class JobResults:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def _append_all_or_nothing(fd: int, data: bytes) -> None:
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        raise
 
 
 def _cut_torn_tail(path: Path) -> None:
@@ -175,9 +191,16 @@ class ResultWriter:
     ``flush_max_lines`` are pending.
     """
 
-    def __init__(self, flush_interval: float, flush_max_lines: int) -> None:
+    def __init__(self, flush_interval: float, flush_max_lines: int,
+                 on_trouble: Callable[[OSError | None], None] | None = None,
+                 retry_interval: float = 2.0) -> None:
         self.flush_interval = flush_interval
         self.flush_max_lines = flush_max_lines
+        # Called with the error when writing starts failing, with None once it works
+        # again: the daemon stops claiming work meanwhile.
+        self.on_trouble = on_trouble
+        self.retry_interval = retry_interval
+        self.trouble: OSError | None = None
         self._pending: dict[JobResults, list[bytes]] = {}
         self._count = 0
         self._done = trio.Event()  # set when the pending batch is durable
@@ -204,20 +227,48 @@ class ResultWriter:
             await self._wake.wait()
             with trio.move_on_after(self.flush_interval):
                 await self._full.wait()
-            await self.flush()
+            if not await self.flush():
+                await trio.sleep(self.retry_interval)
+                self._wake.set()
 
-    async def flush(self) -> None:
+    async def flush(self) -> bool:
+        """Write what is pending; False if the disk refused (the lines stay pending
+        and their writers keep waiting: nothing answered is dropped)."""
         async with self._flush_lock:
             batch, self._pending, self._count = self._pending, {}, 0
             done, self._done = self._done, trio.Event()
             self._wake, self._full = trio.Event(), trio.Event()
             if batch:
-                await trio.to_thread.run_sync(_write_batch, batch)
-                self.lines_written += sum(len(v) for v in batch.values())
+                written = await trio.to_thread.run_sync(_write_batch, batch)
+                if isinstance(written, OSError):
+                    # Put the batch back in front of whatever came meanwhile.
+                    for job, lines in self._pending.items():
+                        batch.setdefault(job, []).extend(lines)
+                    self._pending = batch
+                    self._count = sum(len(v) for v in batch.values())
+                    self._done = done
+                    if self.trouble is None and self.on_trouble is not None:
+                        self.on_trouble(written)
+                    self.trouble = written
+                    return False
+                self.lines_written += written
                 self.flushes += 1
+            if self.trouble is not None:
+                self.trouble = None
+                if self.on_trouble is not None:
+                    self.on_trouble(None)
             done.set()
+            return True
 
 
-def _write_batch(batch: dict[JobResults, list[bytes]]) -> None:
-    for job, lines in batch.items():
-        job.append(lines)
+def _write_batch(batch: dict[JobResults, list[bytes]]) -> int | OSError:
+    """Append each job's lines; jobs done are dropped from ``batch``, so that on an
+    error what is left in it is exactly what still has to be written."""
+    written = 0
+    for job in list(batch):
+        try:
+            job.append(batch[job])
+        except OSError as exc:
+            return exc
+        written += len(batch.pop(job))
+    return written
