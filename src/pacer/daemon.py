@@ -279,6 +279,7 @@ class Daemon:
         incoming = str(self.spool.folder("incoming"))
         try:
             async for changes in awatch(incoming, debounce=50, step=10, recursive=False,
+                                        rust_timeout=500,
                                         stop_event=self._stop_event):
                 queued = set(self.pending)
                 for change, path in sorted(changes, key=lambda c: c[1]):
@@ -380,7 +381,7 @@ class Daemon:
                         requests.start_soon(self._request, job, item)
         finally:
             fh.close()
-        if self.stopping or job.succeeded + job.failed < job.requests:
+        if job.succeeded + job.failed < job.requests:
             log.info("job.interrupted", requests=job.requests,
                      answered=job.succeeded + job.failed)
             return
@@ -464,6 +465,9 @@ class Daemon:
                     self.request_stop(signal.Signals(signum).name)
 
     async def reload(self) -> None:
+        if self.stopping:
+            log.info("config.reload_skipped", reason="the daemon is stopping")
+            return
         self.notifier.reloading()
         try:
             new = await trio.to_thread.run_sync(load_config, self.config.path)
@@ -505,11 +509,19 @@ class Daemon:
             self.upstreams[name] = self._new_upstream(new.upstreams[name], clients[name])
         # Removed upstreams keep serving requests already queued for them; new
         # requests naming them are refused by validation.
+        # Settings read once at start: say so rather than ignore the change silently.
+        restart_needed = [name for name, a, b in (
+            ("metrics.listen", new.metrics.listen, self.config.metrics.listen),
+            ("daemon.max_pending_requests", new.daemon.max_pending_requests,
+             self.config.daemon.max_pending_requests),
+        ) if a != b]
         self.config = new
         self.writer.flush_interval = new.results.flush_interval
         self.writer.flush_max_lines = new.results.flush_max_lines
+        # Logged before the level changes, so that a quieter level still shows it.
+        log.info("config.reloaded", changed=changed, added=added, removed=removed,
+                 log_level=new.daemon.log_level, needs_restart=restart_needed)
         configure_logging(self.log_level_override or new.daemon.log_level, self.log_format)
-        log.info("config.reloaded", changed=changed, added=added, removed=removed)
 
     def state(self) -> dict[str, Any]:
         ups = {}
