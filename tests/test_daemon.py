@@ -425,15 +425,11 @@ async def test_upstream_always_500_puts_job_in_failed(
         "bad.jsonl", 2, 0, 2)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: once the retry budget is spent, Upstream.send defers a refused retry "
-    "without charging it, forever: against an upstream that always fails, requests "
-    "never reach max_attempts, the job never ends and `run --drain` never exits "
-    "(and with only one half-open probe per cool-down, even a bounded number of "
-    "attempts per request takes ~requests x attempts x 60 s to fail a job)"))
 async def test_upstream_always_500_many_requests_all_end_in_failed(
         virtual_clock: MockClock, make_config: MakeConfig, spool: SpoolHelper) -> None:
-    cfg = make_config(upstream={"max_attempts": 2, "initial_limit": 4},
+    # While the breaker is open requests wait (an outage fails no job), but not
+    # forever: give_up_after bounds how long a failing request keeps trying.
+    cfg = make_config(upstream={"max_attempts": 2, "initial_limit": 4, "give_up_after": 120},
                       daemon={"state_interval": 30.0})
     ids = [f"m-{i:02d}" for i in range(12)]
     spool.drop("down.jsonl", [tagged(cid) for cid in ids])
@@ -598,10 +594,6 @@ async def test_hard_stop_closes_results_files(
     assert leaked == [], f"files left open after the daemon returned: {leaked}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a kill -9 during spool.write_durable (state.json, every state_interval; "
-    "rejected/NAME.error.json) leaves its .NAME.XXXXXXXX.tmp behind, and nothing "
-    "removes it at the next start (seen in test_crash with many kills)"))
 async def test_start_removes_temp_files_of_interrupted_writes(
         virtual_clock: MockClock, make_config: MakeConfig, spool: SpoolHelper) -> None:
     cfg = make_config()

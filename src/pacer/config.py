@@ -89,6 +89,10 @@ class UpstreamConfig:
     headers: Mapping[str, str] = field(default_factory=dict)
     retry_base_delay: float = 0.5
     retry_max_delay: float = 30.0
+    # A request still failing this long after its first attempt ends with its last
+    # error (0: never). Shorter outages, during which the breaker holds requests
+    # back, fail no job.
+    give_up_after: float = 600.0
     # false: a fixed concurrency of initial_limit (no learning).
     adaptive: bool = True
     http2: bool = False
@@ -307,6 +311,7 @@ def _check_upstream(r: _Reader, where: str, up: UpstreamConfig, base: Path) -> N
     r.require(up.timeout > 0, f"{where}.timeout: must be > 0")
     r.require(up.connect_timeout > 0, f"{where}.connect_timeout: must be > 0")
     r.require(up.retry_base_delay >= 0, f"{where}.retry_base_delay: must be >= 0")
+    r.require(up.give_up_after >= 0, f"{where}.give_up_after: must be >= 0 (0: never)")
     r.require(up.retry_max_delay >= up.retry_base_delay,
               f"{where}.retry_max_delay: must be >= retry_base_delay")
     r.require(not (up.api_key_env and up.api_key_file),

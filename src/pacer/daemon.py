@@ -142,6 +142,9 @@ class Daemon:
         await trio.to_thread.run_sync(self.spool.ensure)
         self.spool.lock()
         try:
+            removed = await trio.to_thread.run_sync(self.spool.remove_stale_temps)
+            if removed:
+                log.info("spool.temps_removed", files=removed)
             self._build_upstreams()
             self._last_state = self.state()
             if self.config.metrics.listen:

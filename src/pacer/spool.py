@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import stat
 import uuid
 from collections.abc import Iterator
@@ -28,6 +29,10 @@ STATE_FILE = "state.json"
 # sticky, so that submitters cannot remove each other's files.
 DIR_MODES = {"incoming": 0o1770, "tmp": 0o1770}
 DEFAULT_DIR_MODE = 0o750
+
+
+# write_durable's temp names: ".NAME.<8 hex>.tmp".
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
 
 
 class SpoolLocked(Exception):
@@ -120,6 +125,19 @@ class Spool:
                 path.mkdir(mode=DIR_MODES.get(name, DEFAULT_DIR_MODE))
                 # mkdir's mode is filtered by the umask; set what we mean.
                 os.chmod(path, DIR_MODES.get(name, DEFAULT_DIR_MODE))
+
+    def remove_stale_temps(self) -> list[str]:
+        """Remove temp files that a crash mid-:func:`write_durable` left behind (only
+        the daemon writes those: the spool root and rejected/). Call with the lock."""
+        removed = []
+        for folder in (self.root, self.folder("rejected"), self.folder("results")):
+            with os.scandir(folder) as it:
+                for entry in it:
+                    if _TEMP_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.path)
+                            removed.append(os.path.relpath(entry.path, self.root))
+        return removed
 
     def lock(self) -> None:
         """Hold the spool for this process (released when the process exits)."""

@@ -10,6 +10,7 @@ HTTP exceptions are translated here, at the edge, into that classification.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -144,12 +145,14 @@ class Upstream:
 
     # -- sending ------------------------------------------------------------------
 
-    async def _wait_for_breaker(self, stop: trio.Event) -> bool:
-        """Wait until the breaker admits an attempt; False if ``stop`` came first."""
-        while not stop.is_set():
+    async def _wait_for_breaker(self, stop: trio.Event, deadline: float) -> bool:
+        """Wait until the breaker admits an attempt; False if ``stop`` or the
+        ``deadline`` came first."""
+        while not stop.is_set() and self.clock() < deadline:
             if self.breaker.allow(self.clock()):
                 return True
-            with trio.move_on_after(max(0.01, self.breaker.retry_at(self.clock()) - self.clock())):
+            wake = min(deadline, max(self.clock() + 0.01, self.breaker.retry_at(self.clock())))
+            with trio.move_on_at(wake):
                 await stop.wait()
         return False
 
@@ -182,9 +185,13 @@ class Upstream:
         """
         stop = stop if stop is not None else trio.Event()
         sent = charged = 0
+        give_up_at = math.inf
+        last: _Tried | None = None
         while True:
-            if not await self._wait_for_breaker(stop):
-                return None
+            if not await self._wait_for_breaker(stop, give_up_at):
+                if last is None or stop.is_set():
+                    return None
+                return self._give_up(req, last, sent)
             try:
                 tried = await self._attempt(req, stop)
             except BaseException:
@@ -195,8 +202,11 @@ class Upstream:
                 return None
             sent += 1
             charged += 1
+            last = tried
             verdict = tried.verdict
             now = self.clock()
+            if sent == 1 and self.cfg.give_up_after > 0:
+                give_up_at = now + self.cfg.give_up_after
             self.stats.record_attempt(rate_limited=verdict.reason == "rate_limited")
             self._feed_breaker(verdict, tried, now)
             if verdict.ok:
@@ -207,7 +217,7 @@ class Upstream:
                 self.budget.on_failure()
             if verdict.stop_upstream:
                 charged -= 1
-            if retry and charged < self.retry.max_attempts:
+            if retry and charged < self.retry.max_attempts and now < give_up_at:
                 why = verdict.reason
                 if verdict.failure and not verdict.stop_upstream and not self.budget.try_spend():
                     charged -= 1  # deferred, not retried: wait, uncharged
@@ -220,10 +230,14 @@ class Upstream:
                 with trio.move_on_after(delay):
                     await stop.wait()
                 continue
-            self.stats.record_done(ok=False)
-            code = verdict.reason if tried.status is None else f"http_{tried.status}"
-            return Answer(sent, tried.status, tried.body, _request_id(tried.headers),
-                          error_code=code, error_message=tried.message or verdict.reason)
+            return self._give_up(req, tried, sent)
+
+    def _give_up(self, req: Request, tried: _Tried, sent: int) -> Answer:
+        """The request's final answer is its last error."""
+        self.stats.record_done(ok=False)
+        code = tried.verdict.reason if tried.status is None else f"http_{tried.status}"
+        return Answer(sent, tried.status, tried.body, _request_id(tried.headers),
+                      error_code=code, error_message=tried.message or tried.verdict.reason)
 
     def _feed_breaker(self, verdict: Verdict, tried: _Tried, now: float) -> None:
         """Tell the breaker (and the retry budget) how the attempt went."""
