@@ -57,7 +57,8 @@ class SenderRun:
     pauses: list[PauseEvent] = field(default_factory=list)
     breaker: list[BreakerTransition] = field(default_factory=list)
     # Rate-limited attempts whose 429 the pacer put down to a rate cap or a quota.
-    paced_429s: int = 0
+    # (time, requests in service at the mock), sampled every ``sample_every`` s.
+    in_service: list[tuple[float, int]] = field(default_factory=list)
     learned_rate: float | None = None
     final_limit: int = 0
 
@@ -78,6 +79,10 @@ class SenderRun:
         if predicate(self.limit_at(t0)):
             return t0
         return next((t for t, v in self.limits if t > t0 and predicate(v)), None)
+
+    def mean_in_service(self, t0: float, t1: float) -> float:
+        values = [n for t, n in self.in_service if t0 <= t < t1]
+        return sum(values) / len(values)
 
     def ok(self, t0: float, t1: float) -> int:
         """Successful attempts completed within [t0, t1)."""
@@ -100,19 +105,29 @@ class SenderRun:
 
 
 class RecordingTransport(httpx.AsyncBaseTransport):
-    """Passes requests on to ``inner`` and notes each one's start, end and status."""
+    """Passes requests on to ``inner`` and notes each one's start, end and status.
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, run: SenderRun, t0: float) -> None:
+    Each way takes ``transit`` seconds, as on a network: without it a 429 (which
+    the mock answers at once) would come back at the very instant it was sent, and
+    a whole crowd of retries could be refused within one instant of virtual time,
+    which no real client sees.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, run: SenderRun, t0: float,
+                 transit: float) -> None:
         self.inner = inner
         self.run = run
         self.t0 = t0
+        self.transit = transit
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         start = trio.current_time() - self.t0
         status: int | None = None
         try:
+            await trio.sleep(self.transit)
             response = await self.inner.handle_async_request(request)
             status = response.status_code
+            await trio.sleep(self.transit)
             return response
         finally:
             self.run.attempts.append(Attempt(start, trio.current_time() - self.t0, status))
@@ -128,15 +143,19 @@ def sender_config(**overrides: Any) -> UpstreamConfig:
 
 async def run_sender(mock: MockSettings, *, duration: float, workers: int, seed: int,
                      body: dict[str, Any] | None = None,
-                     cfg: UpstreamConfig | None = None) -> SenderRun:
+                     cfg: UpstreamConfig | None = None,
+                     requests: int | None = None,
+                     transit: float = 0.001,
+                     sample_every: float = 0.02) -> SenderRun:
     """Keep ``workers`` requests going through one real ``Upstream`` for ``duration``
-    virtual seconds; must run under the ``autojump_clock`` fixture."""
+    virtual seconds (or until ``requests`` requests are answered: then ``duration``
+    becomes the time that took); must run under the ``autojump_clock`` fixture."""
     body = body if body is not None else BODY
     api = MockUpstream(mock)
     api.start()
     t0 = trio.current_time()
     run = SenderRun(duration)
-    transport = RecordingTransport(mock_transport(api), run, t0)
+    transport = RecordingTransport(mock_transport(api), run, t0, transit)
     ids = itertools.count()
     async with httpx.AsyncClient(transport=transport, base_url="http://mock") as client:
         upstream = Upstream(cfg or sender_config(), client, rng=random.Random(seed))
@@ -165,16 +184,205 @@ async def run_sender(mock: MockSettings, *, duration: float, workers: int, seed:
         async def worker() -> None:
             while True:
                 i = next(ids)
+                if requests is not None and i >= requests:
+                    return
                 request = Request(custom_id=f"r{i}", method="POST", url=CHAT,
                                   upstream="default", body=body, line=i + 1)
                 answer = await upstream.send(request)
                 assert answer is not None
                 run.answers.append((trio.current_time() - t0, answer))
 
+        async def sampler() -> None:
+            while True:
+                run.in_service.append((trio.current_time() - t0, api.stats.in_service))
+                await trio.sleep(sample_every)
+
         with trio.move_on_after(duration):
             async with trio.open_nursery() as nursery:
-                for _ in range(workers):
-                    nursery.start_soon(worker)
+                nursery.start_soon(sampler)
+                async with trio.open_nursery() as workers_nursery:
+                    for _ in range(workers):
+                        workers_nursery.start_soon(worker)
+                run.duration = trio.current_time() - t0
+                nursery.cancel_scope.cancel()
         run.learned_rate = upstream.pacer.learned_rate
         run.final_limit = upstream.limit.limit
     return run
+
+
+# --------------------------------------------------------------------- scenarios
+
+# (a) A hidden concurrency cap, no headers (the demo's upstream): capacity C / L.
+CAP, CAP_L = 16, 0.1
+CAP_RUN, CAP_STEADY_FROM = 8.0, 2.0
+
+
+def cap_mock(seed: int) -> MockSettings:
+    return MockSettings(concurrency=CAP, latency=CAP_L, jitter=0.2 * CAP_L,
+                        header_style="none", seed=seed)
+
+
+def assert_no_binding_rate(r: SenderRun, capacity: float) -> None:
+    """No request rate was learned, or none that ever held starts below ``capacity``."""
+    assert all(c.new_rate is None or c.new_rate > 1.2 * capacity for c in r.rates), r.rates
+    assert r.pauses == []
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_concurrency_cap_without_headers(autojump_clock: trio.testing.MockClock,
+                                               seed: int) -> None:
+    r = await run_sender(cap_mock(seed), duration=CAP_RUN, workers=3 * CAP, seed=seed)
+    goodput = r.goodput(CAP_STEADY_FROM, CAP_RUN) / (CAP / CAP_L)
+    share_429 = r.share_429(0.0, CAP_RUN)
+    print(f"cap seed={seed}: goodput {goodput:.1%} of C/L, 429s {share_429:.2%}, "
+          f"limit {r.final_limit}, rates {len(r.rates)}")
+    assert goodput >= 0.95
+    assert share_429 <= 0.02
+    assert_no_binding_rate(r, CAP / CAP_L)
+    assert CAP - 2 <= r.final_limit <= CAP + 2
+    assert CAP - 2 <= r.mean_limit(CAP_STEADY_FROM, CAP_RUN) <= CAP + 2
+    assert r.failed() == []
+
+
+DEMO_REQUESTS = 500
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_the_demo_drains_at_the_cap(autojump_clock: trio.testing.MockClock,
+                                          seed: int) -> None:
+    """``scripts/demo`` in virtual time: 500 requests at once, each in its own task."""
+    r = await run_sender(cap_mock(seed), duration=60.0, workers=DEMO_REQUESTS, seed=seed,
+                         requests=DEMO_REQUESTS)
+    ideal = DEMO_REQUESTS / (CAP / CAP_L)
+    share_429 = r.share_429(0.0, r.duration)
+    print(f"demo seed={seed}: {r.duration:.2f} s (ideal {ideal:.2f} s), 429s {share_429:.2%}, "
+          f"limit {r.final_limit}")
+    assert len(r.answers) == DEMO_REQUESTS and r.failed() == []
+    assert r.duration <= ideal + 1.0  # the slow start and the tail cost well under 1 s
+    assert share_429 <= 0.02
+    assert_no_binding_rate(r, CAP / CAP_L)
+    assert CAP - 2 <= r.final_limit <= CAP + 2
+
+
+# (b) A hidden rate cap R, no headers; the mock's bucket holds R requests at the start.
+RATE, RATE_RUN = 20.0, 30.0
+
+
+@pytest.mark.parametrize(("latency", "seed"), [(0.1, 1), (0.1, 2), (0.1, 3), (0.5, 1), (0.5, 2)])
+async def test_rate_cap_without_headers(autojump_clock: trio.testing.MockClock,
+                                        latency: float, seed: int) -> None:
+    mock = MockSettings(rate=RATE, latency=latency, jitter=0.2 * latency,
+                        header_style="none", seed=seed)
+    r = await run_sender(mock, duration=RATE_RUN, workers=64, seed=seed)
+    capacity = RATE * RATE_RUN + RATE  # the refill plus the full bucket at the start
+    goodput = r.ok(0.0, RATE_RUN) / capacity
+    share_429 = r.share_429(0.0, RATE_RUN)
+    print(f"rate L={latency} seed={seed}: goodput {goodput:.1%} of R, 429s {share_429:.2%}, "
+          f"rate {r.learned_rate}, limit {r.final_limit}, pauses {len(r.pauses)}")
+    assert goodput >= 0.90
+    assert share_429 <= 0.05
+    assert r.learned_rate is not None
+    assert r.failed() == []
+
+
+# (c) The same rate cap announced in OpenAI-style headers.
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_rate_cap_with_openai_headers(autojump_clock: trio.testing.MockClock,
+                                            seed: int) -> None:
+    mock = MockSettings(rate=RATE, latency=0.1, jitter=0.02, header_style="openai", seed=seed)
+    r = await run_sender(mock, duration=RATE_RUN, workers=64, seed=seed)
+    capacity = RATE * RATE_RUN + RATE
+    goodput = r.ok(0.0, RATE_RUN) / capacity
+    share_429 = r.share_429(0.0, RATE_RUN)
+    print(f"headers seed={seed}: goodput {goodput:.1%}, 429s {share_429:.2%}, "
+          f"limit {r.final_limit}")
+    assert goodput >= 0.97
+    assert share_429 <= 0.005
+    assert r.learned_rate is None and r.pauses == []  # the headers were enough
+    assert r.failed() == []
+
+
+# (d) Capacity steps 20 -> 5 -> 40: the bands of tests/test_scenarios.py.
+STEP_L = 0.2
+STEP_DROP_AT, STEP_RISE_AT, STEP_RUN = 2.5, 5.5, 10.5
+STEP_SCHEDULE = ((0.0, 20), (STEP_DROP_AT, 5), (STEP_RISE_AT, 40))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_capacity_steps(autojump_clock: trio.testing.MockClock, seed: int) -> None:
+    mock = MockSettings(schedule=STEP_SCHEDULE, latency=STEP_L, jitter=0.2 * STEP_L,
+                        header_style="none", seed=seed)
+    r = await run_sender(mock, duration=STEP_RUN, workers=100, seed=seed)
+
+    # The drop to 5: within +-10 % within 10 round trips, and it stays there.
+    within = r.first_time(STEP_DROP_AT, lambda v: 4.5 <= v <= 5.5)
+    assert within is not None
+    drop_rtts = (within - STEP_DROP_AT) / STEP_L
+    settled = STEP_DROP_AT + 10 * STEP_L
+    assert drop_rtts <= 10
+    assert 4.5 <= r.mean_limit(settled, STEP_RISE_AT) <= 5.5
+    assert 4.5 <= r.mean_in_service(settled, STEP_RISE_AT) <= 5.5
+
+    # The rise to 40: >= 90 % of it within 5 s, and the goodput follows.
+    reached = r.first_time(STEP_RISE_AT, lambda v: v >= 36)
+    assert reached is not None
+    rise_s = reached - STEP_RISE_AT
+    assert rise_s <= 5.0
+    assert r.mean_in_service(reached + STEP_L, STEP_RUN) >= 36
+    print(f"steps seed={seed}: drop settled in {drop_rtts:.1f} rtt, rise reached in "
+          f"{rise_s:.2f} s, rates {len(r.rates)}, pauses {len(r.pauses)}")
+    assert_no_binding_rate(r, 5 / STEP_L)
+    assert r.failed() == []
+
+
+# (e) A tokens-per-minute quota announced in headers (OpenAI style).
+TPM, TPM_RUN = 6000, 240.0
+TPM_BODY: dict[str, Any] = {"model": "mock", "max_tokens": 100,
+                            "messages": [{"role": "user", "content": "x" * 400}]}
+TPM_COST = 200  # max_tokens + 400 characters / 4: the mock's cost and pacer's estimate
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_tokens_per_minute_from_headers(autojump_clock: trio.testing.MockClock,
+                                              seed: int) -> None:
+    mock = MockSettings(tpm=TPM, latency=0.5, jitter=0.1, header_style="openai", seed=seed)
+    r = await run_sender(mock, duration=TPM_RUN, workers=20, seed=seed, body=TPM_BODY)
+    capacity = (TPM + TPM / 60 * TPM_RUN) / TPM_COST  # the full bucket plus the refill
+    goodput = r.ok(0.0, TPM_RUN) / capacity
+    late_429s = r.count(60.0, TPM_RUN, 429)
+    print(f"tpm seed={seed}: goodput {goodput:.1%}, 429s {r.count(0.0, TPM_RUN, 429)} "
+          f"({late_429s} after the first minute), limit {r.final_limit}")
+    assert late_429s == 0
+    assert goodput >= 0.9
+    assert r.failed() == []
+
+
+# (f) An outage: 503s for 30 s, then healthy again.
+OUT_CAP, OUT_L = 8, 0.1
+OUT_START, OUT_END, OUT_RUN = 5.0, 35.0, 50.0
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_an_outage_then_recovery(autojump_clock: trio.testing.MockClock,
+                                       seed: int) -> None:
+    mock = MockSettings(concurrency=OUT_CAP, latency=OUT_L, jitter=0.2 * OUT_L,
+                        header_style="none", outages=(Outage(OUT_START, OUT_END, "503"),),
+                        seed=seed)
+    r = await run_sender(mock, duration=OUT_RUN, workers=3 * OUT_CAP, seed=seed)
+    opened = [t for t in r.breaker if str(t.to_state) == "open"]
+    assert opened and OUT_START <= opened[0].at < OUT_START + 1.0
+    # While open, nothing goes; each cool-down ends in one probe at most.
+    half_opens = [t.at for t in r.breaker if str(t.to_state) == "half_open"]
+    during = [a for a in r.attempts if opened[0].at < a.start < OUT_END]
+    assert len(during) <= len(half_opens), (len(during), half_opens)
+    for a in during:
+        assert any(abs(a.start - h) < 1e-6 for h in half_opens)
+    closed = [t.at for t in r.breaker if str(t.to_state) == "closed"]
+    assert closed and closed[-1] >= OUT_END
+    recovered = closed[-1]
+    capacity = OUT_CAP / OUT_L
+    full = r.goodput(OUT_END + 10.0, OUT_RUN) / capacity
+    print(f"outage seed={seed}: breaker closed {recovered - OUT_END:.1f} s after the end, "
+          f"goodput 10 s after it {full:.1%}, probes {len(during)}")
+    assert full >= 0.9
+    assert r.failed() == []

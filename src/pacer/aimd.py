@@ -58,9 +58,13 @@ from typing import Any, Final, Literal
 
 from pacer.limit import HookList, LimitChange, LimitHook, Outcome, Sample
 
-__all__ = ["AimdLimit", "AimdSettings", "Phase"]
+__all__ = ["PACED", "AimdLimit", "AimdSettings", "Phase"]
 
 Phase = Literal["slow_start", "steady", "probe"]
+
+# The reason of a success whose start a pacing gate held back: the pace bound, not
+# the limit, so the sample feeds the rtt but never grows the limit.
+PACED: Final = "paced"
 
 # Successes kept for the delivered count, whatever the rtt (bounds memory).
 _MAX_COMPLETIONS: Final = 100_000
@@ -281,7 +285,8 @@ class AimdLimit:
             if self._queueing():
                 self._congestion("latency", sample, now, self._limit)
                 return
-            if 2 * sample.inflight >= self._limit and self._limit < self.settings.max_limit:
+            if (2 * sample.inflight >= self._limit and self._limit < self.settings.max_limit
+                    and sample.reason != PACED):
                 self._change(self._limit + 1, "slow_start", sample, now)
         # A round trip: an attempt sent after the round began is back, and (when rtts
         # vary a lot) the first one back is not just the fastest.

@@ -59,6 +59,7 @@ which is what OpenAI charges against the TPM quota when the request arrives;
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 import time
@@ -226,6 +227,11 @@ class PacerSettings:
     concurrency_window: float = 5.0
     concurrency_429s: int = 5
     concurrency_429_ratio: float = 1.0
+    proof_successes: int = 2
+    concurrency_margin: float = 0.2
+    concurrency_slack: int = 2
+    rate_evidence: int = 3
+    rate_evidence_window: float = 10.0
     resume_jitter: float = 0.1
     max_resume_jitter: float = 5.0
     ramp_step: float = 0.5
@@ -249,12 +255,15 @@ class PacerSettings:
             raise ValueError("busy_fraction must be in [0, 1]")
         if self.busy_starts < 1:
             raise ValueError("busy_starts must be >= 1")
+        if self.proof_successes < 1 or self.rate_evidence < 1:
+            raise ValueError("proof_successes and rate_evidence must be >= 1")
         if self.ramp_max_stages < 0:
             raise ValueError("ramp_max_stages must be >= 0")
         if self.burst < 1.0:
             raise ValueError("burst must be >= 1")
         positive = ("decrease_interval", "increase_interval", "min_rate", "success_window",
-                    "min_success_span", "concurrency_window", "ramp_min_rate", "ramp_step",
+                    "min_success_span", "concurrency_window", "rate_evidence_window",
+                    "ramp_min_rate", "ramp_step",
                     "min_rate",
                     "max_pause", "max_reset", "default_hold")
         for name in positive:
@@ -262,7 +271,8 @@ class PacerSettings:
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         non_negative = ("increase_step", "min_increase", "max_resume_jitter", "ramp_start",
-                        "concurrency_429s", "concurrency_429_ratio",
+                        "concurrency_429s", "concurrency_429_ratio", "concurrency_margin",
+                        "concurrency_slack",
                         "coalesce", "search_growth")
         for name in non_negative:
             value = getattr(self, name)
@@ -416,6 +426,16 @@ class _Window:
         return max(0.0, self.remaining - self.used)
 
 
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    """What a 429 was put down to; ``evidence``: it is new evidence of a rate cap;
+    ``hold``: its Retry-After holds every start (a pause)."""
+
+    cause: Cause
+    evidence: bool = False
+    hold: bool = False
+
+
 # -------------------------------------------------------------------- the core
 
 
@@ -450,7 +470,11 @@ class Pacer:
         self._ramp_next = math.inf  # the end of that stage
         self._ramp_starts = 0  # starts during that stage
         self._ramp_stage = 0
-        self._successes: deque[tuple[float, int | None]] = deque()
+        # (end, inflight, start) of each success.
+        self._successes: deque[tuple[float, int | None, float]] = deque()
+        self._contradictions: deque[float] = deque()  # times of 429s evidencing a rate
+        self._last_evidence = -math.inf
+        self._run_429s = 0  # 429s since the last success
         self._starts: deque[float] = deque()
         self._rejections: deque[float] = deque()  # times of 429s
         self._first_start: float | None = None
@@ -631,15 +655,18 @@ class Pacer:
 
     def on_response(self, now: float, info: RateLimitInfo, status: int | None,
                     tokens_used: float | None = None, *,
-                    inflight: int | None = None) -> Cause | None:
+                    inflight: int | None = None,
+                    started: float | None = None) -> Cause | None:
         """Learn from one finished attempt.
 
         ``info``: its parsed rate-limit headers (empty when there was no response);
         ``status``: its HTTP status (``None``: no response); ``tokens_used``: the tokens
-        the response reports (counted only); ``inflight``: attempts in flight when it
-        started, itself included (tells a concurrency cap from a rate cap).
-        A Retry-After on a 429 or 503 pauses the whole upstream (:meth:`pause`), unless
-        the 429 is put down to concurrency.
+        the response reports (counted only). To tell a concurrency cap from a rate cap
+        (point 4 of the module docstring): ``inflight``, the attempts in flight with it,
+        itself included (for a success, as many as when it started; for a 429, at
+        least as many as when it ended); ``started``, when it started (``None``: now).
+        A Retry-After on a 503, or on a 429 not put down to concurrency, pauses the
+        whole upstream (:meth:`pause`); not a lone 429 amid successes, though.
 
         For a 429, returns what it was put down to: ``"quota"`` (an exhausted quota in
         its headers), ``"concurrency"`` (left to the concurrency limit) or ``"rate"``
@@ -653,21 +680,29 @@ class Pacer:
         if info.tokens is not None and info.tokens.remaining is not None:
             self._tok_window = self._window(now, info.tokens, info.retry_after)
         if status is not None and 200 <= status < 300:
-            self._successes.append((now, inflight))
+            self._successes.append((now, inflight, now if started is None else started))
+            self._run_429s = 0
         if status == 429:
             self._rejections.append(now)
+            self._run_429s += 1
         self._prune(now)
         cause: Cause | None = None
+        hold = status in PAUSE_STATUSES  # whether its Retry-After holds every start
         if status == 429:
             if any(q is not None and q.exhausted for q in (info.requests, info.tokens)):
                 cause = "quota"  # the quota window holds until its reset
-            elif self.explained_by_concurrency(now, inflight):
-                cause = "concurrency"
             else:
-                cause = "rate"
-                self._on_rate_limited(now)
-        if (status in PAUSE_STATUSES and cause != "concurrency"
-                and info.retry_after is not None and info.retry_after > 0):
+                verdict = self._judge(now, inflight)
+                cause = verdict.cause
+                if verdict.evidence:
+                    self._contradictions.append(now)
+                    self._last_evidence = now
+                if cause == "rate":
+                    self._on_rate_limited(now, started)
+                # A concurrency 429 is the retry delay of that request only; so is a
+                # lone refusal amid successes, which lowers the learned rate.
+                hold = verdict.hold
+        if hold and info.retry_after is not None and info.retry_after > 0:
             self.pause(now, info.retry_after, "retry_after" if status == 429 else "unavailable")
         self._set_rates(now)
         return cause
@@ -696,6 +731,8 @@ class Pacer:
             self._starts.popleft()
         while self._rejections and self._rejections[0] < now - s.success_window:
             self._rejections.popleft()
+        while self._contradictions and self._contradictions[0] < now - s.rate_evidence_window:
+            self._contradictions.popleft()
 
     def _span(self, now: float) -> float:
         """Seconds of the success window that have passed since the first start."""
@@ -709,7 +746,7 @@ class Pacer:
         first start, but over at least ``min_success_span`` seconds). Paused time
         counts: a rate-capped upstream refills its quota during a pause."""
         s = self.settings
-        count = sum(1 for t, _ in self._successes if t >= now - s.success_window)
+        count = sum(1 for t, _, _ in self._successes if t >= now - s.success_window)
         return count / max(s.min_success_span, self._span(now))
 
     def start_rate(self, now: float) -> float:
@@ -718,29 +755,67 @@ class Pacer:
         count = sum(1 for t in self._starts if t >= now - s.success_window)
         return count / max(s.min_success_span, self._span(now))
 
+    def proven_concurrency(self, now: float) -> int | None:
+        """The concurrency the upstream has recently proved it serves: the
+        ``proof_successes``-th highest ``inflight`` among the successes of the last
+        ``concurrency_window`` seconds (``None`` when there are not that many)."""
+        s = self.settings
+        horizon = now - s.concurrency_window
+        values = [n for t, n, _ in self._successes if t >= horizon and n is not None]
+        if len(values) < s.proof_successes:
+            return None
+        return heapq.nlargest(s.proof_successes, values)[-1]
+
     def explained_by_concurrency(self, now: float, inflight: int | None) -> bool:
-        """Whether a 429 of an attempt started with ``inflight`` in flight is explained
-        by a concurrency cap: attempts succeeded within ``concurrency_window`` seconds,
-        but none that started with as many in flight; and 429s are rare (at most
-        ``max(concurrency_429s, concurrency_429_ratio × successes)`` over the last
-        ``success_window``), as when a concurrency limit probes, not a flood."""
+        """Whether a 429 with ``inflight`` in flight (see :meth:`on_response`) would be
+        left to the concurrency limit now; this changes nothing."""
+        return self._judge(now, inflight, pending=1).cause == "concurrency"
+
+    def _judge(self, now: float, inflight: int | None, pending: int = 0) -> _Verdict:
+        """What a 429 with ``inflight`` in flight is put down to. ``pending``: 429s to
+        count on top of those recorded (1 when asking about one not recorded yet)."""
         s = self.settings
         if inflight is None:
-            return False
-        horizon = now - s.concurrency_window
-        peak = max((n for t, n in self._successes if t >= horizon and n is not None),
-                   default=None)
-        if peak is None or inflight <= peak:
-            return False
+            return _Verdict("rate", hold=True)
+        if inflight <= 1:
+            return _Verdict("rate", hold=True)  # refused with nothing else in flight
         recent = now - s.success_window
-        successes = sum(1 for t, _ in self._successes if t >= recent)
-        rejections = sum(1 for t in self._rejections if t >= recent)
-        return rejections <= max(s.concurrency_429s, s.concurrency_429_ratio * successes)
+        successes = sum(1 for t, _, _ in self._successes if t >= recent)
+        rejections = pending + sum(1 for t in self._rejections if t >= recent)
+        if rejections > max(s.concurrency_429s, s.concurrency_429_ratio * successes):
+            return _Verdict("rate", hold=True)  # a flood: no concurrency probe does that
+        if self._run_429s + pending > max(s.concurrency_429s, inflight):
+            return _Verdict("rate", hold=True)  # more refused in a row than in flight
+        proof = self.proven_concurrency(now)
+        if proof is None:
+            if not any(t >= now - s.concurrency_window for t, _, _ in self._successes):
+                return _Verdict("rate", hold=True)  # nothing to go by: do as told
+            return _Verdict("concurrency")
+        # New evidence of a rate cap needs successes sent since the last evidence: a
+        # burst of refusals is one signal.
+        fresh = any(begun > self._last_evidence for _, _, begun in self._successes)
+        if self._learned is not None and inflight <= proof:
+            # A rate cap is known: a 429 at no new concurrency peak is its doing; but
+            # a lone one amid successes does not mean the quota is spent (no pause).
+            return _Verdict("rate", evidence=fresh)
+        slack = max(s.concurrency_slack, math.ceil(s.concurrency_margin * proof))
+        if inflight > proof - slack or not fresh:
+            # At (or near) a new peak: the concurrency limit's probe. Or refused well
+            # below a concurrency just served, but in the same burst as the last time.
+            return _Verdict("concurrency")
+        # Refused well below a concurrency just served: a rate cap, or a capacity that
+        # fell (which the concurrency limit finds within a round trip or two). Only
+        # when it recurs is it a rate.
+        evidence = 1 + sum(1 for t in self._contradictions if t >= now - s.rate_evidence_window)
+        return _Verdict("rate" if evidence >= s.rate_evidence else "concurrency", evidence=True)
 
-    def _on_rate_limited(self, now: float) -> None:
+    def _on_rate_limited(self, now: float, started: float | None = None) -> None:
         s = self.settings
         self._ai_clean = False
-        if now - self._last_decrease < s.decrease_interval:
+        # One decrease per decrease_interval; sooner only for an attempt sent after
+        # the last decrease (at the rate set then: new evidence, as in the AIMD).
+        sent_since = started is not None and started > self._last_decrease
+        if now - self._last_decrease < s.decrease_interval and not sent_since:
             return
         old = self._learned
         measured = self.success_rate(now)
@@ -862,9 +937,12 @@ class PacingGate:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def wait(self, tokens: float = 0.0) -> None:
-        """Sleep until the pacer allows a start costing ``tokens``; take it."""
+    async def wait(self, tokens: float = 0.0) -> bool:
+        """Sleep until the pacer allows a start costing ``tokens``; take it. Returns
+        whether the pace held this start back (a pause, a quota, a rate): then the
+        pace, not the concurrency limit, is what binds."""
         self._waiting += 1
+        held = False
         try:
             async with self._lock:
                 while True:
@@ -872,7 +950,8 @@ class PacingGate:
                     at = self.pacer.next_start(now, tokens)
                     if at <= now:
                         self.pacer.commit(now, tokens)
-                        return
+                        return held
+                    held = True
                     changed = self._changed
                     with trio.move_on_at(at):
                         await changed.wait()
@@ -881,21 +960,23 @@ class PacingGate:
 
     def on_response(self, info: RateLimitInfo, status: int | None,
                     tokens_used: float | None = None, *,
-                    inflight: int | None = None) -> Cause | None:
+                    inflight: int | None = None,
+                    started: float | None = None) -> Cause | None:
         """:meth:`Pacer.on_response` at the current time."""
         cause = self.pacer.on_response(self.clock(), info, status, tokens_used,
-                                       inflight=inflight)
+                                       inflight=inflight, started=started)
         self._poke()
         return cause
 
     def on_http_response(self, status: int | None, headers: Mapping[str, str] | None,
                          tokens_used: float | None = None, *,
-                         inflight: int | None = None) -> RateLimitInfo:
+                         inflight: int | None = None,
+                         started: float | None = None) -> RateLimitInfo:
         """Parse ``headers`` (with the wall clock, for absolute reset times) and feed
         them; returns what was parsed."""
         info = (parse_rate_limit_headers(headers, self.wall_clock())
                 if headers is not None else RateLimitInfo())
-        self.on_response(info, status, tokens_used, inflight=inflight)
+        self.on_response(info, status, tokens_used, inflight=inflight, started=started)
         return info
 
     def pause(self, seconds: float, cause: str) -> PauseEvent | None:

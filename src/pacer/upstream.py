@@ -21,7 +21,7 @@ import httpx
 import structlog
 import trio
 
-from pacer.aimd import AimdLimit, AimdSettings
+from pacer.aimd import PACED, AimdLimit, AimdSettings
 from pacer.breaker import Breaker, BreakerSettings, BreakerTransition
 from pacer.config import UpstreamConfig
 from pacer.jobs import Request
@@ -192,14 +192,17 @@ class Upstream:
                 if last is None or stop.is_set():
                     return None
                 return self._give_up(req, last, sent)
+            admitted = self.stats.breaker_openings
             try:
-                tried = await self._attempt(req, stop)
+                tried = await self._attempt(req, stop, admitted)
             except BaseException:
                 self.breaker.on_ignore(self.clock())  # give a half-open probe slot back
                 raise
             if tried is None:  # stopping: it never went out
                 self.breaker.on_ignore(self.clock())
                 return None
+            if tried is _REVOKED:
+                continue  # the breaker opened while it waited for its turn: ask again
             sent += 1
             charged += 1
             last = tried
@@ -261,17 +264,32 @@ class Upstream:
                 self.breaker.trip(now, "rate_limited_at_min",
                                   min_cooldown=tried.info.retry_after)
 
-    async def _attempt(self, req: Request, stop: trio.Event) -> _Tried | None:
+    async def _attempt(self, req: Request, stop: trio.Event,
+                       admitted: int) -> _Tried | _Revoked | None:
         """One attempt under the limiter and the pacing gate; exceptions become a
-        classification here. None when ``stop`` came before anything was sent."""
+        classification here. None when ``stop`` came before anything was sent;
+        ``_REVOKED`` when the breaker opened (its opening count is no longer
+        ``admitted``) while the attempt waited for a slot and the gate."""
+        held = False
+
+        async def wait_for_gate(tokens: float) -> None:
+            nonlocal held
+            held = await self.gate.wait(tokens)
+
         async with self.limiter.acquire() as slot:
             # The gate sits inside the slot: during a pause, no task that already
             # holds a slot can send.
             if stop.is_set() or not await _unless_stopped(
-                    stop, self.gate.wait, estimate_tokens(req.body)):
+                    stop, wait_for_gate, estimate_tokens(req.body)):
                 return None
+            if self.stats.breaker_openings != admitted:
+                # Admitted before the breaker opened: going now would make one more
+                # probe per waiting request. (The opening voided its admission.)
+                return _REVOKED
             slot.start = self.clock()  # the rtt leaves the pacing wait out
             slot.inflight = max(1, self.limiter.inflight - self.gate.waiting)
+            # Others holding slots queue at the gate: the pace binds, not the limit.
+            paced_behind = self.gate.waiting > 0
             status, headers, body, error, message = await self._exchange(req)
             info = (parse_rate_limit_headers(headers, self.wall_clock())
                     if headers is not None else RateLimitInfo())
@@ -280,14 +298,25 @@ class Upstream:
             else:
                 status_for_verdict = status
             verdict = error if isinstance(error, Verdict) else classify(status_for_verdict, error)
-            cause = self.gate.on_response(info, status_for_verdict,
-                                          tokens_used(body), inflight=slot.inflight)
-            outcome = verdict.outcome
+            # A success proves the upstream served the attempts in flight when it
+            # started (later ones may not have arrived yet, e.g. on a new connection);
+            # a 429 came with at least those in flight when it ended (they include any
+            # sent later that overtook it).
+            with_it = slot.inflight
+            if status_for_verdict == 429:
+                with_it = max(with_it, self.limiter.inflight - self.gate.waiting)
+            cause = self.gate.on_response(info, status_for_verdict, tokens_used(body),
+                                          inflight=with_it, started=slot.start)
+            outcome, reason = verdict.outcome, verdict.reason
+            if status_for_verdict == 429 or (status_for_verdict == 200 and with_it > 16):
+                log.info("debug.classify", status=status_for_verdict, with_it=with_it, start_count=slot.inflight, cause=cause, proof=self.pacer.proven_concurrency(self.clock()), contradictions=len(self.pacer._contradictions))
             if cause in ("rate", "quota"):
                 # A rate cap is the pacing gate's to handle: shrinking the
                 # concurrency for it would only make the limit oscillate.
                 outcome = Outcome.IGNORE
-            slot.record(outcome, verdict.reason)
+            elif outcome is Outcome.SUCCESS and (held or paced_behind):
+                reason = PACED  # the pace bound, not the limit: no growth from it
+            slot.record(outcome, reason)
             if self.on_attempt is not None:
                 self.on_attempt(self.name, self.clock() - slot.start, verdict.reason)
             return _Tried(status, headers, body, verdict, message, info)
@@ -331,6 +360,13 @@ class Upstream:
         assert scope.cancelled_caught
         return (None, None, None, httpx.ReadTimeout("attempt exceeded the timeout"),
                 f"no complete answer within {self.cfg.timeout} s")
+
+
+class _Revoked:
+    """What ``_attempt`` answers when the breaker opened while the attempt waited."""
+
+
+_REVOKED = _Revoked()
 
 
 @dataclass(frozen=True, slots=True)
