@@ -96,8 +96,9 @@ def tagged(cid: str, **extra: Any) -> dict[str, Any]:
 
 
 def close_leftovers(daemon: Daemon) -> None:
-    """Close results files a cut-off daemon left open (see the xfail tests), so a
-    leaked file does not surface later as an unraisable ResourceWarning."""
+    """Close results files a cut-off daemon may have left open (a regression of
+    test_hard_stop_closes_results_files), so that such a leak fails that test and
+    does not surface later, in another test, as an unraisable ResourceWarning."""
     for job in list(daemon.jobs.values()):
         job.results.close()
 
@@ -241,7 +242,7 @@ REJECTS: dict[str, tuple[Callable[[SpoolHelper, Path], None], list[str]]] = {
     "big.jsonl": (lambda sp, _: sp.drop("big.jsonl", jsonl([req(f"r{i}") for i in range(40)])),
                   ["bytes", "max_job_bytes"]),
     "link.json": (lambda sp, tmp: os.symlink(_outside(tmp), sp.folder("incoming") / "link.json"),
-                  ["symlink"]),
+                  ["symbolic link"]),
     "pipe.json": (lambda sp, _: os.mkfifo(sp.folder("incoming") / "pipe.json"),
                   ["not a regular file"]),
     "folder.json": (lambda sp, _: (sp.folder("incoming") / "folder.json").mkdir(),

@@ -168,10 +168,15 @@ class Spool:
                 except FileNotFoundError:
                     continue
                 if not stat.S_ISREG(st.st_mode):
-                    kind = "symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
-                    skipped.append(Skipped(entry.name, kind))
+                    what = ("a symbolic link (symlink)" if stat.S_ISLNK(st.st_mode) else
+                            "a folder" if stat.S_ISDIR(st.st_mode) else
+                            "a FIFO" if stat.S_ISFIFO(st.st_mode) else
+                            "a device or socket")
+                    skipped.append(Skipped(entry.name, f"is {what}, not a regular file: pacer "
+                                           "never follows or opens those (use pacer submit)"))
                 elif job_stem(entry.name) is None:
-                    skipped.append(Skipped(entry.name, "name does not end in .json or .jsonl"))
+                    skipped.append(Skipped(entry.name, "is not a job file: names end in .json "
+                                           "or .jsonl"))
                 else:
                     jobs.append(Candidate(entry.name, st.st_mtime_ns, st.st_size))
         jobs.sort(key=lambda c: (c.mtime_ns, c.name))
@@ -265,10 +270,12 @@ class Spool:
         target = name
         dest = self.folder("rejected")
         n = 1
+        stem = job_stem(name) or name
+        suffix = name[len(stem):]
         while (os.path.lexists(dest / target)
                or os.path.lexists(dest / f"{target}.error.json")):
             n += 1
-            target = f"{name}~{n}"
+            target = f"{stem}~{n}{suffix}"
         os.rename(self.folder("incoming") / name, dest / target)
         self.write_error(target, info)
         fsync_dir(self.folder("incoming"))
