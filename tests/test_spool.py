@@ -136,8 +136,8 @@ def test_scan_reports_what_is_not_a_job(sp: Spool, tmp_path: Path) -> None:
     assert reasons["dangling.json"].startswith("is a symbolic link (symlink), not a regular file")
     assert reasons["fifo.json"].startswith("is a FIFO, not a regular file")
     assert reasons["dir.json"].startswith("is a folder, not a regular file")
-    assert "names end in .json" in reasons["notes.txt"]
-    assert "names end in .json" in reasons["upper.JSON"]
+    assert "does not end in .json" in reasons["notes.txt"]
+    assert "does not end in .json" in reasons["upper.JSON"]
     assert len(skipped) == 6
 
 

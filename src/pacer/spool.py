@@ -175,8 +175,8 @@ class Spool:
                     skipped.append(Skipped(entry.name, f"is {what}, not a regular file: pacer "
                                            "never follows or opens those (use pacer submit)"))
                 elif job_stem(entry.name) is None:
-                    skipped.append(Skipped(entry.name, "is not a job file: names end in .json "
-                                           "or .jsonl"))
+                    skipped.append(Skipped(entry.name, "is not a job file: its name does not "
+                                           "end in .json or .jsonl"))
                 else:
                     jobs.append(Candidate(entry.name, st.st_mtime_ns, st.st_size))
         jobs.sort(key=lambda c: (c.mtime_ns, c.name))
