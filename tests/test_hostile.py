@@ -587,11 +587,6 @@ async def test_dot_names_stay_untouched_in_incoming(
 # -------------------------------------------------------------------- bugs found
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a job name of more than ~243 bytes (up to NAME_MAX, 255) makes "
-    "results/.STEM.jsonl.part too long to create: ENAMETOOLONG is taken for disk "
-    "trouble, the job is deferred and retried every second forever, and "
-    "--drain never ends (the name itself is legal and `pacer submit` accepts it)"))
 async def test_very_long_job_name_is_rejected_not_retried_forever(
         make_config: MakeConfig, spool: SpoolHelper) -> None:
     cfg = hostile_config(make_config)
@@ -633,9 +628,6 @@ class ChangeAfterValidation:
         monkeypatch.setattr(daemon_mod, "validate_jsonl", validate)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: lines appended to a .jsonl after its validation pass are sent too, "
-    "unvalidated: a duplicate custom_id gets two result lines"))
 async def test_job_appended_after_validation_keeps_one_line_per_custom_id(
         make_config: MakeConfig, spool: SpoolHelper,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -660,9 +652,6 @@ async def test_job_appended_after_validation_keeps_one_line_per_custom_id(
     assert len(upstream.seen) == sum(counts.values())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a .jsonl truncated after its validation pass is left in active/ "
-    "(job.interrupted) and --drain exits 0 with it unfinished"))
 async def test_job_truncated_after_validation_does_not_stay_in_active(
         make_config: MakeConfig, spool: SpoolHelper,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -678,9 +667,6 @@ async def test_job_truncated_after_validation_does_not_stay_in_active(
     assert rc == 1 or spool.jobs("rejected")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "message: a number with more than 4300 digits is explained with Python's "
-    "advice to call sys.set_int_max_str_digits(), which a job author cannot act on"))
 async def test_huge_int_message_is_for_people(
         make_config: MakeConfig, spool: SpoolHelper) -> None:
     cfg = hostile_config(make_config)

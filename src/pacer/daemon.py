@@ -39,6 +39,7 @@ from pacer import __version__
 from pacer.config import Config, ConfigError, UpstreamConfig, load_config, read_api_key
 from pacer.jobs import (
     BadRequest,
+    Bounded,
     JobFileError,
     Request,
     UpstreamView,
@@ -56,6 +57,9 @@ from pacer.upstream import Answer, Upstream, build_client
 log = structlog.get_logger("pacer.daemon")
 
 READ_BATCH = 256  # request lines read per thread hop
+# Errors that say the spool's disk is in trouble (and may recover), not the job.
+DISK_TROUBLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES,
+                          errno.EPERM, errno.ENOMEM})
 
 
 @dataclass(eq=False)
@@ -68,6 +72,8 @@ class Job:
     failed: int = 0
     queued: int = 0  # requests read but not answered yet
     queued_by_upstream: dict[str, int] = field(default_factory=dict)
+    custom_ids: set[str] = field(default_factory=set)  # validated, not yet read again
+    end: int = 0  # bytes of the .jsonl that were validated
 
 
 @dataclass
@@ -303,8 +309,11 @@ class Daemon:
             except JobFileError as exc:
                 await self._reject(job, exc.code, exc.message)
             except OSError as exc:
-                # The disk refused (full, I/O error): give the job back to incoming/
-                # (a rename needs no space) and claim nothing until writes work.
+                if exc.errno not in DISK_TROUBLE:
+                    await self._reject(job, "unreadable", f"cannot process the job: {exc}")
+                    return
+                # The disk refused (full, I/O error): keep the job in active/, claim
+                # nothing until writes work again, then start it over.
                 self._disk_failed(exc, "job")
                 self._deferred.append(job.name)
                 log.warning("job.deferred", reason=f"{type(exc).__name__}: {exc}")
@@ -337,6 +346,9 @@ class Daemon:
 
     def _prepare(self, job: Job) -> tuple[IO[bytes], list[Request | BadRequest]]:
         """Validate the whole file before anything is sent, and open its results."""
+        if len(os.fsencode(job.results.part.name)) > 255:
+            raise JobFileError("name_too_long", "the job's name is too long to name its "
+                               "results file after it: keep names under 230 bytes")
         fh, _size = self._open_job(job)
         try:
             singles: list[Request | BadRequest] = []
@@ -344,6 +356,8 @@ class Daemon:
                 summary = validate_jsonl(fh, job.stem, self._view(),
                                          self.config.spool.max_line_bytes)
                 job.requests = summary.requests + summary.bad
+                job.custom_ids = summary.custom_ids
+                job.end = summary.end
                 fh.seek(0)
             else:
                 singles = [read_single(fh.read(), job.stem, self._view())]
@@ -365,9 +379,11 @@ class Daemon:
                 log.info("job.claimed", requests=job.requests, already_answered=len(answered))
             else:
                 log.info("job.claimed", requests=job.requests)
+            # What was validated is what is sent: lines appended since are not read.
             items: Iterator[Request | BadRequest] = (
                 iter(singles) if singles else
-                iter_jsonl(fh, job.stem, self._view(), self.config.spool.max_line_bytes))
+                iter_jsonl(Bounded(fh, job.end), job.stem, self._view(),
+                           self.config.spool.max_line_bytes))
             async with trio.open_nursery() as requests:
                 while not self.stopping:
                     batch = await trio.to_thread.run_sync(
@@ -375,6 +391,7 @@ class Daemon:
                     if not batch:
                         break
                     for item in batch:
+                        job.custom_ids.discard(item.custom_id)
                         if item.custom_id in answered or self.stopping:
                             continue
                         await self._request_slots.acquire()
@@ -382,6 +399,17 @@ class Daemon:
                         up = item.upstream or ""
                         job.queued_by_upstream[up] = job.queued_by_upstream.get(up, 0) + 1
                         requests.start_soon(self._request, job, item)
+                if not self.stopping and singles == []:
+                    # Lines validated but gone on the second read: the file changed
+                    # under us. Each still gets its one (error) line.
+                    for cid in sorted(job.custom_ids - answered.keys()):
+                        await self._request_slots.acquire()
+                        job.queued += 1
+                        job.queued_by_upstream[""] = job.queued_by_upstream.get("", 0) + 1
+                        requests.start_soon(self._request, job, BadRequest(
+                            cid, 0, "job_changed", "the job file changed while pacer read "
+                            "it: this request was no longer in it (write job files in tmp/ "
+                            "and rename them into incoming/)"))
         finally:
             fh.close()
         if job.succeeded + job.failed < job.requests:
@@ -438,7 +466,8 @@ class Daemon:
 
         def move() -> str:
             job.results.close()
-            with contextlib.suppress(FileNotFoundError):
+            # (OSError: also a name too long to have a results file at all.)
+            with contextlib.suppress(OSError):
                 if job.results.part.stat().st_size == 0:
                     # Nothing was sent for a rejected job: drop the empty file.
                     job.results.part.unlink()

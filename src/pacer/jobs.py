@@ -16,7 +16,7 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -158,8 +158,10 @@ def loads_strict(text: str) -> Any:
         raise
     except RecursionError:
         raise _BadLine("invalid_json", "JSON nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, and ints with too many digits
+    except json.JSONDecodeError as exc:
         raise _BadLine("invalid_json", f"not valid JSON: {exc}") from None
+    except ValueError:  # Python refuses to convert integers this long
+        raise _BadLine("invalid_json", "a number has more than 4300 digits") from None
     # Only a \u escape can produce a lone surrogate from text that decoded as UTF-8.
     if _depth(value, check_strings="\\u" in text) > _MAX_DEPTH:
         raise _BadLine("invalid_json", f"JSON nested deeper than {_MAX_DEPTH} levels")
@@ -286,7 +288,11 @@ def _guess(text: str, view: UpstreamView) -> tuple[str | None, str | None]:
             upstream if isinstance(upstream, str) and upstream in view.base_urls else None)
 
 
-def iter_jsonl(fh: IO[bytes], stem: str, view: UpstreamView, max_line: int,
+class LineReader(Protocol):
+    def readline(self, limit: int = -1, /) -> bytes: ...
+
+
+def iter_jsonl(fh: LineReader, stem: str, view: UpstreamView, max_line: int,
                ) -> Iterator[Request | BadRequest]:
     """Stream a ``.jsonl`` job: one Request or BadRequest per non-blank line."""
     line_no = 0
@@ -331,6 +337,24 @@ def read_single(data: bytes, stem: str, view: UpstreamView) -> Request:
         raise JobFileError(exc.code, exc.message) from None
 
 
+class Bounded:
+    """A binary file seen only up to ``end``: what was validated is what gets sent,
+    even if the producer appends to the file meanwhile."""
+
+    def __init__(self, fh: IO[bytes], end: int) -> None:
+        self._fh = fh
+        self._end = end
+
+    def readline(self, limit: int = -1) -> bytes:
+        left = self._end - self._fh.tell()
+        if left <= 0:
+            return b""
+        return self._fh.readline(left if limit < 0 else min(limit, left))
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+
 @dataclass(slots=True)
 class JobSummary:
     """The validation pass over a whole file, before anything is sent."""
@@ -338,12 +362,14 @@ class JobSummary:
     requests: int = 0
     bad: int = 0
     first_errors: list[str] = field(default_factory=list)
+    custom_ids: set[str] = field(default_factory=set)  # every line's, bad ones too
+    end: int = 0  # bytes validated: the sending pass reads no further
 
 
 def validate_jsonl(fh: IO[bytes], stem: str, view: UpstreamView, max_line: int) -> JobSummary:
     """First pass over a ``.jsonl``: count, and reject what must be rejected whole."""
     summary = JobSummary()
-    seen: set[str] = set()
+    seen = summary.custom_ids
     for item in iter_jsonl(fh, stem, view, max_line):
         if item.custom_id in seen:
             raise JobFileError("duplicate_custom_id",
@@ -356,6 +382,7 @@ def validate_jsonl(fh: IO[bytes], stem: str, view: UpstreamView, max_line: int) 
                 summary.first_errors.append(item.message)
         else:
             summary.requests += 1
+    summary.end = fh.tell()
     if summary.requests == 0 and summary.bad == 0:
         raise JobFileError("empty", "the job file has no requests")
     if summary.requests == 0:

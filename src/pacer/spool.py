@@ -29,6 +29,7 @@ STATE_FILE = "state.json"
 # sticky, so that submitters cannot remove each other's files.
 DIR_MODES = {"incoming": 0o1770, "tmp": 0o1770}
 DEFAULT_DIR_MODE = 0o750
+NAME_MAX = 255
 
 
 # write_durable's temp names: ".NAME.<8 hex>.tmp".
@@ -246,10 +247,15 @@ class Spool:
     def finish(self, name: str, folder: str) -> str:
         """Move ``active/name`` into ``folder`` (done, failed or rejected), never
         replacing a file already there; returns the name it got."""
-        target = name
         dest = self.folder(folder)
         stem = job_stem(name) or name
         suffix = name[len(stem):]
+        if folder == "rejected":
+            # NAME.error.json (and its temp name) must fit in a file name too.
+            room = NAME_MAX - len(".error.json") - len("..12345678.tmp") - len("~99")
+            while len(os.fsencode(stem + suffix)) > room:
+                stem = stem[:-1]
+        target = stem + suffix
         n = 1
         while (os.path.lexists(dest / target)
                or os.path.lexists(dest / f"{target}.error.json")):
