@@ -1018,8 +1018,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for n, per in results.items() for c, f in per.items()
             if f["loop_lag_p99_ms"] is not None and f["loop_lag_p99_ms"] > BUSY_LAG_MS]
     if busy:
-        print(f"warning: the event loop lagged (p99 > {BUSY_LAG_MS:g} ms) in "
-              f"{', '.join(busy)}: the machine was busy, those figures are suspect")
+        print(f"warning: the bench's event loop lagged (p99 > {BUSY_LAG_MS:g} ms) in "
+              f"{', '.join(busy)}: its own load or other work on the machine slowed the "
+              f"client there, read those rows with care")
     args.out.mkdir(parents=True, exist_ok=True)
     argv_shown = list(argv) if argv is not None else sys.argv[1:]
     doc = {
