@@ -143,7 +143,7 @@ import trio
 from pacer.aimd import AimdLimit, AimdSettings
 from pacer.config import UpstreamConfig
 from pacer.jobs import Request
-from pacer.limit import FixedLimit, HookList, Limit, LimitChange, LimitHook, Sample
+from pacer.limit import FixedLimit, Limit, LimitChange
 from pacer.logs import configure_logging
 from pacer.pacing import PauseEvent, RateChange
 from pacer.upstream import Upstream, build_client
@@ -265,35 +265,11 @@ def scenarios(scale: float) -> dict[str, Scenario]:
     }
 
 
-class ScheduledLimit:
-    """The steps' oracle: a fixed limit that the harness moves to the new cap at each
-    step (it knows the schedule; no limit algorithm could do better)."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._hooks = HookList()
-
-    @property
-    def limit(self) -> int:
-        return self._limit
-
-    def on_sample(self, sample: Sample) -> int:
-        return self._limit
-
-    def subscribe(self, hook: LimitHook) -> None:
-        self._hooks.subscribe(hook)
-
-    def set(self, value: int, at: float) -> None:
-        old, self._limit = self._limit, value
-        if old != value:
-            self._hooks.emit(LimitChange(old, value, "schedule", 0, None, at))
-
-
 def make_limit(contender: str, scn: Scenario) -> Limit:
     if contender in ADAPTIVE:
         return AimdLimit(AimdSettings(initial_limit=1, min_limit=1, max_limit=MAX_LIMIT))
     if contender == "oracle":
-        return ScheduledLimit(scn.oracle()) if scn.steps else FixedLimit(scn.oracle())
+        return FixedLimit(scn.oracle())  # moved along the schedule: see follow_schedule
     return FixedLimit(scn.fixed4x())
 
 
@@ -533,10 +509,11 @@ async def run_one(scn: Scenario, contender: str, seed: int,
                 due = now + SAMPLE_EVERY
                 await trio.sleep_until(due)
 
-        async def follow_schedule(oracle: ScheduledLimit) -> None:
+        async def follow_schedule(oracle: FixedLimit) -> None:
+            """The steps' oracle knows the schedule: no algorithm could do better."""
             for at, cap in scn.caps[1:]:
                 await trio.sleep_until(t0 + at)
-                oracle.set(cap, trio.current_time())
+                oracle.set(cap, trio.current_time(), "schedule")
 
         cpu0, wall0 = time.process_time(), time.perf_counter()
         mock_cpu0 = _proc_cpu_seconds(proc.pid)
@@ -544,7 +521,7 @@ async def run_one(scn: Scenario, contender: str, seed: int,
             with trio.move_on_at(t0 + scn.duration):
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(sampler)
-                    if isinstance(limit, ScheduledLimit):
+                    if contender == "oracle" and scn.steps and isinstance(limit, FixedLimit):
                         nursery.start_soon(follow_schedule, limit)
                     for _ in range(scn.workers()):
                         nursery.start_soon(worker)

@@ -84,7 +84,7 @@ class HookList:
 
 
 class FixedLimit:
-    """A limit that never moves (the baseline, and what ``set_limit`` tests use)."""
+    """A limit that moves only when told to (the baseline of benchmarks and tests)."""
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
@@ -101,3 +101,12 @@ class FixedLimit:
 
     def subscribe(self, hook: LimitHook) -> None:
         self._hooks.subscribe(hook)
+
+    def set(self, value: int, at: float, reason: str = "set") -> None:
+        """Move the limit by hand (an operator, or a benchmark's oracle that knows
+        the upstream's schedule); hooks see the change like any other."""
+        if value < 1:
+            raise ValueError("limit must be >= 1")
+        old, self._limit = self._limit, value
+        if old != value:
+            self._hooks.emit(LimitChange(old, value, reason, 0, None, at))
