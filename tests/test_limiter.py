@@ -1,0 +1,119 @@
+"""The limiter on its own: it enforces whatever the limit says, follows changes at
+once, and turns each held slot into exactly one sample."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+from trio.testing import MockClock
+
+from pacer.limit import FixedLimit, LimitChange, Outcome, Sample
+from pacer.limiter import Limiter
+
+
+class Recording(FixedLimit):
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.samples: list[Sample] = []
+
+    def on_sample(self, sample: Sample) -> int:
+        self.samples.append(sample)
+        return self.limit
+
+
+def test_fixed_limit_set_emits_one_change() -> None:
+    limit = FixedLimit(3)
+    seen: list[LimitChange] = []
+    limit.subscribe(seen.append)
+    limit.set(5, at=1.5, reason="operator")
+    limit.set(5, at=2.0)  # no change, no event
+    assert limit.limit == 5
+    assert seen == [LimitChange(3, 5, "operator", 0, None, 1.5)]
+    with pytest.raises(ValueError):
+        limit.set(0, at=3.0)
+
+
+async def test_admits_at_most_the_limit_and_follows_changes(autojump_clock: MockClock) -> None:
+    limit = Recording(2)
+    limiter = Limiter(limit)
+    peak = 0
+    started: list[float] = []
+
+    async def one() -> None:
+        nonlocal peak
+        async with limiter.acquire() as slot:
+            started.append(trio.current_time())
+            peak = max(peak, limiter.inflight)
+            await trio.sleep(1)
+            slot.success()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(6):
+            nursery.start_soon(one)
+        await trio.sleep(0.5)
+        assert limiter.inflight == 2 and limiter.waiting == 4
+        limit.set(4, at=trio.current_time())  # raising wakes waiters at once
+        await trio.testing.wait_all_tasks_blocked()
+        assert limiter.inflight == 4 and trio.current_time() == 0.5
+    assert peak == 4
+    assert started == [0, 0, 0.5, 0.5, 1, 1]
+    assert [s.outcome for s in limit.samples] == [Outcome.SUCCESS] * 6
+    assert [s.rtt for s in limit.samples] == [1.0] * 6
+    assert limit.samples[0].inflight == 1 and limit.samples[1].inflight == 2
+
+
+async def test_shrinking_lets_holders_finish(autojump_clock: MockClock) -> None:
+    limit = Recording(3)
+    limiter = Limiter(limit)
+    done: list[float] = []
+
+    async def one() -> None:
+        async with limiter.acquire() as slot:
+            await trio.sleep(1)
+            slot.dropped("rate_limited")
+            done.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(one)
+        await trio.sleep(0.1)
+        limit.set(1, at=trio.current_time())
+    # The three holders finished; the fourth ran alone after them.
+    assert done == [1, 1, 1, 2]
+    assert {s.reason for s in limit.samples} == {"rate_limited"}
+
+
+async def test_leaving_without_a_verdict_is_ignore_and_one_sample_only(
+        autojump_clock: MockClock) -> None:
+    limit = Recording(1)
+    limiter = Limiter(limit)
+    with trio.move_on_after(0.5):
+        async with limiter.acquire():
+            await trio.sleep(1)  # cancelled: says nothing about load
+    async with limiter.acquire() as slot:
+        slot.success()
+        slot.dropped("timeout")  # a second verdict is ignored
+    assert [(s.outcome, s.reason) for s in limit.samples] == [
+        (Outcome.IGNORE, "ignored"), (Outcome.SUCCESS, "ok")]
+    assert limiter.inflight == 0
+
+
+async def test_retarget_follows_the_new_limit(autojump_clock: MockClock) -> None:
+    old, new = Recording(1), Recording(3)
+    limiter = Limiter(old)
+    limiter.retarget(new)
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(_hold, limiter)
+        await trio.sleep(0.1)
+        assert limiter.inflight == 3
+        old.set(1, at=0.2)  # the old limit no longer steers
+        new.set(2, at=0.2)
+    assert len(new.samples) == 3 and old.samples == []
+
+
+async def _hold(limiter: Limiter) -> None:
+    async with limiter.acquire() as slot:
+        await trio.sleep(1)
+        slot.success()
