@@ -328,6 +328,37 @@ def test_the_learned_rate_is_probed_upward_while_it_binds() -> None:
     assert [r.new_rate for r in rates[-2:]] == pytest.approx([base * 1.02, base * 1.04])
 
 
+def test_the_learned_rate_grows_only_while_the_pace_holds_starts_back() -> None:
+    pacer = Pacer()
+    _, rates = recorder(pacer)
+    t = feed_successes(pacer, 0.0, 2.0, 0.05)
+    pacer.on_response(t, EMPTY, 429, inflight=1)  # 18/s
+    # Starts at the full rate, but none held back by the pace: something else (the
+    # concurrency limit) binds, and raising the rate would change nothing.
+    for i in range(1, 40):
+        pacer.commit(2.0 + i / 18.0, held=False)
+    pacer.rate(4.3)
+    assert [r.reason for r in rates] == ["rate_limited"]
+    for i in range(40, 80):
+        pacer.commit(2.0 + i / 18.0, held=True)
+    pacer.rate(6.5)
+    assert [r.reason for r in rates][:2] == ["rate_limited", "probe"]
+
+
+def test_a_429_to_an_attempt_sent_after_the_last_decrease_lowers_the_rate_sooner() -> None:
+    pacer = Pacer()
+    _, rates = recorder(pacer)
+    t = feed_successes(pacer, 0.0, 2.0, 0.05)
+    pacer.on_response(t, EMPTY, 429, inflight=1, started=1.9)
+    assert len(rates) == 1
+    # Sent before the decrease at 2.0: the same signal, within a second.
+    pacer.on_response(2.3, EMPTY, 429, inflight=1, started=1.95)
+    assert len(rates) == 1
+    # Sent at the rate set then: new evidence.
+    pacer.on_response(2.5, EMPTY, 429, inflight=1, started=2.4)
+    assert len(rates) == 2 and rates[-1].new_rate < rates[0].new_rate
+
+
 def test_an_idle_learned_rate_is_not_raised() -> None:
     pacer = Pacer()
     _, rates = recorder(pacer)
@@ -338,23 +369,106 @@ def test_an_idle_learned_rate_is_not_raised() -> None:
     assert [r.reason for r in rates] == ["rate_limited"]
 
 
+RETRY = RateLimitInfo(retry_after=1.0)
+
+
+def serve(pacer: Pacer, t0: float, t1: float, every: float, inflight: int) -> float:
+    """Start one attempt every ``every`` s in [t0, t1), each back ``every`` s later a
+    success (told when it started and how many were in flight); returns t1."""
+    t = t0
+    while t < t1 - 1e-9:
+        pacer.commit(t)
+        pacer.on_response(t + every, EMPTY, 200, inflight=inflight, started=t)
+        t += every
+    return t1
+
+
 def test_a_429_at_a_new_concurrency_peak_is_left_to_the_concurrency_limit() -> None:
     pacer = Pacer(exact())
     pauses, rates = recorder(pacer)
     for i, n in enumerate([1, 2, 3, 4, 5] * 4):
         pacer.commit(i * 0.05)
         pacer.on_response(i * 0.05, EMPTY, 200, inflight=n)
+    assert pacer.proven_concurrency(1.0) == 5
     assert pacer.explained_by_concurrency(1.0, 6)
-    assert not pacer.explained_by_concurrency(1.0, 5)
-    assert not pacer.explained_by_concurrency(1.0, None)
-    assert pacer.on_response(1.0, RateLimitInfo(retry_after=1.0), 429, inflight=6) == (
-        "concurrency")
+    # So is one at a concurrency that has just succeeded: in-flight counts are blurred
+    # by answers in transit, and even one well below it may be a capacity that fell.
+    # (This used to learn a rate and pause the upstream at once.)
+    assert pacer.explained_by_concurrency(1.0, 5)
+    assert pacer.explained_by_concurrency(1.0, 2)
+    assert not pacer.explained_by_concurrency(1.0, None)  # no count: a rate signal
+    assert pacer.on_response(1.0, RETRY, 429, inflight=6) == "concurrency"
+    assert pacer.on_response(1.0, RETRY, 429, inflight=4) == "concurrency"
     assert pacer.learned_rate is None and pauses == [] and rates == []
     assert pacer.next_start(1.0) == 1.0
-    # The same 429 at a concurrency that has succeeded is a rate signal.
-    assert pacer.on_response(1.1, RateLimitInfo(retry_after=1.0), 429, inflight=3) == "rate"
+
+
+def test_429s_well_below_what_just_succeeded_learn_a_rate_when_they_recur() -> None:
+    pacer = Pacer(exact())
+    pauses, rates = recorder(pacer)
+    t = serve(pacer, 0.0, 1.0, 0.05, inflight=6)
+    # 3 in flight is well below the 6 just served (by max(1, 50 %)): evidence, but
+    # once is no rate (a capacity that fell looks the same).
+    assert pacer.on_response(t, RETRY, 429, inflight=3) == "concurrency"
+    # A burst of refusals is one piece of evidence: nothing was sent since.
+    assert pacer.on_response(t, RETRY, 429, inflight=2) == "concurrency"
+    assert pacer.learned_rate is None
+    t = serve(pacer, t, t + 0.5, 0.05, inflight=6)
+    # Again, after successes sent since: a rate cap. A lone 429 amid successes lowers
+    # the rate, but does not pause the whole upstream (only that request waits).
+    assert pacer.on_response(t, RETRY, 429, inflight=3) == "rate"
     assert pacer.learned_rate is not None
+    assert [r.reason for r in rates] == ["rate_limited"]
+    assert pauses == []
+
+
+def test_a_429_long_after_the_limit_last_moved_is_evidence_of_a_rate_cap() -> None:
+    pacer = Pacer(exact())
+    pauses, _ = recorder(pacer)
+    t = serve(pacer, 0.0, 2.0, 0.1, inflight=4)  # successes take 0.1 s
+    # Sent 0.04 s after the concurrency limit rose: its probe, refused at once.
+    assert pacer.on_response(t, RETRY, 429, inflight=5, started=1.99,
+                             limit_changed_at=1.95) == "concurrency"
+    # Sent long (>= 0.75 x 0.1 s) after the limit last moved, which a concurrency cap
+    # does not refuse: evidence (the first piece).
+    assert pacer.on_response(t, RETRY, 429, inflight=4, started=1.99,
+                             limit_changed_at=1.0) == "concurrency"
+    # Sent before that evidence: the same burst.
+    assert pacer.on_response(t, RETRY, 429, inflight=4, started=1.98,
+                             limit_changed_at=1.0) == "concurrency"
+    assert pacer.learned_rate is None
+    t = serve(pacer, t, 2.5, 0.1, inflight=4)
+    assert pacer.on_response(t, RETRY, 429, inflight=4, started=2.45,
+                             limit_changed_at=1.0) == "rate"
+    assert pacer.learned_rate is not None and pauses == []
+
+
+def test_a_429_with_nothing_else_in_flight_is_a_rate_signal() -> None:
+    pacer = Pacer(exact())
+    pauses, _ = recorder(pacer)
+    t = serve(pacer, 0.0, 1.0, 0.05, inflight=5)
+    assert pacer.on_response(t, RETRY, 429, inflight=1) == "rate"
+    assert pacer.learned_rate is not None
+    assert len(pauses) == 1  # and its Retry-After holds every start
+
+
+def test_more_429s_in_a_row_than_were_in_flight_are_a_storm() -> None:
+    pacer = Pacer(exact())
+    pauses, _ = recorder(pacer)
+    t = serve(pacer, 0.0, 1.0, 0.05, inflight=3)
+    causes = [pacer.on_response(t + i * 0.001, RETRY, 429, inflight=3) for i in range(6)]
+    assert causes == ["concurrency"] * 5 + ["rate"]
     assert len(pauses) == 1
+
+
+def test_once_a_rate_is_known_a_429_to_an_attempt_the_pace_held_is_its_doing() -> None:
+    pacer = Pacer(exact())
+    t = feed_successes(pacer, 0.0, 2.0, 0.05)
+    assert pacer.on_response(t, EMPTY, 429, inflight=1) == "rate"
+    # At a new concurrency peak, sent when the concurrency limit bound: the limit's.
+    assert pacer.on_response(2.1, EMPTY, 429, inflight=6) == "concurrency"
+    # The same when the pace held it back: the learned rate is too high.
+    assert pacer.on_response(2.2, EMPTY, 429, inflight=6, held=True) == "rate"
 
 
 def test_a_flood_of_429s_is_not_put_down_to_concurrency() -> None:
@@ -557,6 +671,16 @@ async def test_a_pause_holds_a_waiter_that_was_about_to_go(
         assert event is not None and event.until == pytest.approx(t0 + 5.05)
     assert passed == [pytest.approx(5.05)]
     assert gate.status().paused_until is None
+
+
+async def test_the_gate_says_whether_the_pace_held_a_start(
+        autojump_clock: trio.testing.MockClock) -> None:
+    gate = PacingGate(Pacer(exact()))
+    gate.pacer.on_response(trio.current_time(), requests_info(10, 10, 1.0), 200)  # 10/s
+    assert await gate.wait() is False  # one start's worth of credit
+    t0 = trio.current_time()
+    assert await gate.wait() is True
+    assert trio.current_time() - t0 == pytest.approx(0.1)
 
 
 async def test_on_http_response_parses_headers(autojump_clock: trio.testing.MockClock) -> None:

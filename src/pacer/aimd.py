@@ -7,9 +7,10 @@ It learns the fastest safe concurrency of an upstream that never says its limit.
 
 1. **Slow start.** From ``initial_limit``, +1 per success whose attempt used at least
    half the limit (Netflix's ``inflight * 2 >= limit``): the limit doubles every round
-   trip (1 -> 32 in 5). It ends at the first congestion signal, just below the
-   concurrency that was refused (``inflight - 1``, never below half): everything
-   under it was just accepted.
+   trip (1 -> 32 in 5). A success whose start a pacing gate held back (reason
+   :data:`PACED`) never grows it: then the pace binds, not the limit. Slow start ends
+   at the first congestion signal, just below the concurrency that was refused
+   (``inflight - 1``, never below half): everything under it was just accepted.
 2. **Congestion** is a drop (429, 503, timeout, connection error: the change's reason)
    or queueing (point 5). A burst of drops is one signal: drops of attempts sent
    before (or as) the last decrease was made are ignored, so each decrease rests on
@@ -19,7 +20,10 @@ It learns the fastest safe concurrency of an upstream that never says its limit.
    limit becomes the least of ``limit * backoff_ratio`` (the AIMD step), the refused
    concurrency minus one, and the concurrency delivered (successes completed within
    the last smoothed rtt, by Little's law). A 4x capacity drop is absorbed within a
-   round trip or two, not the ~13 of repeated x0.9 steps.
+   round trip or two, not the ~13 of repeated x0.9 steps. But the first drop within a
+   smoothed rtt of leaving slow start only says that slow start left a little too
+   high (in-flight counts are blurred by answers in transit; the delivered count
+   still shows the ramp of a round trip ago): it is sized as slow start's exit.
 4. **Plateau and probes.** After a decrease the limit holds (``phase == "steady"``):
    plain AIMD probes +1 every round trip, and a hard cap refuses 1 request in C+1.
    After ``probe_rounds`` clean round trips in which the limit was used, it probes
@@ -42,6 +46,10 @@ It learns the fastest safe concurrency of an upstream that never says its limit.
    (the concurrency served without a queue; the best of a few recent windows), at
    most ``limit * backoff_ratio``.
 
+:attr:`AimdLimit.changed_at` tells when the limit last moved (the pacing gate takes a
+429 long after that as a sign of a rate cap: over a concurrency cap a limit that holds
+is not refused).
+
 A round trip ends with the first success of an attempt sent after it began, once a
 smoothed rtt has passed (the fastest of varied rtts is not a round trip). Only
 successes of attempts that used the limit raise it. Every change is clamped to
@@ -62,9 +70,9 @@ __all__ = ["PACED", "AimdLimit", "AimdSettings", "Phase"]
 
 Phase = Literal["slow_start", "steady", "probe"]
 
-# The reason of a success whose start a pacing gate held back: the pace bound, not
-# the limit, so the sample feeds the rtt but never grows the limit.
 PACED: Final = "paced"
+"""The reason of a success whose start a pacing gate held back: the pace bound, not
+the limit, so the sample feeds the rtt but never grows the limit."""
 
 # Successes kept for the delivered count, whatever the rtt (bounds memory).
 _MAX_COMPLETIONS: Final = 100_000
@@ -182,6 +190,8 @@ class AimdLimit:
         self._plateau_since = -math.inf
         # The plateau a successful probe grew from (None: cold start or none).
         self._grown_from: int | None = None
+        self._changed_at: float | None = None  # when the limit last moved
+        self._slow_start_left_at = -math.inf
 
     @classmethod
     def from_values(
@@ -248,6 +258,14 @@ class AimdLimit:
     def smoothed_rtt(self) -> float | None:
         """EWMA of the rtt of successes sent since the last decrease (before: older)."""
         return self._srtt
+
+    @property
+    def changed_at(self) -> float | None:
+        """When the limit last moved (``None``: never). Over a concurrency cap, a limit
+        that has not moved for a while is no longer refused: a refusal then comes
+        at once after a rise (a probe) or not at all. (The pacing gate reads a 429
+        to an attempt sent well after the last move as a sign of a rate cap.)"""
+        return self._changed_at
 
     @property
     def probe_wait(self) -> int:
@@ -382,9 +400,14 @@ class AimdLimit:
             new = self._plateau
             self._probe_wait = min(2 * self._probe_wait, _MAX_PROBE_WAIT)
         else:
+            # Within a round trip of leaving slow start, a first drop says that it
+            # left a little too high (the in-flight counts are blurred by answers
+            # in transit), not that the capacity fell.
+            ramped = now - self._slow_start_left_at < (self._srtt or 0.0)
+            self._slow_start_left_at = -math.inf
             if reason == "latency":
                 new = min(cut, self._unqueued_concurrency(now))
-            elif self._phase == "slow_start":
+            elif self._phase == "slow_start" or ramped:
                 # Everything below the refused concurrency was just accepted.
                 new = max(refused_at - 1, old // 2)
             else:
@@ -394,6 +417,8 @@ class AimdLimit:
                 if delivered is not None:
                     new = min(new, delivered)
         new = max(s.min_limit, min(new, old, s.max_limit))
+        if self._phase == "slow_start":
+            self._slow_start_left_at = now
         if self._phase != "probe":
             # Growth that found no more than the old plateau counts as a failed probe;
             # anything else (new capacity, a capacity drop) calls for quick probes.
@@ -423,6 +448,7 @@ class AimdLimit:
         if new == old:
             return
         self._limit = new
+        self._changed_at = now
         self._hooks.emit(
             LimitChange(
                 old_limit=old,

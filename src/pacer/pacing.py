@@ -13,9 +13,11 @@ attempts are in flight; this module bounds how fast they *start*. Two parts:
 
 The pace is the tightest of these constraints:
 
-1. **Pauses.** A ``Retry-After`` on a 503, or on a 429 that is not put down to
-   concurrency (point 4), or an explicit :meth:`Pacer.pause`, stops the *whole*
-   upstream until then. A later, shorter Retry-After never shortens a pause; 429s that
+1. **Pauses.** A ``Retry-After`` on a 503, or on a 429 that says the quota is spent
+   (an exhausted quota header, a storm or flood of 429s, or one with nothing to go by:
+   point 4), or an explicit :meth:`Pacer.pause`, stops the *whole* upstream until
+   then. A lone 429 amid successes does not: it is that request's retry delay, which
+   the sender honours. A later, shorter Retry-After never shortens a pause; 429s that
    only nudge the end of an ongoing pause (by up to ``coalesce`` s) extend it silently,
    so a storm is one pause and one :class:`PauseEvent`. The resume is jittered
    (uniform in ``[until, until + min(max_resume_jitter, resume_jitter × duration)]``)
@@ -30,24 +32,49 @@ The pace is the tightest of these constraints:
    do, ``reset`` is the time until full, and this rule settles with the quota about
    half full and the pace equal to the refill rate.)
 3. **A request rate learned from 429s**, for upstreams that cap the rate without
-   saying so. There is none until the first 429 that neither a quota header (an
-   exhausted ``remaining``) nor concurrency (point 4) explains. Then it is set to the
-   recent success rate × ``backoff`` and grows ×(1 + ``search_growth``) per clean
-   interval (a quick search, in case that success rate was measured too early); from
-   the next decrease on, each such 429 multiplies it by ``backoff`` (from the success
-   rate if that is lower, by at most ``backoff²`` at once; at most one decrease per
-   ``decrease_interval``), and each clean interval in which the rate was binding
-   (``busy_fraction`` of it used, over at least ``increase_interval`` s and
-   ``busy_starts`` starts) adds ``increase_step`` × the rate set at the last decrease.
-4. **Rate cap or concurrency cap?** Under a concurrency cap 429s come when the number
-   in flight reaches a new peak; under a rate cap at any concurrency. So a 429 (pass
-   ``inflight`` to :meth:`Pacer.on_response`) whose attempt started with more in flight
-   than any success of the last ``concurrency_window`` s is left to the concurrency
-   limit (AIMD): it neither lowers the rate nor pauses the upstream; unless 429s are
-   flooding in (more than ``max(concurrency_429s, concurrency_429_ratio ×
-   successes)`` in the last ``success_window`` s), which no concurrency probe causes.
-   Without ``inflight`` every 429 counts as a rate signal. (A Retry-After of a
-   concurrency 429 is the retry delay of that request, which the sender honours.)
+   saying so. There is none until 429s that neither a quota header (an exhausted
+   ``remaining``) nor concurrency (point 4) explains. Then it is set to the recent
+   success rate × ``backoff`` and grows ×(1 + ``search_growth``) per clean interval (a
+   quick search, in case that success rate was measured too early); from the next
+   decrease on, each such 429 multiplies it by ``backoff`` (from the success rate if
+   that is lower, by at most ``backoff²`` at once; at most one decrease per
+   ``decrease_interval``, unless the 429's attempt started after the last decrease,
+   at the rate set then: new evidence), and each clean interval (no 429 at all) in
+   which the rate was binding (``busy_fraction`` of it used, and, when the caller
+   says which starts the pace held back as :class:`PacingGate` does, that share of
+   the starts held: something else, such as the concurrency limit, may bind instead)
+   over at least ``increase_interval`` s and ``busy_starts`` starts adds
+   ``increase_step`` × the rate set at the last decrease.
+4. **Rate cap or concurrency cap?** The concurrency limit (AIMD) finds a concurrency
+   cap by probing: it raises its limit, gets a 429 at once, and comes back down. Such
+   429s are the concurrency limit's, and so is any 429 this module cannot pin on a
+   rate. In-flight counts are blurred by answers in transit (several, for a busy
+   client), so one 429 at a concurrency that succeeded a moment ago proves nothing.
+   :meth:`Pacer.on_response` takes, for each attempt, ``inflight`` (in flight with it),
+   ``started``, ``limit_changed_at`` (when the concurrency limit last moved) and
+   ``held`` (the pace kept it waiting). A 429 is **evidence of a rate cap** when it
+   came back
+
+   - *well below* what just succeeded: at most ``proven - max(concurrency_slack,
+     concurrency_margin × proven)`` in flight, where ``proven`` is the
+     ``proof_successes``-th highest ``inflight`` of the successes sent since the last
+     evidence (after it the capacity may have fallen: a fallen capacity is found by
+     the concurrency limit, and gives one such 429, not a series); or
+   - *long after the limit last moved*: its attempt started at least ``settle_share``
+     × the median success time after the concurrency limit last changed (over a
+     concurrency cap, 429s come at once after a rise, and each lowers the limit
+     again until none comes; over a rate cap, once the upstream's burst is spent).
+
+   ``rate_evidence`` such 429s within ``rate_evidence_window`` s (each after the
+   previous one) learn a rate (point 3); until then they are left to the concurrency
+   limit. Once a rate is known, a 429 is put down to it when it is evidence, or when
+   the pace held its attempt (the limit did not bind then). Regardless of that, a 429
+   is a rate signal, and its Retry-After pauses the upstream, when nothing else was
+   in flight (``inflight <= 1``), when more came in a row than were in flight (a
+   storm), when 429s outnumber successes (more than ``max(concurrency_429s,
+   concurrency_429_ratio × successes)`` in the last ``success_window`` s: a flood), when
+   nothing succeeded in the last ``concurrency_window`` s, or when ``inflight`` is
+   not given.
 
 Both paces are token buckets holding at most ``burst`` start (one token) of credit,
 so starts are spread evenly instead of bursting; a start that costs more than the
@@ -179,11 +206,13 @@ class PacerSettings:
 
     ``margin``: share of the header-announced pace (``remaining / reset``) used.
     ``backoff``: multiplicative decrease of the learned rate on a 429.
-    ``decrease_interval``: at most one decrease per this many seconds.
+    ``decrease_interval``: at most one decrease per this many seconds (sooner for a
+    429 to an attempt started after the last decrease).
     ``increase_interval``/``increase_step``: every clean, busy interval the learned
     rate grows by ``increase_step`` × the rate set at the last decrease (at least
     ``min_increase``). ``busy_fraction``: share of the rate that must have been used
-    in the interval for it to count as busy. An interval (and a ramp stage) lasts at
+    in the interval for it to count as busy (and share of the starts the pace held,
+    when the caller tells). An interval (and a ramp stage) lasts at
     least long enough to expect ``busy_starts`` starts at its rate.
     ``search_growth``: until its second decrease, the learned rate grows by this share
     per clean, busy interval instead (a quick search from the first estimate).
@@ -192,11 +221,19 @@ class PacerSettings:
     the ramp start from, measured since the first start but over at least
     ``min_success_span`` seconds (paused time counts: a quota refills meanwhile).
     ``concurrency_window``: how long a success at some concurrency counts as proof
-    that a 429 at that concurrency is not a concurrency cap.
-    ``concurrency_429s``/``concurrency_429_ratio``: a 429 at a new concurrency peak
-    is left to the concurrency limit only while 429s are rare: at most
-    ``max(concurrency_429s, concurrency_429_ratio × successes)`` in the last
-    ``success_window``.
+    that the upstream serves that concurrency.
+    ``concurrency_429s``/``concurrency_429_ratio``: 429s are left to the concurrency
+    limit only while they are rare: at most ``max(concurrency_429s,
+    concurrency_429_ratio × successes)`` in the last ``success_window``, and no more
+    in a row than ``max(concurrency_429s, inflight)``.
+    ``proof_successes``: a concurrency counts as proven once this many successes ran
+    at it (one may be blurred). ``concurrency_margin``/``concurrency_slack``: how far
+    below the proven concurrency a 429 must come to be evidence of a rate cap
+    (``max(slack, margin × proven)``; in-flight counts of a busy client are blurred
+    by the answers in transit). ``settle_share``: a 429 whose attempt started this
+    share of the median success time after the concurrency limit last moved is
+    evidence too. ``rate_evidence``: how many pieces of evidence within
+    ``rate_evidence_window`` seconds learn a rate.
     ``resume_jitter``/``max_resume_jitter``: a pause of D seconds resumes uniformly in
     ``[until, until + min(max_resume_jitter, resume_jitter × D)]``.
     ``ramp_step``/``ramp_start``/``ramp_min_rate``/``ramp_max_stages``: after a resume
@@ -228,10 +265,11 @@ class PacerSettings:
     concurrency_429s: int = 5
     concurrency_429_ratio: float = 1.0
     proof_successes: int = 2
-    concurrency_margin: float = 0.2
-    concurrency_slack: int = 2
-    rate_evidence: int = 3
+    concurrency_margin: float = 0.5
+    concurrency_slack: int = 1
+    rate_evidence: int = 2
     rate_evidence_window: float = 10.0
+    settle_share: float = 0.75
     resume_jitter: float = 0.1
     max_resume_jitter: float = 5.0
     ramp_step: float = 0.5
@@ -272,7 +310,7 @@ class PacerSettings:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         non_negative = ("increase_step", "min_increase", "max_resume_jitter", "ramp_start",
                         "concurrency_429s", "concurrency_429_ratio", "concurrency_margin",
-                        "concurrency_slack",
+                        "concurrency_slack", "settle_share",
                         "coalesce", "search_growth")
         for name in non_negative:
             value = getattr(self, name)
@@ -463,6 +501,8 @@ class Pacer:
         self._last_decrease = -math.inf
         self._ai_mark: float | None = None
         self._ai_starts = 0
+        self._ai_told = 0  # starts whose caller said whether the pace held them
+        self._ai_held = 0  # ... of which the pace held
         self._ai_clean = True
         self._paused_until = -math.inf
         self._resume_at = -math.inf
@@ -472,7 +512,8 @@ class Pacer:
         self._ramp_stage = 0
         # (end, inflight, start) of each success.
         self._successes: deque[tuple[float, int | None, float]] = deque()
-        self._contradictions: deque[float] = deque()  # times of 429s evidencing a rate
+        self._evidence: deque[float] = deque()  # times of 429s evidencing a rate cap
+        self._last_held = -math.inf  # the last start the pace held back
         self._last_evidence = -math.inf
         self._run_429s = 0  # 429s since the last success
         self._starts: deque[float] = deque()
@@ -633,9 +674,12 @@ class Pacer:
         """Seconds to wait from ``now`` before the next start (0: go now)."""
         return max(0.0, self.next_start(now, tokens) - now)
 
-    def commit(self, now: float, tokens: float = 0.0) -> None:
+    def commit(self, now: float, tokens: float = 0.0, *, held: bool | None = None) -> None:
         """Take a start at ``now`` costing ``tokens`` (whether or not it was allowed:
-        a premature start just puts the pace into debt)."""
+        a premature start just puts the pace into debt). ``held``: whether the pace
+        kept this start waiting (:class:`PacingGate` says); when told, the learned
+        rate grows only over intervals in which it held most starts (it binds),
+        not merely ones in which most of it was used (something else may bind)."""
         self._sync(now)
         tokens = max(0.0, tokens)
         self._req_bucket.take(now, 1.0)
@@ -647,6 +691,11 @@ class Pacer:
         if self._first_start is None:
             self._first_start = now
         self._ai_starts += 1
+        if held is not None:
+            self._ai_told += 1
+            self._ai_held += held
+            if held:
+                self._last_held = now
         self._ramp_starts += 1
         self._starts.append(now)
         self._prune(now)
@@ -656,7 +705,9 @@ class Pacer:
     def on_response(self, now: float, info: RateLimitInfo, status: int | None,
                     tokens_used: float | None = None, *,
                     inflight: int | None = None,
-                    started: float | None = None) -> Cause | None:
+                    started: float | None = None,
+                    limit_changed_at: float | None = None,
+                    held: bool = False) -> Cause | None:
         """Learn from one finished attempt.
 
         ``info``: its parsed rate-limit headers (empty when there was no response);
@@ -664,7 +715,11 @@ class Pacer:
         the response reports (counted only). To tell a concurrency cap from a rate cap
         (point 4 of the module docstring): ``inflight``, the attempts in flight with it,
         itself included (for a success, as many as when it started; for a 429, at
-        least as many as when it ended); ``started``, when it started (``None``: now).
+        least as many as when it ended); ``started``, when it started (``None``: now);
+        ``limit_changed_at``, when the caller's concurrency limit last moved
+        (``None``: never, or there is no adaptive limit);
+        ``held``, whether the pace kept it waiting before it started (then the pace,
+        not the concurrency limit, was what bound).
         A Retry-After on a 503, or on a 429 not put down to concurrency, pauses the
         whole upstream (:meth:`pause`); not a lone 429 amid successes, though.
 
@@ -685,6 +740,7 @@ class Pacer:
         if status == 429:
             self._rejections.append(now)
             self._run_429s += 1
+            self._ai_clean = False  # whatever it is put down to: no increase now
         self._prune(now)
         cause: Cause | None = None
         hold = status in PAUSE_STATUSES  # whether its Retry-After holds every start
@@ -692,10 +748,10 @@ class Pacer:
             if any(q is not None and q.exhausted for q in (info.requests, info.tokens)):
                 cause = "quota"  # the quota window holds until its reset
             else:
-                verdict = self._judge(now, inflight)
+                verdict = self._judge(now, inflight, started, limit_changed_at, held)
                 cause = verdict.cause
                 if verdict.evidence:
-                    self._contradictions.append(now)
+                    self._evidence.append(now)
                     self._last_evidence = now
                 if cause == "rate":
                     self._on_rate_limited(now, started)
@@ -731,8 +787,8 @@ class Pacer:
             self._starts.popleft()
         while self._rejections and self._rejections[0] < now - s.success_window:
             self._rejections.popleft()
-        while self._contradictions and self._contradictions[0] < now - s.rate_evidence_window:
-            self._contradictions.popleft()
+        while self._evidence and self._evidence[0] < now - s.rate_evidence_window:
+            self._evidence.popleft()
 
     def _span(self, now: float) -> float:
         """Seconds of the success window that have passed since the first start."""
@@ -755,25 +811,46 @@ class Pacer:
         count = sum(1 for t in self._starts if t >= now - s.success_window)
         return count / max(s.min_success_span, self._span(now))
 
-    def proven_concurrency(self, now: float) -> int | None:
+    def proven_concurrency(self, now: float, since: float = -math.inf) -> int | None:
         """The concurrency the upstream has recently proved it serves: the
         ``proof_successes``-th highest ``inflight`` among the successes of the last
-        ``concurrency_window`` seconds (``None`` when there are not that many)."""
+        ``concurrency_window`` seconds sent after ``since`` (``None`` when there are
+        not that many)."""
         s = self.settings
         horizon = now - s.concurrency_window
-        values = [n for t, n, _ in self._successes if t >= horizon and n is not None]
+        values = [n for t, n, begun in self._successes
+                  if t >= horizon and n is not None and begun > since]
         if len(values) < s.proof_successes:
             return None
         return heapq.nlargest(s.proof_successes, values)[-1]
 
-    def explained_by_concurrency(self, now: float, inflight: int | None) -> bool:
-        """Whether a 429 with ``inflight`` in flight (see :meth:`on_response`) would be
-        left to the concurrency limit now; this changes nothing."""
-        return self._judge(now, inflight, pending=1).cause == "concurrency"
+    def explained_by_concurrency(self, now: float, inflight: int | None,
+                                 started: float | None = None,
+                                 limit_changed_at: float | None = None,
+                                 held: bool = False) -> bool:
+        """Whether a 429 (see :meth:`on_response` for the arguments) would be left to
+        the concurrency limit now; this changes nothing."""
+        verdict = self._judge(now, inflight, started, limit_changed_at, held, pending=1)
+        return verdict.cause == "concurrency"
 
-    def _judge(self, now: float, inflight: int | None, pending: int = 0) -> _Verdict:
-        """What a 429 with ``inflight`` in flight is put down to. ``pending``: 429s to
-        count on top of those recorded (1 when asking about one not recorded yet)."""
+    def _binding_at(self, started: float) -> bool:
+        """Whether the pace held starts back around ``started`` (the last start it
+        held was at most one start's time before)."""
+        rate = self._req_bucket.rate
+        return rate is not None and self._last_held >= started - 1.0 / rate
+
+    def _typical_rtt(self, now: float) -> float:
+        """The median duration of the successes of the last ``concurrency_window``
+        seconds (infinite when none is known)."""
+        horizon = now - self.settings.concurrency_window
+        rtts = sorted(t - begun for t, _, begun in self._successes if t >= horizon)
+        return rtts[len(rtts) // 2] if rtts else math.inf
+
+    def _judge(self, now: float, inflight: int | None, started: float | None,
+               limit_changed_at: float | None, held: bool, pending: int = 0) -> _Verdict:
+        """What a 429 is put down to (arguments as :meth:`on_response`). ``pending``:
+        429s to count on top of those recorded (1 when asking about one not recorded
+        yet)."""
         s = self.settings
         if inflight is None:
             return _Verdict("rate", hold=True)
@@ -786,27 +863,34 @@ class Pacer:
             return _Verdict("rate", hold=True)  # a flood: no concurrency probe does that
         if self._run_429s + pending > max(s.concurrency_429s, inflight):
             return _Verdict("rate", hold=True)  # more refused in a row than in flight
-        proof = self.proven_concurrency(now)
-        if proof is None:
-            if not any(t >= now - s.concurrency_window for t, _, _ in self._successes):
-                return _Verdict("rate", hold=True)  # nothing to go by: do as told
+        if not any(t >= now - s.concurrency_window for t, _, _ in self._successes):
+            return _Verdict("rate", hold=True)  # nothing to go by: do as told
+        # Evidence of a rate cap (point 4 of the module docstring): refused well below
+        # the concurrency that successes sent since the last evidence ran at...
+        proof = self.proven_concurrency(now, self._last_evidence)
+        below = proof is not None and inflight <= proof - max(
+            s.concurrency_slack, math.ceil(s.concurrency_margin * proof))
+        # ...or sent well after the concurrency limit last moved: over a concurrency
+        # cap the refusals come at once after a rise (a probe, or a slow start that
+        # went too far), and a limit that has held for a while is not refused at
+        # all; over a rate cap they come once the burst the upstream allows is spent.
+        settled = (limit_changed_at is not None and started is not None
+                   and started > self._last_evidence
+                   and started - limit_changed_at >= s.settle_share * self._typical_rtt(now))
+        if self._learned is not None:
+            # A rate cap is known: this 429 is its doing if it is evidence as above,
+            # or if the pace held the attempt (the concurrency limit did not bind).
+            # A lone 429 amid successes does not mean its quota is spent, though: it
+            # lowers the rate but holds nothing.
+            if below or settled or held or self._binding_at(now if started is None
+                                                             else started):
+                return _Verdict("rate", evidence=below or settled)
             return _Verdict("concurrency")
-        # New evidence of a rate cap needs successes sent since the last evidence: a
-        # burst of refusals is one signal.
-        fresh = any(begun > self._last_evidence for _, _, begun in self._successes)
-        if self._learned is not None and inflight <= proof:
-            # A rate cap is known: a 429 at no new concurrency peak is its doing; but
-            # a lone one amid successes does not mean the quota is spent (no pause).
-            return _Verdict("rate", evidence=fresh)
-        slack = max(s.concurrency_slack, math.ceil(s.concurrency_margin * proof))
-        if inflight > proof - slack or not fresh:
-            # At (or near) a new peak: the concurrency limit's probe. Or refused well
-            # below a concurrency just served, but in the same burst as the last time.
-            return _Verdict("concurrency")
-        # Refused well below a concurrency just served: a rate cap, or a capacity that
-        # fell (which the concurrency limit finds within a round trip or two). Only
-        # when it recurs is it a rate.
-        evidence = 1 + sum(1 for t in self._contradictions if t >= now - s.rate_evidence_window)
+        if not (below or settled):
+            return _Verdict("concurrency")  # a new peak: the concurrency limit's probe
+        # A rate cap, or a capacity that fell (which the concurrency limit finds within
+        # a round trip or two): only when it recurs is it a rate.
+        evidence = 1 + sum(1 for t in self._evidence if t >= now - s.rate_evidence_window)
         return _Verdict("rate" if evidence >= s.rate_evidence else "concurrency", evidence=True)
 
     def _on_rate_limited(self, now: float, started: float | None = None) -> None:
@@ -834,7 +918,7 @@ class Pacer:
         self._learned = new
         self._learned_base = new
         self._ai_mark = now
-        self._ai_starts = 0
+        self._ai_starts = self._ai_told = self._ai_held = 0
         self._ai_clean = True
         if new != old:
             self._rate_hooks.emit(RateChange(old, new, "rate_limited", now))
@@ -849,6 +933,8 @@ class Pacer:
         if elapsed < max(s.increase_interval, s.busy_starts / self._learned):
             return
         busy = self._ai_starts >= s.busy_fraction * self._learned * elapsed - _EPS
+        if self._ai_told:
+            busy = busy and self._ai_held >= s.busy_fraction * self._ai_told - _EPS
         if self._ai_clean and busy and not self.paused(now):
             old = self._learned
             if self._searching:
@@ -860,7 +946,7 @@ class Pacer:
             self._learned = new
             self._rate_hooks.emit(RateChange(old, new, "probe", now))
         self._ai_mark = now
-        self._ai_starts = 0
+        self._ai_starts = self._ai_told = self._ai_held = 0
         self._ai_clean = True
 
     # ---- pauses
@@ -949,7 +1035,7 @@ class PacingGate:
                     now = self.clock()
                     at = self.pacer.next_start(now, tokens)
                     if at <= now:
-                        self.pacer.commit(now, tokens)
+                        self.pacer.commit(now, tokens, held=held)
                         return held
                     held = True
                     changed = self._changed
@@ -961,22 +1047,28 @@ class PacingGate:
     def on_response(self, info: RateLimitInfo, status: int | None,
                     tokens_used: float | None = None, *,
                     inflight: int | None = None,
-                    started: float | None = None) -> Cause | None:
+                    started: float | None = None,
+                    limit_changed_at: float | None = None,
+                    held: bool = False) -> Cause | None:
         """:meth:`Pacer.on_response` at the current time."""
         cause = self.pacer.on_response(self.clock(), info, status, tokens_used,
-                                       inflight=inflight, started=started)
+                                       inflight=inflight, started=started,
+                                       limit_changed_at=limit_changed_at, held=held)
         self._poke()
         return cause
 
     def on_http_response(self, status: int | None, headers: Mapping[str, str] | None,
                          tokens_used: float | None = None, *,
                          inflight: int | None = None,
-                         started: float | None = None) -> RateLimitInfo:
+                         started: float | None = None,
+                         limit_changed_at: float | None = None,
+                         held: bool = False) -> RateLimitInfo:
         """Parse ``headers`` (with the wall clock, for absolute reset times) and feed
         them; returns what was parsed."""
         info = (parse_rate_limit_headers(headers, self.wall_clock())
                 if headers is not None else RateLimitInfo())
-        self.on_response(info, status, tokens_used, inflight=inflight, started=started)
+        self.on_response(info, status, tokens_used, inflight=inflight, started=started,
+                         limit_changed_at=limit_changed_at, held=held)
         return info
 
     def pause(self, seconds: float, cause: str) -> PauseEvent | None:

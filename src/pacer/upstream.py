@@ -201,7 +201,7 @@ class Upstream:
             if tried is None:  # stopping: it never went out
                 self.breaker.on_ignore(self.clock())
                 return None
-            if tried is _REVOKED:
+            if isinstance(tried, _Revoked):
                 continue  # the breaker opened while it waited for its turn: ask again
             sent += 1
             charged += 1
@@ -288,8 +288,6 @@ class Upstream:
                 return _REVOKED
             slot.start = self.clock()  # the rtt leaves the pacing wait out
             slot.inflight = max(1, self.limiter.inflight - self.gate.waiting)
-            # Others holding slots queue at the gate: the pace binds, not the limit.
-            paced_behind = self.gate.waiting > 0
             status, headers, body, error, message = await self._exchange(req)
             info = (parse_rate_limit_headers(headers, self.wall_clock())
                     if headers is not None else RateLimitInfo())
@@ -306,15 +304,16 @@ class Upstream:
             if status_for_verdict == 429:
                 with_it = max(with_it, self.limiter.inflight - self.gate.waiting)
             cause = self.gate.on_response(info, status_for_verdict, tokens_used(body),
-                                          inflight=with_it, started=slot.start)
+                                          inflight=with_it, started=slot.start,
+                                          limit_changed_at=getattr(self.limit, "changed_at",
+                                                                   None),
+                                          held=held)
             outcome, reason = verdict.outcome, verdict.reason
-            if status_for_verdict == 429 or (status_for_verdict == 200 and with_it > 16):
-                log.info("debug.classify", status=status_for_verdict, with_it=with_it, start_count=slot.inflight, cause=cause, proof=self.pacer.proven_concurrency(self.clock()), contradictions=len(self.pacer._contradictions))
             if cause in ("rate", "quota"):
                 # A rate cap is the pacing gate's to handle: shrinking the
                 # concurrency for it would only make the limit oscillate.
                 outcome = Outcome.IGNORE
-            elif outcome is Outcome.SUCCESS and (held or paced_behind):
+            elif outcome is Outcome.SUCCESS and held:
                 reason = PACED  # the pace bound, not the limit: no growth from it
             slot.record(outcome, reason)
             if self.on_attempt is not None:
