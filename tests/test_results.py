@@ -336,13 +336,13 @@ async def test_flushes_never_overlap(tmp_path: Path, monkeypatch: pytest.MonkeyP
     lock = threading.Lock()
     active = [0, 0]  # now, most at once
 
-    def slow_batch(batch: dict[JobResults, list[bytes]]) -> None:
+    def slow_batch(batch: dict[JobResults, list[bytes]]) -> int | OSError:
         with lock:
             active[0] += 1
             active[1] = max(active[1], active[0])
         gate.wait(5)
         try:
-            real(batch)
+            return real(batch)
         finally:
             with lock:
                 active[0] -= 1
