@@ -107,7 +107,7 @@ class Run:
     def span(self, first: str, last: str) -> float:
         """Seconds between two log events, by their timestamps."""
         a, b = self.named(first)[0], self.named(last)[-1]
-        return (_ts(b) - _ts(a))
+        return _ts(b) - _ts(a)
 
 
 def _ts(event: dict[str, Any]) -> float:
@@ -129,7 +129,8 @@ def run_case(case: Case, make_config: MakeConfig, spool: SpoolHelper,
     try:
         done = run_pacer("run", "--config", cfg, "--drain", timeout=case.bound)
     except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
+        out = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode(
+            errors="replace")
         pytest.fail(f"pacer did not finish within {case.bound} s (wedged?):\n{out[-3000:]}")
     elapsed = time.monotonic() - started
     events = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
@@ -245,10 +246,6 @@ def test_breaker_rides_out_a_short_outage(
 # -------------------------------------------------------------------- bugs found
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "contract: `attempts` exceeds max_attempts: a retry the retry budget defers is "
-    "sent later but not charged (upstream.send: `charged -= 1`), so under a steady "
-    "share of failures a request makes more attempts than max_attempts allows"))
 def test_attempts_never_exceed_max_attempts(
         make_config: MakeConfig, spool: SpoolHelper,
         mock_api: Callable[..., MockAPI], run_pacer: Callable[..., Any]) -> None:

@@ -38,6 +38,7 @@ log = structlog.get_logger("pacer.upstream")
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 # 429s in a row at min_limit before the breaker opens (reason rate_limited_at_min).
 RATE_LIMITED_AT_MIN_TRIP = 5
+BREAKER_MAX_COOLDOWN = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +108,9 @@ class Upstream:
         self.limiter = Limiter(self.limit, clock)
         self.retry = _retry_settings(cfg)
         self.budget = RetryBudget(self.retry)
-        self.breaker = Breaker(BreakerSettings(), rng=self.rng)
+        # Cool-downs grow 1, 2, 4 s and stop at 5 s (jittered): an API back from an
+        # outage is found within seconds, at one probe per cool-down.
+        self.breaker = Breaker(BreakerSettings(max_cooldown=BREAKER_MAX_COOLDOWN), rng=self.rng)
         self.stats = UpstreamStats(clock)
         self.limit.subscribe(self._on_limit_change)
         self.breaker.subscribe(self._on_breaker)
@@ -177,14 +180,13 @@ class Upstream:
         """Run ``req`` to its final answer; None if ``stop`` is set before that
         (the request is then left unanswered, for the next run).
 
-        ``max_attempts`` counts the attempts charged to this request. Not charged:
-        a retry the retry budget refused (the request waits instead: retries must
-        not amplify an overload, and a short outage must not fail jobs: the breaker
-        opens and requests wait), and an auth failure (the breaker stops the
-        upstream until someone fixes the key).
+        At most ``max_attempts`` attempts are sent. A retry the retry budget refuses
+        (retries must not amplify an overload) waits longer instead, up to
+        ``retry_max_delay``; while the breaker is open requests wait without
+        attempting, so a short outage fails no job; ``give_up_after`` bounds it all.
         """
         stop = stop if stop is not None else trio.Event()
-        sent = charged = 0
+        sent = 0
         give_up_at = math.inf
         last: _Tried | None = None
         while True:
@@ -204,7 +206,6 @@ class Upstream:
             if isinstance(tried, _Revoked):
                 continue  # the breaker opened while it waited for its turn: ask again
             sent += 1
-            charged += 1
             last = tried
             verdict = tried.verdict
             now = self.clock()
@@ -218,15 +219,14 @@ class Upstream:
             retry = verdict.retry or verdict.stop_upstream
             if verdict.failure and not verdict.ok:
                 self.budget.on_failure()
-            if verdict.stop_upstream:
-                charged -= 1
-            if retry and charged < self.retry.max_attempts and now < give_up_at:
+            if retry and sent < self.retry.max_attempts and now < give_up_at:
                 why = verdict.reason
+                delay = backoff_delay(sent, self.retry, self.rng, tried.info.retry_after)
                 if verdict.failure and not verdict.stop_upstream and not self.budget.try_spend():
-                    charged -= 1  # deferred, not retried: wait, uncharged
+                    # Too many failures lately: hold this retry back as long as the
+                    # backoff's ceiling allows, so retries do not add to an overload.
+                    delay = max(delay, self.rng.uniform(0.5, 1.0) * self.retry.max_delay)
                     why = f"{verdict.reason}, retry budget exhausted: deferred"
-                delay = backoff_delay(max(1, charged), self.retry, self.rng,
-                                      tried.info.retry_after)
                 self.stats.retries += 1
                 log.info("request.retry", custom_id=req.custom_id, attempt=sent,
                          delay_s=round(delay, 3), reason=why, status=tried.status)
