@@ -681,11 +681,6 @@ async def test_huge_int_message_is_for_people(
     assert "sys." not in message and "digits" in message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: the second read sends every line whose custom_id it meets, even one it "
-    "already sent: a file rewritten in place after validation (same length, every "
-    "line custom_id 'a') gets 3 result lines for 'a' and 5 for a 3-request job; "
-    "fix: skip items whose custom_id is not (or no longer) in job.custom_ids"))
 async def test_job_rewritten_in_place_after_validation_keeps_one_line_per_custom_id(
         make_config: MakeConfig, spool: SpoolHelper,
         monkeypatch: pytest.MonkeyPatch) -> None:

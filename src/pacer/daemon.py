@@ -391,7 +391,12 @@ class Daemon:
                     if not batch:
                         break
                     for item in batch:
-                        job.custom_ids.discard(item.custom_id)
+                        if not singles:
+                            # Each validated custom_id once: a file rewritten in place
+                            # since validation must not send a line twice.
+                            if item.custom_id not in job.custom_ids:
+                                continue
+                            job.custom_ids.discard(item.custom_id)
                         if item.custom_id in answered or self.stopping:
                             continue
                         await self._request_slots.acquire()
