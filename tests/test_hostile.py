@@ -119,8 +119,8 @@ long-name                          rejected name_too_long (a 255-byte name: no r
 changed-while-read                 tested on its own below: lines appended after the
                                    validation are not read, lines gone get one
                                    ``job_changed`` error line each (failed); a file
-                                   rewritten in place must not repeat a custom_id
-                                   (xfail: it does)
+                                   rewritten in place sends each validated
+                                   custom_id once
 =================================  ================================================
 
 Good jobs next to them: ``good.json``, ``good-lines.jsonl`` (3 lines),
@@ -589,7 +589,7 @@ async def test_dot_names_stay_untouched_in_incoming(
                    for p in opens.paths)
 
 
-# ------------------------------------- found by this file (fixed in src but the last)
+# ------------------------------------------ found by this file (since fixed in src)
 
 
 async def test_very_long_job_name_is_rejected_not_retried_forever(
