@@ -240,7 +240,7 @@ def parse_config(raw: Mapping[str, Any], cfg_path: Path) -> Config:
     r.require("dir" in spool_raw, "[spool] dir is required")
     r.require(spool_kw.get("dir") != "", "spool.dir: must not be empty")
     spool_dir = Path(spool_kw.pop("dir", "spool"))
-    spool = SpoolConfig(dir=spool_dir if spool_dir.is_absolute() else base / spool_dir, **spool_kw)
+    spool = SpoolConfig(dir=Path(os.path.normpath(base / spool_dir)), **spool_kw)
     r.require(spool.max_job_bytes > 0, "spool.max_job_bytes: must be > 0")
     r.require(spool.max_line_bytes > 0, "spool.max_line_bytes: must be > 0")
     r.require(spool.rescan_interval > 0, "spool.rescan_interval: must be > 0")
