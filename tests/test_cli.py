@@ -254,6 +254,8 @@ def test_run_picks_up_new_jobs_and_stops_on_sigterm(
     time.sleep(0.5)  # let the watcher settle (see the report: no "watching" event)
 
     dropped = time.monotonic()
+    # Not a job: the watcher must pass it over (regression: claiming it crashed).
+    (spool.folder("incoming") / "notes.txt").write_text("not a job")
     spool.drop("late.jsonl", [req("late-1"), req("late-2")])
     daemon.wait_event("job.completed", timeout=5)
     took = time.monotonic() - dropped

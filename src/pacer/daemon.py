@@ -293,7 +293,9 @@ class Daemon:
                 queued = set(self.pending)
                 for change, path in sorted(changes, key=lambda c: c[1]):
                     name = os.path.basename(path)
-                    if change == Change.added and not name.startswith(".") and name not in queued:
+                    # Only job names: anything else is for the rescan to reject.
+                    if (change == Change.added and job_stem(name) is not None
+                            and not name.startswith(".") and name not in queued):
                         self.pending.append(name)
                 self._wake.set()
         except Exception as exc:  # the rescan still finds everything

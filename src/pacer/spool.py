@@ -229,6 +229,8 @@ class Spool:
         regular file (it is then left where it is).
         """
         src = self.folder("incoming") / name
+        if job_stem(name) is None:
+            return None
         try:
             st = os.lstat(src)
         except FileNotFoundError:
