@@ -221,7 +221,15 @@ class Daemon:
                     continue
                 if self.pending and self._wants_more_work():
                     name = self.pending.popleft()
-                    claimed = await trio.to_thread.run_sync(self.spool.claim, name)
+                    try:
+                        claimed = await trio.to_thread.run_sync(self.spool.claim, name)
+                    except OSError as exc:  # the next rescan tries again
+                        self.count_error("claim_failed")
+                        log.error("job.claim_failed", job=name,
+                                  error=f"{type(exc).__name__}: {exc}")
+                        if exc.errno in DISK_TROUBLE:
+                            self._disk_failed(exc, "claim")
+                        continue
                     if claimed is None:
                         continue
                     if claimed != name:
