@@ -286,7 +286,11 @@ class Daemon:
     async def _rescan_loop(self) -> None:
         while True:
             await trio.sleep(self.config.spool.rescan_interval)
-            await self._rescan()
+            try:
+                await self._rescan()
+            except OSError as exc:  # e.g. incoming/ removed by hand: say so, keep going
+                self.count_error("scan_failed")
+                log.error("spool.scan_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _watch_incoming(self) -> None:
         """inotify via watchfiles: new files are seen within ~0.1 s. The periodic
