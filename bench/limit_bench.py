@@ -132,7 +132,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -449,6 +449,88 @@ async def _stop_mock(proc: trio.Process) -> None:
         await proc.stdout.aclose()
 
 
+def _subscribe(rec: RunRecord, t0: float, limit: Limit, upstream: Upstream,
+               paced: bool) -> None:
+    """Record the limit's changes and every attempt, and (``paced``) the gate's pauses and
+    learned rates, in ``rec`` (times since ``t0``)."""
+
+    def on_change(change: LimitChange) -> None:
+        rec.limits.append((change.at - t0, change.new_limit))
+
+    def on_attempt(_name: str, seconds: float, reason: str) -> None:
+        end = trio.current_time() - t0
+        rec.attempts.append((end - seconds, end, reason))
+
+    def on_pause(event: PauseEvent) -> None:
+        rec.pauses.append((event.at - t0, event.duration, event.cause))
+
+    def on_rate(change: RateChange) -> None:
+        rec.rates.append((change.at - t0, change.new_rate))
+
+    limit.subscribe(on_change)
+    upstream.on_attempt = on_attempt
+    if paced:
+        upstream.pacer.subscribe_pause(on_pause)
+        upstream.pacer.subscribe_rate(on_rate)
+
+
+async def _worker(upstream: Upstream, rec: RunRecord, ids: Iterator[int], body: dict[str, Any],
+                  on_failure: Callable[[Any], None] | None = None) -> None:
+    """Send requests one after another for ever; count failures, time the answered ones."""
+    while True:
+        req = Request(custom_id=f"r{next(ids)}", method="POST", url=CHAT,
+                      upstream="bench", body=body)
+        began = trio.current_time()
+        answer = await upstream.send(req)
+        if answer is None or not answer.ok:
+            rec.failed += 1
+            if on_failure is not None:
+                on_failure(answer)
+        else:
+            rec.request_times.append(trio.current_time() - began)
+
+
+async def _sampler(upstream: Upstream, rec: RunRecord, t0: float,
+                   extra: Callable[[float], None] | None = None) -> None:
+    """Sample the slots held and sent at 10 Hz, with the loop's oversleep; ``extra(now)``
+    records more at each sample."""
+    due = trio.current_time()
+    while True:
+        now = trio.current_time()
+        rec.lags.append(max(0.0, now - due))
+        held = upstream.limiter.inflight
+        waiting = getattr(upstream.gate, "waiting", 0)
+        rec.samples.append((now - t0, held, held - waiting, upstream.limit.limit))
+        if extra is not None:
+            extra(now)
+        due = now + SAMPLE_EVERY
+        await trio.sleep_until(due)
+
+
+async def _drive(rec: RunRecord, proc: trio.Process, client: httpx.AsyncClient, base_url: str,
+                 until: float, tasks: Sequence[Callable[[], Awaitable[None]]]) -> None:
+    """Run ``tasks`` until the Trio time ``until``, then record the CPU, wall time, load,
+    connections and the mock's own counts in ``rec``."""
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    mock_cpu0 = _proc_cpu_seconds(proc.pid)
+    async with client:
+        with trio.move_on_at(until):
+            async with trio.open_nursery() as nursery:
+                for task in tasks:
+                    nursery.start_soon(task)
+        rec.cpu_client = time.process_time() - cpu0
+        rec.wall = time.perf_counter() - wall0
+        mock_cpu1 = _proc_cpu_seconds(proc.pid)
+        if mock_cpu0 is not None and mock_cpu1 is not None:
+            rec.cpu_mock = mock_cpu1 - mock_cpu0
+        rec.loadavg = os.getloadavg()[0]
+        transport = client._transport  # only to count connections
+        if isinstance(transport, FreeListTransport):
+            rec.connections = transport.connections
+        async with httpx.AsyncClient(base_url=base_url, trust_env=False) as stats_client:
+            rec.mock_stats = (await stats_client.get("/_mock/stats")).json()
+
+
 async def run_one(scn: Scenario, contender: str, seed: int,
                   client_kind: str = "freelist") -> RunRecord:
     proc, port, t0 = await _start_mock(scn.mock_args(seed))
@@ -464,78 +546,28 @@ async def run_one(scn: Scenario, contender: str, seed: int,
         client = make_client(cfg, client_kind)
         upstream = Upstream(cfg, client, limit=limit, rng=random.Random(seed))
         rec.limits.append((0.0, limit.limit))
-
-        def on_change(change: LimitChange) -> None:
-            rec.limits.append((change.at - t0, change.new_limit))
-
-        def on_attempt(_name: str, seconds: float, reason: str) -> None:
-            end = trio.current_time() - t0
-            rec.attempts.append((end - seconds, end, reason))
-
-        def on_pause(event: PauseEvent) -> None:
-            rec.pauses.append((event.at - t0, event.duration, event.cause))
-
-        def on_rate(change: RateChange) -> None:
-            rec.rates.append((change.at - t0, change.new_rate))
-
-        limit.subscribe(on_change)
-        upstream.on_attempt = on_attempt
-        if uses_gate(contender):
-            upstream.pacer.subscribe_pause(on_pause)
-            upstream.pacer.subscribe_rate(on_rate)
-        else:
+        _subscribe(rec, t0, limit, upstream, paced=uses_gate(contender))
+        if not uses_gate(contender):
             upstream.gate = OpenGate()  # type: ignore[assignment]
         ids = itertools.count()
 
         async def worker() -> None:
-            while True:
-                req = Request(custom_id=f"r{next(ids)}", method="POST", url=CHAT,
-                              upstream="bench", body=BODY)
-                began = trio.current_time()
-                answer = await upstream.send(req)
-                if answer is None or not answer.ok:
-                    rec.failed += 1
-                else:
-                    rec.request_times.append(trio.current_time() - began)
+            await _worker(upstream, rec, ids, BODY)
 
         async def sampler() -> None:
-            due = trio.current_time()
-            while True:
-                now = trio.current_time()
-                rec.lags.append(max(0.0, now - due))
-                held = upstream.limiter.inflight
-                rec.samples.append((now - t0, held, held - upstream.gate.waiting,
-                                    upstream.limit.limit))
-                due = now + SAMPLE_EVERY
-                await trio.sleep_until(due)
+            await _sampler(upstream, rec, t0)
 
-        async def follow_schedule(oracle: FixedLimit) -> None:
+        async def follow_schedule() -> None:
             """The steps' oracle knows the schedule: no algorithm could do better."""
+            assert isinstance(limit, FixedLimit)
             for at, cap in scn.caps[1:]:
                 await trio.sleep_until(t0 + at)
-                oracle.set(cap, trio.current_time(), "schedule")
+                limit.set(cap, trio.current_time(), "schedule")
 
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        mock_cpu0 = _proc_cpu_seconds(proc.pid)
-        async with client:
-            with trio.move_on_at(t0 + scn.duration):
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(sampler)
-                    if contender == "oracle" and scn.steps and isinstance(limit, FixedLimit):
-                        nursery.start_soon(follow_schedule, limit)
-                    for _ in range(scn.workers()):
-                        nursery.start_soon(worker)
-            rec.cpu_client = time.process_time() - cpu0
-            rec.wall = time.perf_counter() - wall0
-            mock_cpu1 = _proc_cpu_seconds(proc.pid)
-            if mock_cpu0 is not None and mock_cpu1 is not None:
-                rec.cpu_mock = mock_cpu1 - mock_cpu0
-            rec.loadavg = os.getloadavg()[0]
-            transport = client._transport  # only to count connections
-            if isinstance(transport, FreeListTransport):
-                rec.connections = transport.connections
-            async with httpx.AsyncClient(base_url=base_url, trust_env=False) as stats_client:
-                rec.mock_stats = (await stats_client.get("/_mock/stats")).json()
+        schedule = contender == "oracle" and scn.steps and isinstance(limit, FixedLimit)
+        await _drive(rec, proc, client, base_url, t0 + scn.duration,
+                     [sampler, *([follow_schedule] if schedule else []),
+                      *[worker] * scn.workers()])
     finally:
         with trio.CancelScope(shield=True):
             await _stop_mock(proc)
@@ -544,6 +576,18 @@ async def run_one(scn: Scenario, contender: str, seed: int,
 
 
 # ----------------------------------------------------------------------------- figures
+
+
+def _costs(rec: RunRecord) -> dict[str, Any]:
+    """What a run cost: CPU shares of the wall time, the loop's lag p99, load, connections."""
+    lags = sorted(rec.lags)
+    return {
+        "cpu_client": rec.cpu_client / rec.wall if rec.wall else None,
+        "cpu_mock": None if rec.cpu_mock is None else rec.cpu_mock / rec.wall,
+        "loop_lag_p99_ms": 1000 * lags[int(0.99 * (len(lags) - 1))] if lags else None,
+        "loadavg_1m": rec.loadavg,
+        "client_connections": rec.connections,
+    }
 
 
 def _mean_limit(limits: Sequence[tuple[float, int]], t0: float, t1: float) -> float:
@@ -651,7 +695,6 @@ class Analysis:
         capacity = scn.capacity(w0, w1)
         good = self.goodput(w0, w1)
         median = self.median_latency(w0, w1)
-        lags = sorted(rec.lags)
         out: dict[str, Any] = {
             "window_s": [w0, w1],
             "goodput_rps": good,
@@ -680,11 +723,7 @@ class Analysis:
             "gate_paused_s": sum(d for _, d, _ in rec.pauses),
             "gate_rate_changes": len(rec.rates),
             "gate_final_rate": rec.rates[-1][1] if rec.rates else None,
-            "cpu_client": rec.cpu_client / rec.wall if rec.wall else None,
-            "cpu_mock": None if rec.cpu_mock is None else rec.cpu_mock / rec.wall,
-            "loop_lag_p99_ms": 1000 * lags[int(0.99 * (len(lags) - 1))] if lags else None,
-            "loadavg_1m": rec.loadavg,
-            "client_connections": rec.connections,
+            **_costs(rec),
             "mock_max_in_service": rec.mock_stats.get("max_in_service"),
             "mock_rate_limited": rec.mock_stats.get("rate_limited"),
             "mock_ok": rec.mock_stats.get("ok"),
@@ -800,17 +839,36 @@ TARGETS = {
 }
 
 
-def _row(cells: Sequence[str]) -> str:
+def _row(cells: Sequence[str], columns: Sequence[tuple[str, int]] = COLUMNS) -> str:
     return " ".join(
         f"{c:<{w}}" if i < 2 else f"{c:>{w}}"
-        for i, (c, (_, w)) in enumerate(zip(cells, COLUMNS, strict=True))
+        for i, (c, (_, w)) in enumerate(zip(cells, columns, strict=True))
     ).rstrip()
+
+
+def _header(columns: Sequence[tuple[str, int]] = COLUMNS) -> list[str]:
+    """The table's header line and its rule."""
+    header = _row([name for name, _ in columns], columns)
+    return [header, "-" * len(header)]
+
+
+def _verdict_lines(name: str, targets: dict[str, str],
+                   verdicts: dict[str, list[tuple[str, str, bool]]], indent: int,
+                   columns: Sequence[tuple[str, int]] = COLUMNS) -> list[str]:
+    """A scenario's target row, then each checked contender's PASS/FAIL and details."""
+    lines = [_row([name, "target", *(targets.get(col, "") for col, _ in columns[2:])],
+                  columns)]
+    for contender, checks in verdicts.items():
+        status = "PASS" if all(met for *_, met in checks) else "FAIL"
+        detail = "; ".join(f"{fig} ({tgt}){'' if met else ' MISSED'}"
+                           for fig, tgt, met in checks)
+        lines.append(f"{'':{indent}}{contender} {status}: {detail}")
+    return lines
 
 
 def table(scns: dict[str, Scenario], results: dict[str, dict[str, dict[str, Any]]],
           verdicts: dict[str, dict[str, list[tuple[str, str, bool]]]]) -> str:
-    header = _row([name for name, _ in COLUMNS])
-    lines = [header, "-" * len(header)]
+    lines = _header()
     for name, per in results.items():
         scn = scns[name]
         for contender, f in per.items():
@@ -832,13 +890,7 @@ def table(scns: dict[str, Scenario], results: dict[str, dict[str, dict[str, Any]
                 f"{_pct(f['cpu_client'], 0)}/{_pct(f['cpu_mock'], 0)}",
                 _num(f["loop_lag_p99_ms"], 0),
             ]))
-        targets = TARGETS[name]
-        lines.append(_row([name, "target", *(targets.get(col, "") for col, _ in COLUMNS[2:])]))
-        for contender, checks in verdicts[name].items():
-            status = "PASS" if all(met for *_, met in checks) else "FAIL"
-            detail = "; ".join(f"{fig} ({tgt}){'' if met else ' MISSED'}"
-                               for fig, tgt, met in checks)
-            lines.append(f"{'':9}{contender} {status}: {detail}")
+        lines += _verdict_lines(name, TARGETS[name], verdicts[name], 9)
         lines.append(f"{'':9}[{scn.title}; window {scn.window[0]:g}-{scn.window[1]:g} s; "
                      f"capacity {scn.capacity(*scn.window):.1f} req/s; oracle {scn.oracle()}, "
                      f"fixed-4x {scn.fixed4x()}; {scn.workers()} workers]")
@@ -846,16 +898,38 @@ def table(scns: dict[str, Scenario], results: dict[str, dict[str, dict[str, Any]
     return "\n".join(lines)
 
 
-def draw(scns: dict[str, Scenario], records: dict[str, dict[str, RunRecord]],
-         output: Path) -> None:
+def _figure(rows: int, row_height: float, title: str) -> tuple[Any, Any]:
+    """A figure of ``rows`` panels, one above the other, and its axes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    names = [n for n in records if "pacer" in records[n]]
-    fig = Figure(figsize=(11, 1.0 + 3.2 * max(1, len(names))), dpi=110, layout="constrained")
+    fig = Figure(figsize=(11, 1.0 + row_height * max(1, rows)), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(max(1, len(names)), 1, squeeze=False)[:, 0]
-    fig.suptitle("pacer's concurrency limit against the mock API (real time, loopback)")
+    axes = fig.subplots(max(1, rows), 1, squeeze=False)[:, 0]
+    fig.suptitle(title)
+    return fig, axes
+
+
+def _gather_legend(legend: dict[str, Any], *axes: Any) -> None:
+    """Add the axes' labelled artists to ``legend``, the first of each label."""
+    for axis in axes:
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+
+
+def _finish(fig: Any, axes: Any, legend: dict[str, Any], output: Path) -> None:
+    """Label the time axis, put the shared legend below, and save."""
+    axes[-1].set_xlabel("seconds since the mock started")
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center",
+               ncols=min(len(legend), 4), fontsize=8, frameon=False)
+    fig.savefig(output)
+
+
+def draw(scns: dict[str, Scenario], records: dict[str, dict[str, RunRecord]],
+         output: Path) -> None:
+    names = [n for n in records if "pacer" in records[n]]
+    fig, axes = _figure(len(names), 3.2,
+                        "pacer's concurrency limit against the mock API (real time, loopback)")
     legend: dict[str, Any] = {}
     for ax, name in zip(axes, names, strict=False):
         scn, rec = scns[name], records[name]["pacer"]
@@ -893,13 +967,8 @@ def draw(scns: dict[str, Scenario], records: dict[str, dict[str, RunRecord]],
         ax2.set_ylabel("429s per second")
         ax2.set_ylim(bottom=0, top=max(1, max(counts, default=0)) * 1.15 + 1)
         ax.set_title(f"{name}: {scn.title}", loc="left", fontsize=10)
-        for axis in (ax, ax2):
-            for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
-                legend.setdefault(label, handle)
-    axes[-1].set_xlabel("seconds since the mock started")
-    fig.legend(list(legend.values()), list(legend), loc="outside lower center",
-               ncols=min(len(legend), 4), fontsize=8, frameon=False)
-    fig.savefig(output)
+        _gather_legend(legend, ax, ax2)
+    _finish(fig, axes, legend, output)
 
 
 # ----------------------------------------------------------------------------- main
@@ -927,14 +996,50 @@ async def bench(scns: dict[str, Scenario], contenders: Sequence[str], seed: int,
                 "gate_pauses": rec.pauses,
                 "gate_rates": rec.rates,
             }
-        oracle = results[name].get("oracle")
-        for figures in results[name].values():
-            figures["goodput_vs_oracle"] = (
-                figures["goodput_rps"] / oracle["goodput_rps"]
-                if oracle and oracle["goodput_rps"] else None)
+        _vs_oracle(results[name])
     verdicts = {name: {c: check_targets(scns[name], results[name][c])
                        for c in contenders if c in CHECKED} for name in scns}
     return {"records": records, "results": results, "series": series, "verdicts": verdicts}
+
+
+def _vs_oracle(results: dict[str, dict[str, Any]]) -> None:
+    """Each contender's goodput as a share of the oracle's, where the oracle ran."""
+    oracle = results.get("oracle")
+    for figures in results.values():
+        figures["goodput_vs_oracle"] = (
+            figures["goodput_rps"] / oracle["goodput_rps"]
+            if oracle and oracle["goodput_rps"] else None)
+
+
+def _busy(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """The runs whose event loop lagged past BUSY_LAG_MS, with the lag and the load."""
+    return [f"{n}/{c} ({f['loop_lag_p99_ms']:.0f} ms, load {f['loadavg_1m']:.1f})"
+            for n, per in results.items() for c, f in per.items()
+            if f["loop_lag_p99_ms"] is not None and f["loop_lag_p99_ms"] > BUSY_LAG_MS]
+
+
+def _targets_doc(verdicts: dict[str, list[tuple[str, str, bool]]]) -> dict[str, Any]:
+    """A scenario's verdicts as JSON."""
+    return {c: [{"figure": fig, "target": tgt, "met": met} for fig, tgt, met in checks]
+            for c, checks in verdicts.items()}
+
+
+def _measured(git: dict[str, Any]) -> str:
+    """``measured: commit ...``, with the uncommitted source files if any."""
+    return (f"measured: commit {git['commit'][:12]}"
+            + (f" + uncommitted changes in {', '.join(git['uncommitted_in_src'])}"
+               if git["uncommitted_in_src"] else ""))
+
+
+def _print_outcome(verdicts: dict[str, dict[str, list[tuple[str, str, bool]]]],
+                   checked: Sequence[str]) -> None:
+    """One line per checked contender: all targets met, or the scenarios it missed."""
+    for contender in checked:
+        missed = [n for n, per in verdicts.items()
+                  if contender in per and not all(m for *_, m in per[contender])]
+        if any(contender in per for per in verdicts.values()):
+            print(f"{contender}: " + ("all targets met" if not missed
+                                      else f"missed targets in {', '.join(missed)}"))
 
 
 def _git_state() -> dict[str, Any]:
@@ -991,9 +1096,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = time.perf_counter() - started
     results, verdicts = run["results"], run["verdicts"]
     print(table(scns, results, verdicts))
-    busy = [f"{n}/{c} ({f['loop_lag_p99_ms']:.0f} ms, load {f['loadavg_1m']:.1f})"
-            for n, per in results.items() for c, f in per.items()
-            if f["loop_lag_p99_ms"] is not None and f["loop_lag_p99_ms"] > BUSY_LAG_MS]
+    busy = _busy(results)
     if busy:
         print(f"warning: the bench's event loop lagged (p99 > {BUSY_LAG_MS:g} ms) in "
               f"{', '.join(busy)}: its own load or other work on the machine slowed the "
@@ -1014,9 +1117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "window_s": scn.window, "capacity_rps": scn.capacity(*scn.window),
                 "oracle_limit": scn.oracle(), "fixed4x_limit": scn.fixed4x(),
                 "workers": scn.workers(), "mock_args": scn.mock_args(args.seed),
-                "targets": {c: [{"figure": fig, "target": tgt, "met": met}
-                                for fig, tgt, met in checks]
-                            for c, checks in verdicts[name].items()},
+                "targets": _targets_doc(verdicts[name]),
                 "contenders": results[name],
                 "series": run["series"][name],
             }
@@ -1029,15 +1130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     draw(scns, run["records"], png_path)
     print(f"wall time {wall:.0f} s; wrote {_shown(json_path)} and {_shown(png_path)}")
     if git["commit"]:
-        print(f"measured: commit {git['commit'][:12]}"
-              + (f" + uncommitted changes in {', '.join(git['uncommitted_in_src'])}"
-                 if git["uncommitted_in_src"] else ""))
-    for contender in CHECKED:
-        missed = [n for n, per in verdicts.items()
-                  if contender in per and not all(m for *_, m in per[contender])]
-        if any(contender in per for per in verdicts.values()):
-            print(f"{contender}: " + ("all targets met" if not missed
-                                      else f"missed targets in {', '.join(missed)}"))
+        print(_measured(git))
+    _print_outcome(verdicts, CHECKED)
     return 0
 
 

@@ -112,7 +112,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import random
 import statistics
 import subprocess
@@ -123,34 +122,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import trio
 from limit_bench import (
     BUSY_LAG_MS,
-    CHAT,
     RETRY_AFTER,
-    SAMPLE_EVERY,
     Analysis,
     OpenGate,
     RunRecord,
+    _busy,
+    _costs,
+    _drive,
+    _figure,
+    _finish,
+    _gather_legend,
     _git_state,
+    _header,
+    _measured,
     _num,
     _pct,
-    _proc_cpu_seconds,
+    _print_outcome,
+    _sampler,
     _shown,
     _start_mock,
     _stop_mock,
+    _subscribe,
+    _targets_doc,
+    _verdict_lines,
+    _vs_oracle,
+    _worker,
     make_client,
 )
+from limit_bench import _row as _limit_row
 
 from pacer.aimd import AimdLimit, AimdSettings
 from pacer.breaker import BreakerTransition
 from pacer.config import UpstreamConfig
-from pacer.jobs import Request
-from pacer.limit import FixedLimit, Limit, LimitChange
+from pacer.limit import FixedLimit, Limit
 from pacer.logs import configure_logging
 from pacer.mockapi import token_cost
-from pacer.pacing import PauseEvent, RateChange, estimate_tokens
+from pacer.pacing import estimate_tokens
 from pacer.upstream import Upstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -375,78 +385,34 @@ async def run_one(scn: Scenario, contender: str, seed: int) -> PacingRecord:
         upstream = Upstream(cfg, client, limit=limit, rng=random.Random(seed))
         rec.limits.append((0.0, limit.limit))
 
-        def on_change(change: LimitChange) -> None:
-            rec.limits.append((change.at - t0, change.new_limit))
-
-        def on_attempt(_name: str, seconds: float, reason: str) -> None:
-            end = trio.current_time() - t0
-            rec.attempts.append((end - seconds, end, reason))
-
-        def on_pause(event: PauseEvent) -> None:
-            rec.pauses.append((event.at - t0, event.duration, event.cause))
-
-        def on_rate(change: RateChange) -> None:
-            rec.rates.append((change.at - t0, change.new_rate))
-
         def on_breaker(t: BreakerTransition) -> None:
             rec.breaker.append((t.at - t0, str(t.from_state), str(t.to_state), t.reason,
                                 t.cooldown))
 
-        limit.subscribe(on_change)
-        upstream.on_attempt = on_attempt
+        _subscribe(rec, t0, limit, upstream, paced=contender == "pacer")
         upstream.breaker.subscribe(on_breaker)
-        if contender == "pacer":
-            upstream.pacer.subscribe_pause(on_pause)
-            upstream.pacer.subscribe_rate(on_rate)
-        elif contender == "oracle":
+        if contender == "oracle":
             upstream.gate = RateGate(scn.capacity)  # type: ignore[assignment]
-        else:
+        elif contender != "pacer":
             upstream.gate = OpenGate()  # type: ignore[assignment]
         ids = iter(range(10**12))
 
+        def on_failure(answer: Any) -> None:
+            rec.failures.append((trio.current_time() - t0,
+                                 "none" if answer is None else str(answer.error_code),
+                                 0 if answer is None else answer.attempts))
+
+        def on_sample(now: float) -> None:
+            rec.paces.append((now - t0, *_paces(upstream, now)))
+
         async def worker() -> None:
-            while True:
-                req = Request(custom_id=f"r{next(ids)}", method="POST", url=CHAT,
-                              upstream="bench", body=BODY)
-                began = trio.current_time()
-                answer = await upstream.send(req)
-                if answer is None or not answer.ok:
-                    rec.failed += 1
-                    rec.failures.append((trio.current_time() - t0,
-                                         "none" if answer is None else str(answer.error_code),
-                                         0 if answer is None else answer.attempts))
-                else:
-                    rec.request_times.append(trio.current_time() - began)
+            await _worker(upstream, rec, ids, BODY, on_failure)
 
         async def sampler() -> None:
-            due = trio.current_time()
-            while True:
-                now = trio.current_time()
-                rec.lags.append(max(0.0, now - due))
-                held = upstream.limiter.inflight
-                waiting = getattr(upstream.gate, "waiting", 0)
-                rec.samples.append((now - t0, held, held - waiting, upstream.limit.limit))
-                rec.paces.append((now - t0, *_paces(upstream, now)))
-                due = now + SAMPLE_EVERY
-                await trio.sleep_until(due)
+            await _sampler(upstream, rec, t0, on_sample)
 
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        mock_cpu0 = _proc_cpu_seconds(proc.pid)
-        async with client:
-            with trio.move_on_at(t0 + scn.duration):
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(sampler)
-                    for _ in range(scn.workers()):
-                        nursery.start_soon(worker)
-            rec.cpu_client = time.process_time() - cpu0
-            rec.wall = time.perf_counter() - wall0
-            mock_cpu1 = _proc_cpu_seconds(proc.pid)
-            if mock_cpu0 is not None and mock_cpu1 is not None:
-                rec.cpu_mock = mock_cpu1 - mock_cpu0
-            rec.loadavg = os.getloadavg()[0]
-            rec.connections = getattr(client._transport, "connections", None)
-            async with httpx.AsyncClient(base_url=base_url, trust_env=False) as stats_client:
-                rec.mock_stats = (await stats_client.get("/_mock/stats")).json()
+        await _drive(rec, proc, client, base_url, t0 + scn.duration,
+                     [sampler, *[worker] * scn.workers()])
     finally:
         with trio.CancelScope(shield=True):
             await _stop_mock(proc)
@@ -543,7 +509,6 @@ def figures(scn: Scenario, rec: PacingRecord) -> dict[str, Any]:
     w0, w1 = scn.window
     good = an.goodput(w0, w1)
     median = an.median_latency(w0, w1)
-    lags = sorted(rec.lags)
     reasons: dict[str, int] = {}
     for *_, why in rec.attempts:
         reasons[why] = reasons.get(why, 0) + 1
@@ -579,11 +544,7 @@ def figures(scn: Scenario, rec: PacingRecord) -> dict[str, Any]:
             w0, w1)),
         "gate_pauses": len(rec.pauses),
         "gate_paused_s": sum(d for _, d, _ in rec.pauses),
-        "cpu_client": rec.cpu_client / rec.wall if rec.wall else None,
-        "cpu_mock": None if rec.cpu_mock is None else rec.cpu_mock / rec.wall,
-        "loop_lag_p99_ms": 1000 * lags[int(0.99 * (len(lags) - 1))] if lags else None,
-        "loadavg_1m": rec.loadavg,
-        "client_connections": rec.connections,
+        **_costs(rec),
         "mock_stats": rec.mock_stats,
         "src_digest": rec.src_digest,
         "rate_limited_after_grace": None,
@@ -683,16 +644,12 @@ TARGETS = {
 
 
 def _row(cells: Sequence[str]) -> str:
-    return " ".join(
-        f"{c:<{w}}" if i < 2 else f"{c:>{w}}"
-        for i, (c, (_, w)) in enumerate(zip(cells, COLUMNS, strict=True))
-    ).rstrip()
+    return _limit_row(cells, COLUMNS)
 
 
 def table(scns: dict[str, Scenario], results: dict[str, dict[str, dict[str, Any]]],
           verdicts: dict[str, dict[str, list[tuple[str, str, bool]]]]) -> str:
-    header = _row([name for name, _ in COLUMNS])
-    lines = [header, "-" * len(header)]
+    lines = _header(COLUMNS)
     for name, per in results.items():
         scn = scns[name]
         for contender, f in per.items():
@@ -713,13 +670,7 @@ def table(scns: dict[str, Scenario], results: dict[str, dict[str, dict[str, Any]
                 f"{_pct(f['cpu_client'], 0)}/{_pct(f['cpu_mock'], 0)}",
                 _num(f["loop_lag_p99_ms"], 0),
             ]))
-        targets = TARGETS.get(name, {})
-        lines.append(_row([name, "target", *(targets.get(col, "") for col, _ in COLUMNS[2:])]))
-        for contender, checks in verdicts[name].items():
-            status = "PASS" if all(met for *_, met in checks) else "FAIL"
-            detail = "; ".join(f"{fig} ({tgt}){'' if met else ' MISSED'}"
-                               for fig, tgt, met in checks)
-            lines.append(f"{'':14}{contender} {status}: {detail}")
+        lines += _verdict_lines(name, TARGETS.get(name, {}), verdicts[name], 14, COLUMNS)
         w0, w1 = scn.window
         lines.append(f"{'':14}[{scn.title}; window {w0:g}-{w1:g} s; capacity "
                      f"{scn.capacity:g} req/s; C={scn.concurrency()}: oracle rate limiter at "
@@ -732,14 +683,9 @@ def table(scns: dict[str, Scenario], results: dict[str, dict[str, dict[str, Any]
 
 def draw(scns: dict[str, Scenario], records: dict[str, dict[str, PacingRecord]],
          output: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     names = [n for n in records if "pacer" in records[n]]
-    fig = Figure(figsize=(11, 1.0 + 3.0 * max(1, len(names))), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(max(1, len(names)), 1, squeeze=False)[:, 0]
-    fig.suptitle("pacer's pacing against the mock API (real time, loopback)")
+    fig, axes = _figure(len(names), 3.0,
+                        "pacer's pacing against the mock API (real time, loopback)")
     legend: dict[str, Any] = {}
     for ax, name in zip(axes, names, strict=False):
         scn, rec = scns[name], records[name]["pacer"]
@@ -789,13 +735,8 @@ def draw(scns: dict[str, Scenario], records: dict[str, dict[str, PacingRecord]],
         ax2.set_ylabel("concurrency limit")
         ax2.set_ylim(bottom=0)
         ax.set_title(f"{name}: {scn.title}", loc="left", fontsize=9)
-        for axis in (ax, ax2):
-            for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
-                legend.setdefault(label, handle)
-    axes[-1].set_xlabel("seconds since the mock started")
-    fig.legend(list(legend.values()), list(legend), loc="outside lower center",
-               ncols=min(len(legend), 4), fontsize=8, frameon=False)
-    fig.savefig(output)
+        _gather_legend(legend, ax, ax2)
+    _finish(fig, axes, legend, output)
 
 
 # ----------------------------------------------------------------------------- main
@@ -838,18 +779,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, scn in scns.items():
         records[name] = run_children(scn, contenders, args.seed, args.quick)
         results[name] = {c: figures(scn, rec) for c, rec in records[name].items()}
-        oracle = results[name].get("oracle")
-        for f in results[name].values():
-            f["goodput_vs_oracle"] = (f["goodput_rps"] / oracle["goodput_rps"]
-                                      if oracle and oracle["goodput_rps"] else None)
+        _vs_oracle(results[name])
     wall = time.perf_counter() - started
     git_after = _git_state()
     verdicts = {name: {c: check_targets(scns[name], results[name][c])
                        for c in contenders if c in CHECKED} for name in scns}
     print(table(scns, results, verdicts))
-    busy = [f"{n}/{c} ({f['loop_lag_p99_ms']:.0f} ms, load {f['loadavg_1m']:.1f})"
-            for n, per in results.items() for c, f in per.items()
-            if f["loop_lag_p99_ms"] is not None and f["loop_lag_p99_ms"] > BUSY_LAG_MS]
+    busy = _busy(results)
     if busy:
         print(f"warning: the client's event loop lagged (p99 > {BUSY_LAG_MS:g} ms) in "
               f"{', '.join(busy)}: read those rows with care")
@@ -877,9 +813,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "fixed4x_limit": scn.fixed4x(), "workers": scn.workers(),
                 "mock_args": scn.mock_args(args.seed), "parallel": scn.parallel,
                 "pacer_default_retry_settings": scn.defaults,
-                "targets": {c: [{"figure": fig, "target": tgt, "met": met}
-                                for fig, tgt, met in checks]
-                            for c, checks in verdicts[name].items()},
+                "targets": _targets_doc(verdicts[name]),
                 "contenders": results[name],
                 "series": {
                     c: {
@@ -907,16 +841,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     draw(scns, records, png_path)
     print(f"wall time {wall:.0f} s; wrote {_shown(json_path)} and {_shown(png_path)}")
     if git["commit"]:
-        print(f"measured: commit {git['commit'][:12]}"
-              + (f" + uncommitted changes in {', '.join(git['uncommitted_in_src'])}"
-                 if git["uncommitted_in_src"] else "")
-              + f" (src/pacer digest {', '.join(digests)})")
-    for contender in CHECKED:
-        missed = [n for n, per in verdicts.items()
-                  if contender in per and not all(m for *_, m in per[contender])]
-        if any(contender in per for per in verdicts.values()):
-            print(f"{contender}: " + ("all targets met" if not missed
-                                      else f"missed targets in {', '.join(missed)}"))
+        print(_measured(git) + f" (src/pacer digest {', '.join(digests)})")
+    _print_outcome(verdicts, CHECKED)
     return 0
 
 

@@ -22,6 +22,10 @@ from pacer.limiter import Limiter
 from pacer.mockapi import MockSettings, MockUpstream, mock_transport
 
 CHAT = "/v1/chat/completions"
+# The capacity-steps scenario: 20 in service, down to 5, up to 40.
+STEP_L = 0.2
+STEP_DROP_AT, STEP_RISE_AT, STEP_RUN = 2.5, 5.5, 10.5
+STEP_SCHEDULE = ((0.0, 20), (STEP_DROP_AT, 5), (STEP_RISE_AT, 40))
 PAYLOAD = {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -32,16 +36,12 @@ class AttemptRecord:
     status: int
 
 
-@dataclass(slots=True)
-class ScenarioResult:
-    """What one run did; times are seconds since the mock started."""
+class LimitSeries:
+    """The limit's step function, for a run record with ``limits`` ((time, limit) after
+    each change, starting with the initial limit)."""
 
-    duration: float
-    attempts: list[AttemptRecord] = field(default_factory=list)
-    # (time, limit) after each change, starting with the initial limit.
-    limits: list[tuple[float, int]] = field(default_factory=list)
-    # (time, requests in service at the mock), sampled every ``sample_every`` s.
-    in_service: list[tuple[float, int]] = field(default_factory=list)
+    __slots__ = ()
+    limits: list[tuple[float, int]]
 
     def limit_at(self, t: float) -> int:
         times = [at for at, _ in self.limits]
@@ -63,6 +63,42 @@ class ScenarioResult:
             if t > t0 and predicate(v):
                 return t
         return None
+
+    def mean_in_service(self, t0: float, t1: float) -> float:
+        raise NotImplementedError
+
+
+def check_capacity_steps(r: LimitSeries) -> tuple[float, float, float]:
+    """The capacity-steps targets up to the rise: the drop to 5 settles within +-10 %
+    within 10 round trips and stays there; >= 90 % of the rise to 40 within 5 s.
+    Returns the drop's round trips, the time the rise was reached and its seconds."""
+    # The drop to 5: within +-10 % within 10 round trips, and it stays there.
+    within = r.first_time(STEP_DROP_AT, lambda v: 4.5 <= v <= 5.5)
+    assert within is not None
+    drop_rtts = (within - STEP_DROP_AT) / STEP_L
+    settled = STEP_DROP_AT + 10 * STEP_L
+    assert drop_rtts <= 10
+    assert 4.5 <= r.mean_limit(settled, STEP_RISE_AT) <= 5.5
+    assert 4.5 <= r.mean_in_service(settled, STEP_RISE_AT) <= 5.5
+
+    # The rise to 40: >= 90 % of it within 5 s, and the goodput follows.
+    reached = r.first_time(STEP_RISE_AT, lambda v: v >= 36)
+    assert reached is not None
+    rise_s = reached - STEP_RISE_AT
+    assert rise_s <= 5.0
+    return drop_rtts, reached, rise_s
+
+
+@dataclass(slots=True)
+class ScenarioResult(LimitSeries):
+    """What one run did; times are seconds since the mock started."""
+
+    duration: float
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    # (time, limit) after each change, starting with the initial limit.
+    limits: list[tuple[float, int]] = field(default_factory=list)
+    # (time, requests in service at the mock), sampled every ``sample_every`` s.
+    in_service: list[tuple[float, int]] = field(default_factory=list)
 
     def mean_in_service(self, t0: float, t1: float) -> float:
         values = [n for t, n in self.in_service if t0 <= t < t1]

@@ -13,7 +13,14 @@ import trio.testing
 from pacer.aimd import AimdLimit
 from pacer.limit import FixedLimit, Limit
 from pacer.mockapi import MockSettings
-from scenario_sim import ScenarioResult, run_scenario
+from scenario_sim import (
+    STEP_L,
+    STEP_RUN,
+    STEP_SCHEDULE,
+    ScenarioResult,
+    check_capacity_steps,
+    run_scenario,
+)
 
 SEEDS = [1, 2, 3]
 
@@ -22,9 +29,6 @@ CAP, CAP_L = 10, 0.1
 CAP_RUN, CAP_STEADY_FROM = 10.0, 2.0
 
 # Capacity steps 20 -> 5 -> 40; a slower L keeps the request count modest.
-STEP_L = 0.2
-STEP_DROP_AT, STEP_RISE_AT, STEP_RUN = 2.5, 5.5, 10.5
-STEP_SCHEDULE = ((0.0, 20), (STEP_DROP_AT, 5), (STEP_RISE_AT, 40))
 
 # Cold start against a cap of 32.
 COLD_CAP, COLD_L, COLD_RUN = 32, 0.1, 1.5
@@ -97,20 +101,7 @@ async def test_constant_cap(autojump_clock: trio.testing.MockClock, seed: int) -
 async def test_capacity_steps(autojump_clock: trio.testing.MockClock, seed: int) -> None:
     r = await run_step(AimdLimit(), seed)
 
-    # The drop to 5: within +-10 % within 10 round trips, and it stays there.
-    within = r.first_time(STEP_DROP_AT, lambda v: 4.5 <= v <= 5.5)
-    assert within is not None
-    drop_rtts = (within - STEP_DROP_AT) / STEP_L
-    settled = STEP_DROP_AT + 10 * STEP_L
-    assert drop_rtts <= 10
-    assert 4.5 <= r.mean_limit(settled, STEP_RISE_AT) <= 5.5
-    assert 4.5 <= r.mean_in_service(settled, STEP_RISE_AT) <= 5.5
-
-    # The rise to 40: >= 90 % of it within 5 s, and the goodput follows.
-    reached = r.first_time(STEP_RISE_AT, lambda v: v >= 36)
-    assert reached is not None
-    rise_s = reached - STEP_RISE_AT
-    assert rise_s <= 5.0
+    drop_rtts, reached, rise_s = check_capacity_steps(r)
     assert r.mean_in_service(reached + STEP_L, STEP_RUN) >= 36
     print(f"steps seed={seed}: drop settled in {drop_rtts:.1f} rtt, rise reached in {rise_s:.2f} s")
 

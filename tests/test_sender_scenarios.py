@@ -15,7 +15,6 @@ of those seeds instead, and ``-s`` to see the figures.
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import os
 import random
@@ -35,6 +34,13 @@ from pacer.limit import LimitChange
 from pacer.mockapi import MockSettings, MockUpstream, Outage, mock_transport
 from pacer.pacing import PauseEvent, RateChange
 from pacer.upstream import Answer, Upstream
+from scenario_sim import (
+    STEP_L,
+    STEP_RUN,
+    STEP_SCHEDULE,
+    LimitSeries,
+    check_capacity_steps,
+)
 
 CHAT = "/v1/chat/completions"
 BODY: dict[str, Any] = {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
@@ -57,7 +63,7 @@ class Attempt:
 
 
 @dataclass(slots=True)
-class SenderRun:
+class SenderRun(LimitSeries):
     """What one run did; times are seconds since the mock started."""
 
     duration: float
@@ -71,24 +77,6 @@ class SenderRun:
     in_service: list[tuple[float, int]] = field(default_factory=list)
     learned_rate: float | None = None
     final_limit: int = 0
-
-    def limit_at(self, t: float) -> int:
-        times = [at for at, _ in self.limits]
-        return self.limits[bisect.bisect_right(times, t) - 1][1]
-
-    def mean_limit(self, t0: float, t1: float) -> float:
-        """Time-weighted mean of the limit over [t0, t1)."""
-        points = [(t0, self.limit_at(t0))] + [(t, v) for t, v in self.limits if t0 < t < t1]
-        total = 0.0
-        for (t, v), (t_next, _) in itertools.pairwise([*points, (t1, 0)]):
-            total += v * (t_next - t)
-        return total / (t1 - t0)
-
-    def first_time(self, t0: float, predicate: Callable[[int], bool]) -> float | None:
-        """First time >= t0 at which the limit satisfies ``predicate``."""
-        if predicate(self.limit_at(t0)):
-            return t0
-        return next((t for t, v in self.limits if t > t0 and predicate(v)), None)
 
     def mean_in_service(self, t0: float, t1: float) -> float:
         values = [n for t, n in self.in_service if t0 <= t < t1]
@@ -324,9 +312,6 @@ async def test_rate_cap_with_openai_headers(autojump_clock: trio.testing.MockClo
 
 
 # (d) Capacity steps 20 -> 5 -> 40: the bands of tests/test_scenarios.py.
-STEP_L = 0.2
-STEP_DROP_AT, STEP_RISE_AT, STEP_RUN = 2.5, 5.5, 10.5
-STEP_SCHEDULE = ((0.0, 20), (STEP_DROP_AT, 5), (STEP_RISE_AT, 40))
 
 
 @pytest.mark.parametrize("seed", seeds(6))
@@ -335,20 +320,7 @@ async def test_capacity_steps(autojump_clock: trio.testing.MockClock, seed: int)
                         header_style="none", seed=seed)
     r = await run_sender(mock, duration=STEP_RUN, workers=100, seed=seed, sample_every=0.02)
 
-    # The drop to 5: within +-10 % within 10 round trips, and it stays there.
-    within = r.first_time(STEP_DROP_AT, lambda v: 4.5 <= v <= 5.5)
-    assert within is not None
-    drop_rtts = (within - STEP_DROP_AT) / STEP_L
-    settled = STEP_DROP_AT + 10 * STEP_L
-    assert drop_rtts <= 10
-    assert 4.5 <= r.mean_limit(settled, STEP_RISE_AT) <= 5.5
-    assert 4.5 <= r.mean_in_service(settled, STEP_RISE_AT) <= 5.5
-
-    # The rise to 40: >= 90 % of it within 5 s, and the goodput follows.
-    reached = r.first_time(STEP_RISE_AT, lambda v: v >= 36)
-    assert reached is not None
-    rise_s = reached - STEP_RISE_AT
-    assert rise_s <= 5.0
+    drop_rtts, reached, rise_s = check_capacity_steps(r)
     in_service = r.mean_in_service(reached + STEP_L, STEP_RUN)
     print(f"steps seed={seed}: drop settled in {drop_rtts:.1f} rtt, rise reached in "
           f"{rise_s:.2f} s, {in_service:.1f} in service after, rates {len(r.rates)}")
