@@ -60,7 +60,8 @@ async def test_admits_at_most_the_limit_and_follows_changes(autojump_clock: Mock
     assert started == [0, 0, 0.5, 0.5, 1, 1]
     assert [s.outcome for s in limit.samples] == [Outcome.SUCCESS] * 6
     assert [s.rtt for s in limit.samples] == [1.0] * 6
-    assert limit.samples[0].inflight == 1 and limit.samples[1].inflight == 2
+    # The first two finish together, in either order: in flight at their starts, 1 and 2.
+    assert sorted(s.inflight for s in limit.samples[:2]) == [1, 2]
 
 
 async def test_shrinking_lets_holders_finish(autojump_clock: MockClock) -> None:
