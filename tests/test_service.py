@@ -343,6 +343,26 @@ def slow_setup(make_config: MakeConfig, spool: SpoolHelper, api: MockAPI, *,
     return cfg, expected
 
 
+def sigterm_when_busy(start_pacer: StartPacer, cfg: Path, notify: NotifyListener,
+                      api: MockAPI, limit: int, drain_timeout: float,
+                      ) -> tuple[Proc, int, float, float]:
+    """Start the service, wait until ``limit`` requests are in service, send SIGTERM
+    and wait for the exit: (daemon, exit code, when sent, seconds it took)."""
+    daemon = start_service(start_pacer, cfg, notify)
+    notify.wait_for("READY", "1", timeout=10, alive=alive(daemon))
+    wait_for(lambda: api.stats()["in_service"] == limit, 5, interval=0.05,
+             what=f"{limit} requests in flight")
+    sent = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    code = daemon.wait(drain_timeout + 3)
+    return daemon, code, sent, time.monotonic() - sent
+
+
+def result_ids(spool: SpoolHelper, expected: dict[str, list[str]]) -> dict[str, str]:
+    """custom_id -> result line id, over every job's published results."""
+    return {line["custom_id"]: line["id"] for stem in expected for line in spool.results(stem)}
+
+
 def finish_with_drain(cfg: Path, slow: MockAPI, mock_api: StartMock,
                       run_pacer: Callable[..., Any]) -> None:
     """``pacer run --drain`` on the same spool, against a fast mock (to save time)."""
@@ -360,14 +380,8 @@ def test_sigterm_drains_in_flight_requests_and_keeps_the_rest(
     api = mock_api("--latency", str(latency))
     cfg, expected = slow_setup(make_config, spool, api, jobs=3, requests=10, limit=limit,
                                drain_timeout=drain_timeout)
-    daemon = start_service(start_pacer, cfg, notify)
-    notify.wait_for("READY", "1", timeout=10, alive=alive(daemon))
-    wait_for(lambda: api.stats()["in_service"] == limit, 5, interval=0.05,
-             what=f"{limit} requests in flight")
-
-    sent = time.monotonic()
-    daemon.signal(signal.SIGTERM)
-    code = daemon.wait(drain_timeout + 3)
+    daemon, code, sent, _took = sigterm_when_busy(start_pacer, cfg, notify, api, limit,
+                                                  drain_timeout)
 
     assert code == 0, daemon.stderr()
     notify.wait_for("STOPPING", "1", timeout=1, since=sent)
@@ -383,7 +397,7 @@ def test_sigterm_drains_in_flight_requests_and_keeps_the_rest(
 
     finish_with_drain(cfg, api, mock_api, run_pacer)
     assert_one_line_per_request(spool, expected)
-    after = {line["custom_id"]: line["id"] for stem in expected for line in spool.results(stem)}
+    after = result_ids(spool, expected)
     assert {c: after[c] for c in answered} == answered, "an answer on disk was replaced"
 
 
@@ -400,15 +414,8 @@ def test_sigterm_starts_no_new_request(
     api = mock_api("--latency", str(latency))
     cfg, _expected = slow_setup(make_config, spool, api, jobs=3, requests=10, limit=limit,
                                 drain_timeout=drain_timeout)
-    daemon = start_service(start_pacer, cfg, notify)
-    notify.wait_for("READY", "1", timeout=10, alive=alive(daemon))
-    wait_for(lambda: api.stats()["in_service"] == limit, 5, interval=0.05,
-             what=f"{limit} requests in flight")
-
-    sent = time.monotonic()
-    daemon.signal(signal.SIGTERM)
-    code = daemon.wait(drain_timeout + 3)
-    took = time.monotonic() - sent
+    daemon, code, _sent, took = sigterm_when_busy(start_pacer, cfg, notify, api, limit,
+                                                  drain_timeout)
 
     assert code == 0, daemon.stderr()
     stats = api.stats()
@@ -455,7 +462,7 @@ def test_second_sigterm_stops_at_once_and_loses_no_answer(
 
     finish_with_drain(cfg, api, mock_api, run_pacer)
     assert_one_line_per_request(spool, expected)
-    after = {line["custom_id"]: line["id"] for stem in expected for line in spool.results(stem)}
+    after = result_ids(spool, expected)
     assert {c: after[c] for c in kept} == kept, "an answer already on disk was replaced"
 
 
@@ -488,7 +495,7 @@ def test_hard_stop_writes_answers_still_waiting_for_a_flush(
     cfg.write_text(cfg.read_text().replace("flush_interval = 5.0", "flush_interval = 0.02"))
     finish_with_drain(cfg, api, mock_api, run_pacer)
     assert_one_line_per_request(spool, expected)
-    after = {line["custom_id"]: line["id"] for stem in expected for line in spool.results(stem)}
+    after = result_ids(spool, expected)
     assert {c: after[c] for c in kept} == kept, "an answer already on disk was replaced"
 
 
