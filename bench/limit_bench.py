@@ -6,15 +6,15 @@ Run from the repository root::
 
 For every scenario and every contender a fresh mock API (``python -m pacer.mockapi``)
 is started as a subprocess on 127.0.0.1 with the scenario's flags and a fixed
-``--seed``; a :class:`pacer.upstream.Upstream` (the daemon's own sender: limiter,
+``--seed``; a :class:`pacer.service.upstream.Upstream` (the daemon's own sender: limiter,
 pacing gate, breaker, retries honouring Retry-After) sends to it. ``4 x the highest
 concurrency of the scenario + 50`` worker tasks pull requests from an unbounded
 supply and ``await upstream.send(request)`` for a fixed duration, so the limiter
 always has more takers than slots. Contenders:
 
-* ``pacer``: the sender as shipped: :class:`pacer.aimd.AimdLimit` from
+* ``pacer``: the sender as shipped: :class:`pacer.control.aimd.AimdLimit` from
   ``initial_limit = 1`` (defaults otherwise) *and* the pacing gate
-  (:mod:`pacer.pacing`), never told the capacity. Its targets are checked.
+  (:mod:`pacer.control.pacing`), never told the capacity. Its targets are checked.
 * ``aimd-only``: the same with the pacing gate replaced by one that never waits
   (:class:`OpenGate`): the limit algorithm alone, which is what the targets are
   about. Its targets are checked too.
@@ -46,7 +46,7 @@ Mock and client settings, and why
   limit's requests start and end in lockstep, and each cohort of 32 queues for
   ~30 ms of HTTP handling at both ends (median 1.05 L, oracle 94 %); +-10 %
   spreads them (1.01 L, 96-98 %). The oracle's row shows what is reachable.
-* The client: the same settings as :func:`pacer.upstream.build_client` (timeouts, no
+* The client: the same settings as :func:`pacer.service.http.build_client` (timeouts, no
   redirects, no proxies from the environment) but over :class:`FreeListTransport`,
   one keep-alive connection per request in flight. httpcore's pool (what
   ``build_client`` gets) stalls on bursts of concurrent requests (see the class);
@@ -140,13 +140,14 @@ from typing import Any
 import httpx
 import trio
 
-from pacer.aimd import AimdLimit, AimdSettings
 from pacer.config import UpstreamConfig
-from pacer.jobs import Request
-from pacer.limit import FixedLimit, Limit, LimitChange
+from pacer.control.aimd import AimdLimit, AimdSettings
+from pacer.control.limit import FixedLimit, Limit, LimitChange
+from pacer.control.pacing import PauseEvent, RateChange
 from pacer.logs import configure_logging
-from pacer.pacing import PauseEvent, RateChange
-from pacer.upstream import Upstream, build_client
+from pacer.service.http import build_client
+from pacer.service.upstream import Upstream
+from pacer.spool.jobs import Request
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 CHAT = "/v1/chat/completions"
@@ -275,7 +276,7 @@ def make_limit(contender: str, scn: Scenario) -> Limit:
 
 class OpenGate:
     """A pacing gate that never holds anything back: the part of
-    :class:`pacer.pacing.PacingGate` that :class:`~pacer.upstream.Upstream` uses
+    :class:`pacer.control.pacing.PacingGate` that :class:`~pacer.service.upstream.Upstream` uses
     (loosely typed: that interface is still moving)."""
 
     waiting = 0

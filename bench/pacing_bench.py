@@ -10,7 +10,7 @@ imports: the mock API subprocess (``python -m pacer.mockapi`` on 127.0.0.1, fixe
 settings, one keep-alive connection per request in flight), :class:`limit_bench.RunRecord`
 and :class:`limit_bench.Analysis` (goodput, 429 share, latency, per-second counts),
 the never-waiting gate, the CPU / loop-lag bookkeeping and the git state. For every
-scenario and contender a fresh mock is started and a :class:`pacer.upstream.Upstream`
+scenario and contender a fresh mock is started and a :class:`pacer.service.upstream.Upstream`
 (the daemon's sender: limiter, pacing gate, breaker, retries honouring Retry-After)
 sends to it from ``4 x C + 50`` worker tasks (``C``, below), each awaiting
 ``upstream.send(request)`` in a loop, for a fixed duration.
@@ -24,8 +24,8 @@ lateness of every run are recorded (and warned about when high).
 
 Contenders
 ----------
-* ``pacer``: the sender as shipped: :class:`pacer.aimd.AimdLimit` from
-  ``initial_limit = 1`` and the pacing gate (:mod:`pacer.pacing`), never told the
+* ``pacer``: the sender as shipped: :class:`pacer.control.aimd.AimdLimit` from
+  ``initial_limit = 1`` and the pacing gate (:mod:`pacer.control.pacing`), never told the
   rate. Its targets are checked.
 * ``oracle``: the best fixed setting for the scenario: a client-side rate limiter at
   the capacity (starts evenly spaced at exactly R per second, FIFO; TPM: the refill
@@ -53,7 +53,7 @@ Mock and client settings, and why
   defaults): the claim "an outage shorter than give_up_after fails no request" is
   about the configuration users get.
 * A request body of known token cost: ``max_tokens`` 84 + 64 characters of prompt =
-  100 tokens, by both pacer's :func:`~pacer.pacing.estimate_tokens` and the mock's
+  100 tokens, by both pacer's :func:`~pacer.control.pacing.estimate_tokens` and the mock's
   :func:`~pacer.mockapi.token_cost` (checked at import).
 
 Scenarios (``--quick`` halves every time except tpm's, which needs its minute)
@@ -154,14 +154,14 @@ from limit_bench import (
 )
 from limit_bench import _row as _limit_row
 
-from pacer.aimd import AimdLimit, AimdSettings
-from pacer.breaker import BreakerTransition
 from pacer.config import UpstreamConfig
-from pacer.limit import FixedLimit, Limit
+from pacer.control.aimd import AimdLimit, AimdSettings
+from pacer.control.breaker import BreakerTransition
+from pacer.control.limit import FixedLimit, Limit
+from pacer.control.pacing import estimate_tokens
 from pacer.logs import configure_logging
 from pacer.mockapi import token_cost
-from pacer.pacing import estimate_tokens
-from pacer.upstream import Upstream
+from pacer.service.upstream import Upstream
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = Path(__file__).resolve().parent / "out"
@@ -286,7 +286,7 @@ def scenarios(scale: float) -> dict[str, Scenario]:
 class RateGate:
     """The oracle's gate: a client-side rate limiter at ``rate`` starts per second,
     evenly spaced, FIFO, no burst credit. Has the part of
-    :class:`pacer.pacing.PacingGate` that :class:`~pacer.upstream.Upstream` uses."""
+    :class:`pacer.control.pacing.PacingGate` that :class:`~pacer.service.upstream.Upstream` uses."""
 
     def __init__(self, rate: float) -> None:
         self.rate = rate

@@ -157,7 +157,7 @@ class SpoolHelper:
 @pytest.fixture
 def spool(tmp_path: Path) -> SpoolHelper:
     """The spool of the config ``make_config`` writes (``tmp_path/spool``)."""
-    from pacer.spool import Spool
+    from pacer.spool.folders import Spool
 
     root = tmp_path / "spool"
     Spool(root).ensure()

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import httpx
 import trio
 
-from pacer.limit import Limit, LimitChange
-from pacer.limiter import Limiter
+from pacer.control.limit import Limit, LimitChange
 from pacer.mockapi import MockSettings, MockUpstream, mock_transport
+from pacer.service.limiter import Limiter
 
 CHAT = "/v1/chat/completions"
 # The capacity-steps scenario: 20 in service, down to 5, up to 40.

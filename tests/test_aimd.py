@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pacer.aimd import PACED, AimdLimit, AimdSettings
-from pacer.limit import LimitChange, Outcome, Sample
+from pacer.control.aimd import PACED, AimdLimit, AimdSettings
+from pacer.control.limit import LimitChange, Outcome, Sample
 
 RTT = 0.25
 

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from pacer.breaker import (
+from pacer.control.breaker import (
     Breaker,
     BreakerSettings,
     BreakerState,

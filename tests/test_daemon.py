@@ -22,11 +22,11 @@ from trio.testing import MockClock
 
 from conftest import BASE_URL, BODY, CHAT, MakeConfig, SpoolHelper, jsonl, read_jsonl, req
 from pacer.config import load_config
-from pacer.daemon import Daemon
 from pacer.logs import configure_logging
 from pacer.mockapi import MockSettings, MockUpstream
-from pacer.results import result_line
-from pacer.systemd import Notifier
+from pacer.service.daemon import Daemon
+from pacer.service.systemd import Notifier
+from pacer.spool.results import result_line
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from trio.testing import MockClock
 
-import pacer.results
+import pacer.spool.results
 from conftest import MakeConfig, SpoolHelper
 from test_daemon import (
     Recorder,
@@ -36,7 +36,7 @@ async def test_failing_result_writes_pause_claims_and_recover(
     calls = Counter[str]()
 
     class FlakyOs:
-        """``os`` as pacer.results sees it, with a few failing writes: each writes
+        """``os`` as pacer.spool.results sees it, with a few failing writes: each writes
         half its data first (a torn line), then fails."""
 
         def __getattr__(self, name: str) -> Any:
@@ -49,7 +49,7 @@ async def test_failing_result_writes_pause_claims_and_recover(
                 raise OSError(code, os.strerror(code))
             return os.write(fd, data)
 
-    monkeypatch.setattr(pacer.results, "os", FlakyOs())
+    monkeypatch.setattr(pacer.spool.results, "os", FlakyOs())
     daemon = make_daemon(cfg, Recorder())
 
     rc = await run_daemon(daemon)

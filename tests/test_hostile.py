@@ -151,10 +151,10 @@ import structlog
 import trio
 
 from conftest import CHAT, MakeConfig, SpoolHelper, read_jsonl
-from pacer import daemon as daemon_mod
 from pacer.config import load_config
-from pacer.daemon import Daemon
-from pacer.systemd import Notifier
+from pacer.service import daemon as daemon_mod
+from pacer.service.daemon import Daemon
+from pacer.service.systemd import Notifier
 
 CORPUS = Path(__file__).parent / "corpus" / "bad_jobs"
 MAX_LINE = 4096

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pacer.jobs import (
+from pacer.spool.jobs import (
     BadRequest,
     JobFileError,
     Request,

@@ -8,8 +8,8 @@ import trio
 import trio.testing
 from trio.testing import MockClock
 
-from pacer.limit import FixedLimit, LimitChange, Outcome, Sample
-from pacer.limiter import Limiter
+from pacer.control.limit import FixedLimit, LimitChange, Outcome, Sample
+from pacer.service.limiter import Limiter
 
 
 class Recording(FixedLimit):

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pacer.metrics import Metrics, parse_listen
-from pacer.spool import Spool
+from pacer.service.metrics import Metrics, parse_listen
+from pacer.spool.folders import Spool
 
 
 def state(**up: Any) -> dict[str, Any]:

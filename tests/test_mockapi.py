@@ -23,6 +23,7 @@ import trio
 import trio.testing
 
 import pacer
+from pacer.control.ratelimit_headers import parse_rate_limit_headers
 from pacer.mockapi import (
     FAULT_KINDS,
     HEADER_STYLES,
@@ -45,7 +46,6 @@ from pacer.mockapi import (
     settings_from_args,
     token_cost,
 )
-from pacer.ratelimit_headers import parse_rate_limit_headers
 
 CHAT = "/v1/chat/completions"
 PAYLOAD = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}

@@ -21,8 +21,7 @@ import pytest
 import trio
 import trio.testing
 
-from pacer.mockapi import MockSettings, MockUpstream, mock_transport
-from pacer.pacing import (
+from pacer.control.pacing import (
     Pacer,
     PacerSettings,
     PacerStatus,
@@ -32,7 +31,8 @@ from pacer.pacing import (
     estimate_tokens,
     tokens_used,
 )
-from pacer.ratelimit_headers import Quota, RateLimitInfo
+from pacer.control.ratelimit_headers import Quota, RateLimitInfo
+from pacer.mockapi import MockSettings, MockUpstream, mock_transport
 
 EMPTY = RateLimitInfo()
 CHAT = "/v1/chat/completions"

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 import structlog
 
-from pacer.logs import configure_logging
-from pacer.plot import (
+from pacer.commands.plot import (
     MISSING_MATPLOTLIB,
     UNKNOWN_UPSTREAM,
     add_arguments,
@@ -24,6 +23,7 @@ from pacer.plot import (
     parse_timestamp,
     plot_command,
 )
+from pacer.logs import configure_logging
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pacer.ratelimit_headers import (
+from pacer.control.ratelimit_headers import (
     Quota,
     RateLimitInfo,
     parse_go_duration,

@@ -13,11 +13,11 @@ import pytest
 import trio
 
 from conftest import BASE_URL, BODY, MakeConfig, SpoolHelper, jsonl, read_jsonl, req
+from pacer.commands.requeue import requeue
 from pacer.config import Config, load_config
-from pacer.daemon import Daemon
-from pacer.requeue import requeue
-from pacer.results import result_line
-from pacer.systemd import Notifier
+from pacer.service.daemon import Daemon
+from pacer.service.systemd import Notifier
+from pacer.spool.results import result_line
 
 
 @pytest.fixture

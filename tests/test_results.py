@@ -12,8 +12,8 @@ import pytest
 import trio
 import trio.testing
 
-import pacer.results as results_mod
-from pacer.results import JobResults, ResultWriter, result_line
+import pacer.spool.results as results_mod
+from pacer.spool.results import JobResults, ResultWriter, result_line
 
 
 def decode(line: bytes) -> dict[str, Any]:

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pacer.ratelimit_headers import Quota, RateLimitInfo
-from pacer.retry import (
+from pacer.control.ratelimit_headers import Quota, RateLimitInfo
+from pacer.control.retry import (
     RetryBudget,
     RetrySettings,
     backoff_delay,

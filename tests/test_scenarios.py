@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import trio.testing
 
-from pacer.aimd import AimdLimit
-from pacer.limit import FixedLimit, Limit
+from pacer.control.aimd import AimdLimit
+from pacer.control.limit import FixedLimit, Limit
 from pacer.mockapi import MockSettings
 from scenario_sim import (
     STEP_L,

@@ -1,4 +1,4 @@
-"""Scenario simulations of the real sender, :class:`pacer.upstream.Upstream`, under
+"""Scenario simulations of the real sender, :class:`pacer.service.upstream.Upstream`, under
 virtual time: the AIMD limit, the pacing gate, the retries and the breaker together.
 
 ``run_sender`` keeps ``workers`` tasks calling ``await upstream.send(Request(...))``
@@ -27,13 +27,13 @@ import pytest
 import trio
 import trio.testing
 
-from pacer.breaker import BreakerTransition
 from pacer.config import UpstreamConfig
-from pacer.jobs import Request
-from pacer.limit import LimitChange
+from pacer.control.breaker import BreakerTransition
+from pacer.control.limit import LimitChange
+from pacer.control.pacing import PauseEvent, RateChange
 from pacer.mockapi import MockSettings, MockUpstream, Outage, mock_transport
-from pacer.pacing import PauseEvent, RateChange
-from pacer.upstream import Answer, Upstream
+from pacer.service.upstream import Answer, Upstream
+from pacer.spool.jobs import Request
 from scenario_sim import (
     STEP_L,
     STEP_RUN,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pacer.spool import (
+from pacer.spool.folders import (
     DEFAULT_DIR_MODE,
     DIR_MODES,
     FOLDERS,

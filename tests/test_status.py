@@ -17,10 +17,17 @@ import pytest
 from rich.console import Console
 
 from conftest import MakeConfig, SpoolHelper, req
-from pacer import status as status_mod
+from pacer.commands import status as status_mod
+from pacer.commands.status import (
+    collect,
+    incoming_requests,
+    lock_holder,
+    render,
+    render_text,
+    status,
+)
 from pacer.config import Config, load_config
-from pacer.spool import Spool
-from pacer.status import collect, incoming_requests, lock_holder, render, render_text, status
+from pacer.spool.folders import Spool
 
 NOW = time.time()
 

@@ -17,7 +17,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pacer.systemd import Notifier, watchdog_loop
+from pacer.service.systemd import Notifier, watchdog_loop
 
 MAX_SUN_PATH = 100  # sockaddr_un.sun_path is 108 bytes; keep a margin
 

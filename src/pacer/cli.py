@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from pacer import mockapi
-    from pacer import plot as plot_mod
+    from pacer.commands import plot as plot_mod
 
     parser = _Parser(prog="pacer", description="Send spooled HTTP jobs to rate-limited APIs "
                      "at the fastest safe pace, learned by itself.")
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return mockapi.run(args)
         if args.command == "plot":
-            from pacer.plot import plot_command
+            from pacer.commands.plot import plot_command
 
             return plot_command(args.log, args.output)
         config = load_config(args.config)
@@ -86,20 +86,20 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(config.to_dict(), indent=2))
             return EXIT_OK
         if args.command == "run":
-            from pacer.runner import run_daemon
+            from pacer.service.runner import run_daemon
 
             return run_daemon(config, drain=args.drain, log_format=args.log_format,
                               log_level=args.log_level)
         if args.command == "submit":
-            from pacer.submit import submit
+            from pacer.commands.submit import submit
 
             return submit(config, args.paths, upstream=args.upstream, name=args.name)
         if args.command == "requeue":
-            from pacer.requeue import requeue
+            from pacer.commands.requeue import requeue
 
             return requeue(config, args.job, dry_run=args.dry_run)
         if args.command == "status":
-            from pacer.status import status
+            from pacer.commands.status import status
 
             return status(config, as_json=args.json, watch=args.watch, interval=args.interval)
     except ConfigError as exc:

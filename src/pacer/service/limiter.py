@@ -1,4 +1,4 @@
-"""The *limiter*: enforces whatever a :class:`~pacer.limit.Limit` currently says.
+"""The *limiter*: enforces whatever a :class:`~pacer.control.limit.Limit` currently says.
 
 It follows the limit through its change hook by reassigning
 ``trio.CapacityLimiter.total_tokens``: raising it wakes waiters at once, lowering it
@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from pacer.limit import Limit, LimitChange, Outcome, Sample
+from pacer.control.limit import Limit, LimitChange, Outcome, Sample
 
 
 class Attempt:

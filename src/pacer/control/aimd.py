@@ -1,7 +1,8 @@
 """The adaptive limit: AIMD with a fast start, a plateau below the last congestion
 point, timed probes above it, and a latency signal.
 
-:class:`AimdLimit` is a pure :class:`~pacer.limit.Limit`: one :class:`~pacer.limit.Sample`
+:class:`AimdLimit` is a pure :class:`~pacer.control.limit.Limit`: one
+:class:`~pacer.control.limit.Sample`
 per finished attempt, time taken from the samples (``now = start + rtt``), no I/O.
 It learns the fastest safe concurrency of an upstream that never says its limit.
 
@@ -53,7 +54,7 @@ is not refused).
 A round trip ends with the first success of an attempt sent after it began, once a
 smoothed rtt has passed (the fastest of varied rtts is not a round trip). Only
 successes of attempts that used the limit raise it. Every change is clamped to
-``[min_limit, max_limit]`` and emits exactly one :class:`~pacer.limit.LimitChange`.
+``[min_limit, max_limit]`` and emits exactly one :class:`~pacer.control.limit.LimitChange`.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from pacer.limit import HookList, LimitChange, LimitHook, Outcome, Sample
+from pacer.control.limit import HookList, LimitChange, LimitHook, Outcome, Sample
 
 __all__ = ["PACED", "AimdLimit", "AimdSettings", "Phase"]
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from pacer.limit import Outcome
+from pacer.control.limit import Outcome
 
 # Back-pressure that a later attempt may get past.
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})

@@ -2,14 +2,13 @@
 
 ``Upstream.send(request)`` runs one request to its final answer: it waits for the
 breaker, holds a slot of the limiter for each attempt, classifies the attempt
-once (:func:`pacer.outcome.classify`), feeds the limit and the breaker, and retries
+once (:func:`pacer.control.outcome.classify`), feeds the limit and the breaker, and retries
 with full-jitter backoff while the outcome is retryable and attempts remain.
 HTTP exceptions are translated here, at the edge, into that classification.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -21,21 +20,28 @@ import httpx
 import structlog
 import trio
 
-from pacer.aimd import PACED, AimdLimit, AimdSettings
-from pacer.breaker import Breaker, BreakerSettings, BreakerTransition
 from pacer.config import UpstreamConfig
-from pacer.jobs import Request
-from pacer.limit import FixedLimit, Limit, LimitChange, Outcome
-from pacer.limiter import Limiter
-from pacer.outcome import Verdict, classify
-from pacer.pacing import Pacer, PacingGate, PauseEvent, RateChange, estimate_tokens, tokens_used
-from pacer.ratelimit_headers import RateLimitInfo, parse_rate_limit_headers
-from pacer.retry import RetryBudget, RetrySettings, backoff_delay, is_rate_limited
-from pacer.stats import UpstreamStats
+from pacer.control.aimd import PACED, AimdLimit, AimdSettings
+from pacer.control.breaker import Breaker, BreakerSettings, BreakerTransition
+from pacer.control.limit import FixedLimit, Limit, LimitChange, Outcome
+from pacer.control.outcome import Verdict, classify
+from pacer.control.pacing import (
+    Pacer,
+    PacingGate,
+    PauseEvent,
+    RateChange,
+    estimate_tokens,
+    tokens_used,
+)
+from pacer.control.ratelimit_headers import RateLimitInfo, parse_rate_limit_headers
+from pacer.control.retry import RetryBudget, RetrySettings, backoff_delay, is_rate_limited
+from pacer.service.http import exchange
+from pacer.service.limiter import Limiter
+from pacer.service.stats import UpstreamStats
+from pacer.spool.jobs import Request
 
-log = structlog.get_logger("pacer.upstream")
+log = structlog.get_logger("pacer.service.upstream")
 
-MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 # 429s in a row at min_limit before the breaker opens (reason rate_limited_at_min).
 RATE_LIMITED_AT_MIN_TRIP = 5
 BREAKER_MAX_COOLDOWN = 5.0
@@ -62,35 +68,6 @@ def make_limit(cfg: UpstreamConfig) -> Limit:
         return FixedLimit(cfg.initial_limit)
     return AimdLimit(AimdSettings(initial_limit=cfg.initial_limit, min_limit=cfg.min_limit,
                                   max_limit=cfg.max_limit))
-
-
-def build_client(cfg: UpstreamConfig, api_key: str | None) -> httpx.AsyncClient:
-    """The upstream's one client: pool sized to the highest limit, no redirects
-    (they could lead a request off its upstream), auth header set here only."""
-    headers = dict(cfg.headers)
-    if api_key:
-        headers[cfg.auth_header] = cfg.auth_format.replace("{key}", api_key)
-    return httpx.AsyncClient(
-        base_url=cfg.base_url,
-        headers=headers,
-        timeout=httpx.Timeout(cfg.timeout, connect=cfg.connect_timeout),
-        limits=httpx.Limits(max_connections=cfg.max_limit,
-                            max_keepalive_connections=cfg.max_limit),
-        follow_redirects=False,
-        http2=cfg.http2,
-        trust_env=False,
-    )
-
-
-def _decode_body(data: bytes, content_type: str) -> Any:
-    if not data:
-        return None
-    if "json" in content_type or data[:1] in (b"{", b"["):
-        try:
-            return json.loads(data)
-        except (ValueError, RecursionError):
-            pass
-    return data.decode("utf-8", errors="replace")
 
 
 class Upstream:
@@ -288,7 +265,8 @@ class Upstream:
                 return _REVOKED
             slot.start = self.clock()  # the rtt leaves the pacing wait out
             slot.inflight = max(1, self.limiter.inflight - self.gate.waiting)
-            status, headers, body, error, message = await self._exchange(req)
+            status, headers, body, error, message = await exchange(
+                self.client, req, self.cfg.timeout)
             info = (parse_rate_limit_headers(headers, self.wall_clock())
                     if headers is not None else RateLimitInfo())
             if status == 403 and is_rate_limited(status, info):
@@ -319,47 +297,6 @@ class Upstream:
             if self.on_attempt is not None:
                 self.on_attempt(self.name, self.clock() - slot.start, verdict.reason)
             return _Tried(status, headers, body, verdict, message, info)
-
-    async def _exchange(self, req: Request) -> tuple[
-            int | None, httpx.Headers | None, Any, BaseException | Verdict | None, str | None]:
-        """Send and read the whole answer, under one deadline (httpx's timeouts are
-        per read: a body trickling in byte by byte would never trip them)."""
-        status: int | None = None
-        headers: httpx.Headers | None = None
-        with trio.move_on_after(self.cfg.timeout) as scope:
-            try:
-                request = self.client.build_request(
-                    req.method, req.url, headers=req.headers,
-                    json=req.body if req.body is not None else None)
-            except (ValueError, UnicodeError, httpx.HTTPError) as exc:
-                # Validation should have caught it: final, and says nothing about load.
-                return (None, None, None,
-                        Verdict(Outcome.IGNORE, "invalid_request", retry=False, failure=False),
-                        f"cannot send: {type(exc).__name__}: {exc}")
-            try:
-                response = await self.client.send(request, stream=True)
-                try:
-                    status, headers = response.status_code, response.headers
-                    data = bytearray()
-                    async for chunk in response.aiter_bytes():
-                        data += chunk
-                        if len(data) > MAX_RESPONSE_BYTES:
-                            return (None, headers, None,
-                                    Verdict(Outcome.IGNORE, "response_too_large", retry=False,
-                                            failure=False),
-                                    f"response body larger than {MAX_RESPONSE_BYTES} bytes")
-                    return (status, headers,
-                            _decode_body(bytes(data), headers.get("content-type", "")),
-                            None, None)
-                finally:
-                    await response.aclose()
-            except httpx.HTTPError as exc:
-                text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                return None, None, None, exc, text
-        assert scope.cancelled_caught
-        return (None, None, None, httpx.ReadTimeout("attempt exceeded the timeout"),
-                f"no complete answer within {self.cfg.timeout} s")
-
 
 class _Revoked:
     """What ``_attempt`` answers when the breaker opened while the attempt waited."""

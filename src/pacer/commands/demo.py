@@ -20,9 +20,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pacer.config import load_config
-from pacer.spool import Spool
+from pacer.spool.folders import Spool
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _wait_listening(proc: subprocess.Popen[str], timeout: float = 10.0) -> dict[str, Any]:

@@ -8,9 +8,9 @@ import structlog
 import trio
 
 from pacer.config import Config, ConfigError
-from pacer.daemon import Daemon
 from pacer.logs import configure_logging
-from pacer.spool import SpoolLocked
+from pacer.service.daemon import Daemon
+from pacer.spool.folders import SpoolLocked
 
 
 def run_daemon(config: Config, *, drain: bool = False, log_format: str = "json",

@@ -29,7 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pacer.config import Config
-from pacer.spool import Spool
+from pacer.spool.folders import Spool
 
 # The daemon rewrites the state file every state_interval; this much extra delay
 # still counts as fresh (a busy disk, a slow fsync).

@@ -31,7 +31,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from pacer.ratelimit_headers import RateLimitInfo
+from pacer.control.ratelimit_headers import RateLimitInfo
 
 __all__ = [
     "RETRYABLE_STATUSES",

@@ -1,6 +1,6 @@
 """The pacing gate of one upstream: decides *when* the next attempt may start.
 
-The concurrency limit (:mod:`pacer.limit`, :mod:`pacer.limiter`) bounds how many
+The concurrency limit (:mod:`pacer.control.limit`, :mod:`pacer.service.limiter`) bounds how many
 attempts are in flight; this module bounds how fast they *start*. Two parts:
 
 - :class:`Pacer`, a pure core: no I/O, no clock of its own, every call takes ``now``
@@ -97,7 +97,7 @@ from typing import Generic, Literal, TypeVar
 
 import trio
 
-from pacer.ratelimit_headers import Quota, RateLimitInfo, parse_rate_limit_headers
+from pacer.control.ratelimit_headers import Quota, RateLimitInfo, parse_rate_limit_headers
 
 __all__ = [
     "Cause",
@@ -184,7 +184,7 @@ RateHook = Callable[[RateChange], None]
 
 
 class _Hooks(Generic[E]):
-    """Change-hook plumbing, as :class:`pacer.limit.HookList`."""
+    """Change-hook plumbing, as :class:`pacer.control.limit.HookList`."""
 
     def __init__(self) -> None:
         self._hooks: list[Callable[[E], None]] = []

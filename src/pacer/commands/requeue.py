@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from pacer.config import Config
-from pacer.jobs import BadRequest, JobFileError, UpstreamView, iter_jsonl, read_single
-from pacer.spool import JOB_SUFFIXES, Spool, job_stem
+from pacer.spool.folders import JOB_SUFFIXES, Spool, job_stem
+from pacer.spool.jobs import BadRequest, JobFileError, UpstreamView, iter_jsonl, read_single
 
 _REQUEUED = re.compile(r"\.requeue-\d+(~\d+)?$")
 

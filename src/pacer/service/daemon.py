@@ -9,7 +9,7 @@ Structure (one Trio nursery):
 - each *job* task validates its file, then streams its requests, one task per
   request, bounded by ``max_pending_requests`` so a huge spool is never loaded
   into memory at once;
-- each request goes through its :class:`~pacer.upstream.Upstream` (limit,
+- each request goes through its :class:`~pacer.service.upstream.Upstream` (limit,
   breaker, retries) and ends as exactly one result line;
 - the *state writer* rewrites ``state.json`` for ``pacer status`` about once a
   second, and the signal task turns SIGTERM/SIGINT into a graceful stop (a second
@@ -37,7 +37,13 @@ import trio
 
 from pacer import __version__
 from pacer.config import Config, ConfigError, UpstreamConfig, load_config, read_api_key
-from pacer.jobs import (
+from pacer.logs import configure_logging, register_secret
+from pacer.service.http import build_client
+from pacer.service.metrics import Metrics
+from pacer.service.systemd import Notifier, watchdog_loop
+from pacer.service.upstream import Answer, Upstream
+from pacer.spool.folders import Spool, job_stem, write_durable
+from pacer.spool.jobs import (
     BadRequest,
     Bounded,
     JobFileError,
@@ -47,14 +53,9 @@ from pacer.jobs import (
     read_single,
     validate_jsonl,
 )
-from pacer.logs import configure_logging, register_secret
-from pacer.metrics import Metrics
-from pacer.results import JobResults, ResultWriter, result_line
-from pacer.spool import Spool, job_stem, write_durable
-from pacer.systemd import Notifier, watchdog_loop
-from pacer.upstream import Answer, Upstream, build_client
+from pacer.spool.results import JobResults, ResultWriter, result_line
 
-log = structlog.get_logger("pacer.daemon")
+log = structlog.get_logger("pacer.service.daemon")
 
 READ_BATCH = 256  # request lines read per thread hop
 # Errors that say the spool's disk is in trouble (and may recover), not the job.

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 from pacer.config import Config
-from pacer.spool import Spool, job_stem
+from pacer.spool.folders import Spool, job_stem
 
 
 def _with_upstream(data: bytes, name: str, upstream: str) -> bytes:

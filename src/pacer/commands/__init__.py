@@ -1,0 +1,1 @@
+"""The command-line commands other than ``run``: submit, status, requeue, demo, plot."""

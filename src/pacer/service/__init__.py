@@ -1,0 +1,1 @@
+"""The long-running service: upstream senders, the daemon that wires them, systemd."""

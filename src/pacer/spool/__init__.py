@@ -1,0 +1,1 @@
+"""The spool: folders, claims and durable moves, job files, and result files."""
