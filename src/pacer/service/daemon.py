@@ -42,6 +42,7 @@ from pacer.service.http import build_client
 from pacer.service.metrics import Metrics
 from pacer.service.systemd import Notifier, watchdog_loop
 from pacer.service.upstream import Answer, Upstream
+from pacer.spool.access import Identity, explain_unreadable
 from pacer.spool.folders import Spool, job_stem, write_durable
 from pacer.spool.jobs import (
     BadRequest,
@@ -61,6 +62,16 @@ READ_BATCH = 256  # request lines read per thread hop
 # Errors that say the spool's disk is in trouble (and may recover), not the job.
 DISK_TROUBLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES,
                           errno.EPERM, errno.ENOMEM})
+
+
+def _why_unreadable(path: os.PathLike[str]) -> str:
+    """What to change about a job file this process may not open (dropped by hand)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return "it vanished"
+    return explain_unreadable(Identity(st.st_uid, st.st_gid), st.st_mode,
+                              Identity(os.geteuid(), os.getegid()), os.path.basename(path))
 
 
 @dataclass(eq=False)
@@ -347,6 +358,9 @@ class Daemon:
         path = self.spool.folder("active") / job.name
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except PermissionError as exc:
+            raise JobFileError("unreadable", f"cannot open the job file: {exc.strerror}: "
+                               f"{_why_unreadable(path)}") from None
         except OSError as exc:
             raise JobFileError("unreadable", f"cannot open the job file: {exc.strerror}") from None
         st = os.fstat(fd)
