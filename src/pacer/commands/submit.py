@@ -105,7 +105,7 @@ def submit(config: Config, paths: list[str], *, upstream: str | None = None,
         try:
             given = spool.submit(data, job_name)
         except NotReadableByService as exc:
-            print(f"pacer submit: {job_name}: refused: {exc}", file=sys.stderr)
+            print(f"pacer submit: {job_name}: refused: {exc.strerror}", file=sys.stderr)
             return EXIT_REFUSED
         except PermissionError as exc:
             print(_no_access(spool, exc), file=sys.stderr)

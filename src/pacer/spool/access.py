@@ -10,6 +10,7 @@ open anyway (dropped by hand), :func:`explain_unreadable` says exactly what to c
 
 from __future__ import annotations
 
+import errno
 import grp
 import os
 import pwd
@@ -28,8 +29,12 @@ class Identity:
     gid: int
 
 
-class NotReadableByService(Exception):
-    """The job file could not be made readable by the daemon; the message says why."""
+class NotReadableByService(PermissionError):
+    """The job file could not be made readable by the daemon; ``strerror`` says why.
+    A PermissionError, so that callers that report OS errors report this one too."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EACCES, message)
 
 
 def user_name(uid: int) -> str:
