@@ -132,7 +132,11 @@ def rootfs() -> Path:
                      SUITE, str(building), MIRROR], timeout=900)
         if done.returncode != 0:
             raise Skipped(f"debootstrap failed: {done.stdout[-800:]}{done.stderr[-800:]}")
-        building.rename(root)
+        try:
+            building.rename(root)
+        except OSError:
+            if not (root / "etc" / "os-release").exists():  # not a concurrent run's
+                raise
     finally:
         if building.exists():
             shutil.rmtree(building, ignore_errors=True)
@@ -252,12 +256,12 @@ def readme_blocks() -> list[list[str]]:
     return [[line for line in b.splitlines() if line.strip()] for b in blocks]
 
 
-def run_readme_block(box: Container, lines: list[str], *, stop_before: str,
-                     env: dict[str, str]) -> list[str]:
+def run_readme_block(box: Container, lines: list[str], *, env: dict[str, str],
+                     stop_before: str | None = None) -> list[str]:
     """Run ``lines`` verbatim as root in the checkout until one starts with ``stop_before``;
     returns the rest. ``journalctl -f`` (it never ends) is the one line not run."""
     for i, line in enumerate(lines):
-        if line.startswith(stop_before):
+        if stop_before is not None and line.startswith(stop_before):
             return lines[i:]
         if re.search(r"journalctl .*-f\b", line):
             continue
@@ -540,8 +544,7 @@ def bad_config_stops(box: Container, unit: str, config: str) -> None:
 def template_instance(run: Run, block: list[str]) -> None:
     """pacer@.service from the README's second block, then the same checks."""
     box = run.box
-    rest = run_readme_block(box, block, stop_before="\0", env={"OPENAI_API_KEY": run.key})
-    expect(rest == [], "unexpected")
+    run_readme_block(box, block, env={"OPENAI_API_KEY": run.key})
     unit = box.out("systemctl list-units --no-legend --plain 'pacer@*' | awk '{print $1}'")
     expect(unit.startswith("pacer@") and "\n" not in unit, f"instance units: {unit!r}")
     name = unit.removeprefix("pacer@").removesuffix(".service")
@@ -657,6 +660,9 @@ def main() -> int:
     except Skipped as exc:
         say(f"SKIPPED: the systemd integration test: {exc}")
         return SKIP
+    except KeyboardInterrupt as exc:
+        say(f"INTERRUPTED ({exc or 'SIGINT'}): the container is stopped and removed")
+        return 130
     finally:
         signal.alarm(0)
     total = time.monotonic() - t0
