@@ -624,9 +624,9 @@ def diagnostics(box: Container) -> None:
         say(f"--- {script}\n{done.stdout}{done.stderr}")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.parse_args()
+    parser.parse_args(argv)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -634,8 +634,8 @@ def main() -> int:
     def on_deadline(_signum: int, _frame: FrameType | None) -> None:
         raise TimeoutError(f"the whole run took more than {DEADLINE_S} s")
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGALRM, on_deadline)
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    old_alarm = signal.signal(signal.SIGALRM, on_deadline)
     signal.alarm(DEADLINE_S)
     t0 = time.monotonic()
     try:
@@ -665,6 +665,8 @@ def main() -> int:
         return 130
     finally:
         signal.alarm(0)
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGALRM, old_alarm)
     total = time.monotonic() - t0
     say(f"PASS - pacer under systemd: {len(run.timings)} checks, {total:.0f} s in all")
     return 0

@@ -17,6 +17,7 @@ import pytest
 DRIVER = Path(__file__).resolve().parent / "driver.py"
 sys.path.insert(0, str(DRIVER.parent))
 
+import driver  # noqa: E402
 from driver import SKIP, readme_blocks  # noqa: E402
 
 
@@ -51,6 +52,18 @@ def test_example_config_reads_the_credential_the_unit_passes() -> None:
     assert active == ['api_key_file = "api-key"']
     assert 'dir = "/var/lib/pacer"' in config
     assert "LoadCredential=api-key:/etc/pacer/api-key" in unit
+
+
+def test_without_root_the_driver_skips_and_says_why(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(driver.os, "geteuid", lambda: 1000)
+    booted = []
+    monkeypatch.setattr(driver, "booted", lambda *a: booted.append(a))
+
+    assert driver.main([]) == SKIP
+
+    assert "SKIPPED: the systemd integration test: needs root" in capsys.readouterr().out
+    assert booted == []
 
 
 @pytest.mark.skipif(os.environ.get("PACER_SYSTEMD_IT") != "1",
