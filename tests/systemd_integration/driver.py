@@ -623,11 +623,17 @@ def scenario(box: Container) -> Run:
              lambda: graceful_stop(run, "pacer.service", SPOOL, CONFIG))
     run.step("root submit: group pacer 0640; a hand-dropped 0600 file's error says the fix",
              lambda: root_submit_and_hand_drop(box, "pacer.service", SPOOL, CONFIG))
-    run.step("stop again", lambda: box.sh("systemctl stop pacer", timeout=90) and None)
+    run.step("stop again", lambda: stop(box, "pacer.service"))
     run.step("bad config: failed with status 2, no restart loop",
              lambda: bad_config_stops(box, "pacer.service", CONFIG))
     run.step("pacer@.service as the README says", lambda: template_instance(run, template))
     return run
+
+
+def stop(box: Container, unit: str) -> None:
+    box.sh(f"systemctl stop {unit}", timeout=90)
+    p = box.show(unit, "ActiveState", "ExecMainStatus")
+    expect(p == {"ActiveState": "inactive", "ExecMainStatus": "0"}, f"{unit} stopped: {p}")
 
 
 def diagnostics(box: Container) -> None:
