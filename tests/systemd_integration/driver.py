@@ -518,8 +518,9 @@ def graceful_stop(run: Run, unit: str, spool: str, config: str) -> None:
     """A request in flight on SIGTERM is finished, its result written, exit 0."""
     box = run.box
     put_file(box, "/root/slow.json", job_lines("slow", 1, upstream="slow").strip() + "\n")
+    in_service = mock_stats(box, run.slow_port)["in_service"]
     box.out(f"pacer submit --config {config} /root/slow.json")
-    wait_until(lambda: mock_stats(box, run.slow_port)["in_service"] >= 1, 30,
+    wait_until(lambda: mock_stats(box, run.slow_port)["in_service"] > in_service, 30,
                "the slow request in flight")
     t0 = time.monotonic()
     box.sh(f"systemctl stop {unit}", timeout=90)
@@ -534,6 +535,26 @@ def graceful_stop(run: Run, unit: str, spool: str, config: str) -> None:
     expect(bool(pacer_events(box, unit, "daemon.stopped")), "no daemon.stopped")
     say(f"#   stop took {took:.1f} s with a {SLOW_LATENCY_S:.0f} s request in flight; "
         "its result is 200, exit 0")
+
+
+def crash_restarts(run: Run, unit: str, spool: str, config: str) -> None:
+    """Exit 2 is the only status kept from restarting: a SIGKILL mid-request is restarted
+    after RestartSec=, and the job left in active/ ends with exactly one result line."""
+    box = run.box
+    put_file(box, "/root/crash.json", job_lines("crash", 1, upstream="slow").strip() + "\n")
+    in_service = mock_stats(box, run.slow_port)["in_service"]
+    box.out(f"pacer submit --config {config} /root/crash.json")
+    wait_until(lambda: mock_stats(box, run.slow_port)["in_service"] > in_service, 30,
+               "the request in flight")
+    before = box.show(unit, "MainPID", "NRestarts")
+    box.sh(f"systemctl kill --signal=KILL {unit}")
+    wait_until(lambda: box.show(unit, "NRestarts", "ActiveState")
+               == {"NRestarts": str(int(before["NRestarts"]) + 1), "ActiveState": "active"},
+               30, f"{unit} restarted after SIGKILL", interval=0.5)
+    expect(box.show(unit, "MainPID")["MainPID"] != before["MainPID"], "same PID")
+    job_done(box, spool, "crash.json", timeout=60)
+    check_results(box, spool, "crash", 1)
+    expect(bool(pacer_events(box, unit, "job.resumed")), "no job.resumed after the restart")
 
 
 def bad_config_stops(box: Container, unit: str, config: str) -> None:
@@ -623,6 +644,8 @@ def scenario(box: Container) -> Run:
              lambda: graceful_stop(run, "pacer.service", SPOOL, CONFIG))
     run.step("root submit: group pacer 0640; a hand-dropped 0600 file's error says the fix",
              lambda: root_submit_and_hand_drop(box, "pacer.service", SPOOL, CONFIG))
+    run.step("a crash mid-request is restarted; the job resumes, one result",
+             lambda: crash_restarts(run, "pacer.service", SPOOL, CONFIG))
     run.step("stop again", lambda: stop(box, "pacer.service"))
     run.step("bad config: failed with status 2, no restart loop",
              lambda: bad_config_stops(box, "pacer.service", CONFIG))
