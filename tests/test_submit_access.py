@@ -194,7 +194,7 @@ def test_a_stranger_is_refused_with_what_to_do(shared: SharedSpool) -> None:
     assert done.returncode == 2
     assert done.stdout == ""
     assert "permission denied" in done.stderr
-    assert f"members of group {group_name(SERVICE.gid)}" in done.stderr
+    assert f"members of the spool's group, {group_name(SERVICE.gid)}" in done.stderr
     assert "Traceback" not in done.stderr
     assert incoming(shared) == []
 
@@ -240,3 +240,24 @@ def test_the_daemon_says_what_to_change_about_a_file_dropped_by_hand(
     assert "Permission denied" in error["message"]
     assert "owned by root:root with mode 0600" in error["message"]
     assert f"chgrp {group} dropped.json && chmod g+r dropped.json" in error["message"]
+
+
+@needs_root
+def test_a_stranger_outside_a_nested_spool_is_told_its_group(shared: SharedSpool) -> None:
+    """An instance's spool sits inside the service's 0750 folder, out of a stranger's
+    sight: the message still names the group to join (from the nearest visible folder)."""
+    outer = shared.root / "outer"
+    outer.mkdir(mode=0o750)
+    os.chown(outer, SERVICE.uid, SERVICE.gid)
+    nested = Spool(outer / "instance")
+    nested.ensure()
+    for path in [nested.root, *nested.root.iterdir()]:
+        os.chown(path, SERVICE.uid, SERVICE.gid)
+    shared.config.write_text(f'[spool]\ndir = "{nested.root}"\n\n[upstreams.default]\n'
+                             'base_url = "http://127.0.0.1:9"\n')
+
+    done = submit_as(shared, STRANGER, [], "job.json")
+
+    assert done.returncode == 2
+    assert f"members of the spool's group, {group_name(SERVICE.gid)}" in done.stderr
+    assert os.listdir(nested.folder("incoming")) == []

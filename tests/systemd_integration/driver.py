@@ -491,7 +491,7 @@ def stranger_refused(box: Container, config: str) -> None:
                   check=False)
     expect(done.returncode == 2, f"a non-member's submit exited {done.returncode}")
     expect(done.stdout == "", f"a refused submit printed {done.stdout!r}")
-    expect("members of group pacer" in done.stderr, done.stderr)
+    expect("members of the spool's group, pacer" in done.stderr, done.stderr)
 
 
 def root_submit_and_hand_drop(box: Container, unit: str, spool: str, config: str) -> None:
@@ -594,7 +594,11 @@ def template_instance(run: Run, block: list[str]) -> None:
     json_logs(box, unit)
     exposure(box, unit)
     secret_kept(box, run.key, spool)
+    stranger_refused(box, config)
     graceful_stop(run, unit, spool, config)
+    root_submit_and_hand_drop(box, unit, spool, config)
+    crash_restarts(run, unit, spool, config)
+    stop(box, unit)
     bad_config_stops(box, unit, config)
 
 

@@ -55,12 +55,17 @@ def _stdin_name(data: bytes) -> str:
 def _no_access(spool: Spool, exc: PermissionError) -> str:
     """Why a submitter may not write into the spool, and what to do about it."""
     where = exc.filename or spool.root
-    try:
-        group = group_name(os.stat(spool.root).st_gid)
-    except OSError:
-        group = "the spool's group"
+    group = "GROUP"
+    # The spool itself may be out of sight (inside another 0750 folder, as an instance's
+    # spool is): its nearest visible ancestor shows the group.
+    for path in (spool.root, *spool.root.parents):
+        try:
+            group = group_name(os.stat(path).st_gid)
+            break
+        except OSError:
+            continue
     return (f"pacer submit: cannot write into the spool ({where}: permission denied): "
-            f"jobs are submitted by root or by members of group {group} "
+            f"jobs are submitted by root or by members of the spool's group, {group} "
             f"(usermod -aG {group} USER, then log in again)")
 
 
