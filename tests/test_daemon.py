@@ -653,3 +653,24 @@ async def test_api_key_is_sent_as_bearer_and_never_leaks(
     for where, text in texts.items():
         assert key not in text, f"the API key leaked into {where}"
     assert spool.jobs("rejected") == ["nope.json", "steal.json"]
+
+
+async def test_reload_adds_an_upstream_whose_client_was_injected(
+        virtual_clock: MockClock, make_config: MakeConfig, spool: SpoolHelper) -> None:
+    # Was: KeyError in apply_config, since an injected client was never looked up
+    # for an upstream that the reload added.
+    default, second = Recorder(), Recorder()
+    path = make_config()
+    daemon = Daemon(load_config(path), drain=False, notifier=Notifier(None),
+                    clients={"default": default.client(), "second": second.client()})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        make_config(upstreams={"second": {"base_url": BASE_URL}})
+        await daemon.reload()
+        assert sorted(daemon.upstreams) == ["default", "second"]
+        spool.drop("one.json", req("r1", upstream="second"))
+        with trio.fail_after(VIRTUAL_TIMEOUT):
+            while spool.names("done") != ["one.json"]:
+                await trio.sleep(TICK)
+        daemon.request_stop("test")
+    assert len(second.seen) == 1 and default.seen == []

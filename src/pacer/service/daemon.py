@@ -558,7 +558,8 @@ class Daemon:
         for name in changed:
             self.upstreams[name].reconfigure(new.upstreams[name], clients.get(name))
         for name in added:
-            self.upstreams[name] = self._new_upstream(new.upstreams[name], clients[name])
+            client = clients.get(name) or self._given_clients[name]
+            self.upstreams[name] = self._new_upstream(new.upstreams[name], client)
         # Removed upstreams keep serving requests already queued for them; new
         # requests naming them are refused by validation.
         # Settings read once at start: say so rather than ignore the change silently.
