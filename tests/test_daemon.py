@@ -674,3 +674,38 @@ async def test_reload_adds_an_upstream_whose_client_was_injected(
                 await trio.sleep(TICK)
         daemon.request_stop("test")
     assert len(second.seen) == 1 and default.seen == []
+
+
+async def test_a_failing_notify_socket_is_reported(
+        virtual_clock: MockClock, make_config: MakeConfig, spool: SpoolHelper,
+        captured: list[dict[str, Any]], tmp_path: Path) -> None:
+    # Was: sd_notify failures were counted by the notifier, never reported.
+    notifier = Notifier.from_environ({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
+    daemon = Daemon(load_config(make_config()), drain=True, notifier=notifier,
+                    clients={"default": Recorder().client()})
+    assert await run_daemon(daemon) == 0
+    failed = events(captured, "systemd.notify_failed")
+    assert len(failed) == 1 and failed[0]["log_level"] == "warning"
+    assert notifier.errors >= 2  # READY, STOPPING...: counted, reported once
+
+
+async def test_state_is_built_once_per_tick(
+        virtual_clock: MockClock, make_config: MakeConfig, spool: SpoolHelper,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Was: the state loop built the state twice per tick (file, then systemd STATUS).
+    calls = [0]
+    real = Daemon.state
+
+    def counting(self: Daemon) -> Any:
+        calls[0] += 1
+        return real(self)
+
+    monkeypatch.setattr(Daemon, "state", counting)
+    daemon = make_daemon(make_config(daemon={"state_interval": 1.0}), Recorder(), drain=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        start = calls[0]
+        await trio.sleep(10.5)
+        ticks = calls[0] - start
+        daemon.request_stop("test")
+    assert 9 <= ticks <= 12, ticks

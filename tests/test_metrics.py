@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from pacer.service.metrics import Metrics, parse_listen
@@ -218,3 +219,15 @@ def test_observe_attempt_is_cheap() -> None:
         metrics.observe_attempt("a", 0.001 * (i % 500), "ok")
     per_call = (time.perf_counter() - start) / n
     assert per_call < 50e-6, per_call
+
+
+def test_a_failing_snapshot_is_logged() -> None:
+    # Was: the scrape swallowed any error of the snapshot without a word.
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("dictionary changed size during iteration")
+
+    metrics = Metrics(broken, process_metrics=False)
+    with structlog.testing.capture_logs() as logs:
+        metrics.render()
+    failed = [e for e in logs if e["event"] == "metrics.snapshot_failed"]
+    assert len(failed) == 1 and "dictionary changed size" in failed[0]["error"]

@@ -94,6 +94,8 @@ class Daemon:
         self.drain = drain
         self.spool = Spool(config.spool.dir)
         self.notifier = notifier or Notifier.from_environ()
+        if self.notifier.on_error is None:
+            self.notifier.on_error = _notify_failed
         self.log_format = log_format
         self.log_level_override = log_level
         self._given_clients = dict(clients or {})
@@ -620,6 +622,7 @@ class Daemon:
             },
             "upstreams": ups,
             "spool_errors": dict(self.spool_errors),
+            "notify_errors": self.notifier.errors,
         }
 
     async def _write_state(self) -> None:
@@ -664,12 +667,18 @@ class Daemon:
                 self._disk_failed(exc, "state")
             else:
                 self._disk_recovered("state")
-            st = self.state()
+            st = self._last_state
             parts = [f"{n}: limit {u['limit']} inflight {u['inflight']} {u['breaker']}"
                      for n, u in st["upstreams"].items()]
             self.notifier.status(f"{st['jobs']['active']} active jobs, "
                                  f"{st['jobs']['pending_incoming']} queued; " + "; ".join(parts))
             await trio.sleep(self.config.daemon.state_interval)
+
+
+def _notify_failed(error: OSError) -> None:
+    log.warning("systemd.notify_failed", error=f"{type(error).__name__}: {error}",
+                message="systemd may miss READY, STATUS and WATCHDOG; later failures are "
+                "only counted (notify_errors in state.json)")
 
 
 def _round(value: float | None) -> float | None:

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIServer
 
+import structlog
 from prometheus_client import (
     CollectorRegistry,
     Histogram,
@@ -59,6 +60,8 @@ LATENCY_BUCKETS = (
     300.0,
 )
 BREAKER_STATES = ("closed", "open", "half_open")
+
+log = structlog.get_logger("pacer.service.metrics")
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -109,7 +112,8 @@ class StateCollector:
     def collect(self) -> Iterable[Metric]:
         try:
             state = self.snapshot() or {}
-        except Exception:  # a scrape must never take the daemon down
+        except Exception as exc:  # a scrape must never take the daemon down
+            log.exception("metrics.snapshot_failed", error=f"{type(exc).__name__}: {exc}")
             state = {}
         yield from self._upstreams(state.get("upstreams") or {})
         yield from self._jobs(state)
@@ -219,7 +223,8 @@ class StateCollector:
         if self.folders is not None:
             try:
                 counts = self.folders()
-            except OSError:
+            except OSError as exc:
+                log.warning("metrics.folders_failed", error=f"{type(exc).__name__}: {exc}")
                 counts = None
         if counts:
             fam = GaugeMetricFamily(
