@@ -25,6 +25,7 @@ from pacer.config import load_config
 from pacer.logs import configure_logging
 from pacer.mockapi import MockSettings, MockUpstream
 from pacer.service.daemon import Daemon
+from pacer.service.reporting import StateReporter
 from pacer.service.systemd import Notifier
 from pacer.spool.results import result_line
 
@@ -694,13 +695,13 @@ async def test_state_is_built_once_per_tick(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Was: the state loop built the state twice per tick (file, then systemd STATUS).
     calls = [0]
-    real = Daemon.state
+    real = StateReporter.state
 
-    def counting(self: Daemon) -> Any:
+    def counting(self: StateReporter) -> Any:
         calls[0] += 1
         return real(self)
 
-    monkeypatch.setattr(Daemon, "state", counting)
+    monkeypatch.setattr(StateReporter, "state", counting)
     daemon = make_daemon(make_config(daemon={"state_interval": 1.0}), Recorder(), drain=False)
     async with trio.open_nursery() as nursery:
         await nursery.start(daemon.run)
