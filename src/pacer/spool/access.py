@@ -114,3 +114,13 @@ def explain_unreadable(owner: Identity, mode: int, service: Identity, name: str)
     return (f"{have}: make job files readable by group {group} before moving them into "
             f"incoming/ (chgrp {group} {name} && chmod g+r {name}), or submit them with "
             "pacer submit, which does that")
+
+
+def why_unreadable(path: str | os.PathLike[str]) -> str:
+    """What to change about a job file this process (the daemon) may not open."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return "it vanished"
+    return explain_unreadable(Identity(st.st_uid, st.st_gid), st.st_mode,
+                              Identity(os.geteuid(), os.getegid()), os.path.basename(path))
