@@ -19,6 +19,7 @@ from pacer.service.daemon import Daemon
 from pacer.service.job_runner import READ_HIGH
 from pacer.service.scheduler import MIN_HEADROOM, JobQueue, Lane
 from pacer.service.systemd import Notifier
+from pacer.spool.folders import job_weight
 from pacer.spool.jobs import Request
 
 
@@ -167,3 +168,30 @@ async def test_requests_are_read_lazily(
     # Per job at most READ_HIGH wait for their turn; per upstream the limit is in
     # flight and a headroom waits for a slot.
     assert 10 < most <= 2 * READ_HIGH + 10 + MIN_HEADROOM, most
+
+
+@pytest.mark.parametrize(("name", "weight"), [
+    ("a.jsonl", 1.0), ("a.w4.jsonl", 4.0), ("a.w0.25.json", 0.25), ("a.w4~2.jsonl", 4.0),
+    ("a.w0.jsonl", 0.01), ("a.w999.jsonl", 100.0), ("w4.jsonl", 1.0), ("a.w4.txt", 1.0),
+    ("a.w4x.jsonl", 1.0), ("a.W4.jsonl", 1.0),
+])
+def test_weight_from_the_name(name: str, weight: float) -> None:
+    assert job_weight(name) == weight
+
+
+async def test_a_weighted_job_gets_its_share(
+        virtual_clock: MockClock, make_config: MakeConfig, spool: SpoolHelper) -> None:
+    config = fair_config(make_config)
+    spool.drop("heavy.w3.jsonl", [req(f"h{i}") for i in range(300)])
+    spool.drop("plain.jsonl", [req(f"p{i}") for i in range(300)])
+    daemon = Daemon(load_config(config), drain=False, notifier=Notifier(None),
+                    clients={"default": capped_client()})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        await wait_done(spool, "heavy.w3.jsonl")
+        plain_answered = len((spool.root / "results" / ".plain.jsonl.part")
+                             .read_bytes().splitlines())
+        await wait_done(spool, "plain.jsonl")
+        daemon.request_stop("test")
+    # 3 to 1: when the heavy job's 300 are done, about 100 of the plain one's are.
+    assert 70 <= plain_answered <= 140, plain_answered

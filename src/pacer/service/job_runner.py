@@ -25,7 +25,7 @@ from pacer.service.summary import RunSummary
 from pacer.service.upstream import Answer, Upstream
 from pacer.spool import claimed as claimed_mod
 from pacer.spool.claimed import ClaimedJob
-from pacer.spool.folders import Spool, job_stem
+from pacer.spool.folders import Spool, job_stem, job_weight
 from pacer.spool.jobs import BadRequest, JobFileError, Request, UpstreamView
 from pacer.spool.results import JobResults, ResultWriter, result_line
 
@@ -132,11 +132,12 @@ class JobRunner:
             answered = job.results.answered
             job.succeeded = sum(1 for err in answered.values() if not err)
             job.failed = len(answered) - job.succeeded
+            weight = job_weight(job.name)
+            extra = {"weight": weight} if weight != 1.0 else {}
             if answered:
-                log.info("job.claimed", requests=job.requests, already_answered=len(answered))
-            else:
-                log.info("job.claimed", requests=job.requests)
-            queue = self.scheduler.open_job(job.name)
+                extra["already_answered"] = len(answered)
+            log.info("job.claimed", requests=job.requests, **extra)
+            queue = self.scheduler.open_job(job.name, weight)
             self._queues[job] = queue
             try:
                 await self._feed(job, queue, claimed)
