@@ -164,11 +164,14 @@ class JobRunner:
     async def _feed(self, job: Job, queue: JobQueue, claimed: ClaimedJob) -> None:
         """Read the requests lazily into the scheduler: at most READ_HIGH wait."""
         answered = job.results.answered
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not claimed.exhausted:
             if queue.count >= READ_LOW:
                 await queue.changed.wait()
                 continue
-            batch = await trio.to_thread.run_sync(claimed.read, READ_HIGH - queue.count)
+            if claimed.in_memory:  # a .json job: no thread hop for it
+                batch = claimed.read(READ_HIGH)
+            else:
+                batch = await trio.to_thread.run_sync(claimed.read, READ_HIGH - queue.count)
             if not batch:
                 break
             bad: list[BadRequest] = []
