@@ -19,8 +19,8 @@ from pacer.service.daemon import Daemon
 from pacer.service.job_runner import READ_HIGH
 from pacer.service.scheduler import MIN_HEADROOM, JobQueue, Lane
 from pacer.service.systemd import Notifier
-from pacer.spool.folders import job_weight
 from pacer.spool.jobs import Request
+from pacer.spool.names import job_weight
 
 
 def request(cid: str) -> Request:

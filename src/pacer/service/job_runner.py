@@ -25,8 +25,9 @@ from pacer.service.summary import RunSummary
 from pacer.service.upstream import Answer, Upstream
 from pacer.spool import claimed as claimed_mod
 from pacer.spool.claimed import ClaimedJob
-from pacer.spool.folders import Spool, job_stem, job_weight
+from pacer.spool.folders import Spool
 from pacer.spool.jobs import BadRequest, JobFileError, Request, UpstreamView
+from pacer.spool.names import job_stem, job_weight
 from pacer.spool.results import JobResults, ResultWriter, result_line
 
 log = structlog.get_logger("pacer.service.job_runner")
