@@ -17,7 +17,7 @@ from pacer.config import load_config
 from pacer.mockapi import MockSettings, MockUpstream, mock_transport
 from pacer.service.daemon import Daemon
 from pacer.service.job_runner import READ_HIGH
-from pacer.service.scheduler import MIN_HEADROOM, JobQueue, Lane
+from pacer.service.scheduler import MIN_HEADROOM, JobQueue, Lane, UpstreamLoad
 from pacer.service.systemd import Notifier
 from pacer.spool.jobs import Request
 from pacer.spool.names import job_weight
@@ -41,7 +41,7 @@ def drain(lane: Lane) -> Iterator[str]:
 
 
 def test_jobs_take_turns_whatever_their_size_and_order() -> None:
-    lane = Lane("default", lambda: (10, 0))
+    lane = Lane("default", lambda: UpstreamLoad(10, 0, 0))
     big, small = JobQueue("big"), JobQueue("small")
     fill(lane, big, 6)
     fill(lane, small, 2)
@@ -50,7 +50,7 @@ def test_jobs_take_turns_whatever_their_size_and_order() -> None:
 
 
 def test_a_job_arriving_later_is_served_in_the_next_round() -> None:
-    lane = Lane("default", lambda: (10, 0))
+    lane = Lane("default", lambda: UpstreamLoad(10, 0, 0))
     big, late = JobQueue("big"), JobQueue("late")
     fill(lane, big, 100)
     first = [lane.pop() for _ in range(50)]
@@ -61,7 +61,7 @@ def test_a_job_arriving_later_is_served_in_the_next_round() -> None:
 
 
 def test_weights_share_in_proportion() -> None:
-    lane = Lane("default", lambda: (10, 0))
+    lane = Lane("default", lambda: UpstreamLoad(10, 0, 0))
     heavy, light, slow = JobQueue("heavy", 2.0), JobQueue("light"), JobQueue("slow", 0.5)
     for queue in (heavy, light, slow):
         fill(lane, queue, 40)
@@ -71,7 +71,7 @@ def test_weights_share_in_proportion() -> None:
 
 
 def test_withdraw_takes_back_only_what_waits() -> None:
-    lane = Lane("default", lambda: (10, 0))
+    lane = Lane("default", lambda: UpstreamLoad(10, 0, 0))
     a, b = JobQueue("a"), JobQueue("b")
     fill(lane, a, 3)
     fill(lane, b, 2)
@@ -80,18 +80,21 @@ def test_withdraw_takes_back_only_what_waits() -> None:
 
 
 def test_a_lane_dispatches_only_while_few_wait_at_the_upstream() -> None:
-    load = [10, 0]  # limit, in flight
-    lane = Lane("default", lambda: (load[0], load[1]))
+    load = UpstreamLoad(limit=10, inflight=0, waiting=0)
+    lane = Lane("default", lambda: load)
     assert not lane.can_dispatch()  # nothing to send
     fill(lane, JobQueue("a"), 100)
-    lane.dispatched = MIN_HEADROOM - 1
     assert lane.can_dispatch()
-    lane.dispatched = MIN_HEADROOM  # all of them wait for a slot
+    load = UpstreamLoad(10, 10, MIN_HEADROOM)  # the limit is full and enough wait
     assert not lane.can_dispatch()
-    load[1] = 10  # ten of them got a slot
+    load = UpstreamLoad(64, 64, 63)  # the headroom grows with the limit
+    lane.dispatched = 64 + 63
     assert lane.can_dispatch()
-    load[0], lane.dispatched, load[1] = 64, 64 + 31, 64  # headroom grows with the limit
-    assert lane.can_dispatch()
+    # Requests in a retry's backoff or a breaker's cool-down wait for no slot: the
+    # lane still stops at twice the limit plus the headroom.
+    load = UpstreamLoad(10, 0, 0)
+    lane.dispatched = 2 * 10 + MIN_HEADROOM
+    assert not lane.can_dispatch()
 
 
 # ----------------------------------------------------------------------- the daemon
@@ -165,9 +168,9 @@ async def test_requests_are_read_lazily(
             assert await daemon.run() == 0
         nursery.cancel_scope.cancel()
     assert spool.jobs("done") == ["big.jsonl", "other.jsonl"]
-    # Per job at most READ_HIGH wait for their turn; per upstream the limit is in
-    # flight and a headroom waits for a slot.
-    assert 10 < most <= 2 * READ_HIGH + 10 + MIN_HEADROOM, most
+    # Per job at most READ_HIGH wait for their turn; per upstream at most twice the
+    # limit and a headroom are handed out.
+    assert 10 < most <= 2 * READ_HIGH + 2 * 10 + MIN_HEADROOM, most
 
 
 @pytest.mark.parametrize(("name", "weight"), [
