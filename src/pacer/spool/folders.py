@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pacer.spool.access import hand_over, spool_identity
 from pacer.spool.durable import TEMP_NAME, dumps_bytes, fsync_dir, write_durable
 from pacer.spool.names import JOB_SUFFIXES, job_stem, job_weight
 
@@ -261,11 +262,9 @@ class Spool:
         tmp = self.folder("tmp") / f".{uuid.uuid4().hex}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
-            # The daemon reads the file through the spool's group: hand it over when
-            # the submitter is a member (the spool has no setgid bit to do it).
-            spool_gid = os.stat(self.folder("incoming")).st_gid
-            if spool_gid != os.getegid() and spool_gid in os.getgroups():
-                os.fchown(fd, -1, spool_gid)
+            # The daemon reads the file as the spool's owner and group (the spool has no
+            # setgid bit): hand it over, or refuse rather than publish what it cannot read.
+            hand_over(fd, spool_identity(self.folder("incoming")))
             with os.fdopen(fd, "wb") as fh:
                 fd = -1  # the file object owns it now
                 fh.write(data)
