@@ -13,6 +13,18 @@ Scenarios (issue 11's targets):
 * ``adaptive``: pacer alone, adaptive, against a hidden cap of 600 (the server answers
   429 above it), 1 s latency; throughput once the cold start is over.
 
+Spool scenarios, the real daemon (``pacer run --drain``, limit pinned at 32, instant
+answers) in a process of its own, its CPU time from ``wait4``:
+
+* ``files``: 2000 single-request job files: files/s and CPU per file;
+* ``bigfiles``: 100,000 single-request job files, and ``bigjsonl``: one ``.jsonl`` of
+  100,000 lines: when the first request reached the server after the start, peak
+  resident memory (``ru_maxrss``), requests/s;
+* ``pickup``: an idle daemon; 20 files renamed into ``incoming/`` one at a time: how
+  long until each request reached the server (median, max).
+
+Every spool run checks that each request has exactly one result line.
+
 Contenders, each in a process of its own (CPU time is the process's, all threads):
 
 * ``httpx``: a bare loop of N Trio tasks on one ``httpx.AsyncClient`` (httpx 0.28);
@@ -38,6 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -75,6 +88,9 @@ SCENARIOS = {
                          adaptive=True, ideal=600.0),
 }
 CONTENDERS = ["httpx", "httpx-sharded", "httpx2", "aiohttp", "pacer"]
+SPOOL_SCENARIOS = {"files": ("json", 2000), "bigfiles": ("json", 100_000),
+                   "bigjsonl": ("jsonl", 100_000), "pickup": ("json", 20)}
+SPOOL_LIMIT = 32
 
 
 # ------------------------------------------------------------------ the clients
@@ -129,7 +145,11 @@ def run_trio_httpx(module_name: str, url: str, sc: Scenario, meter: Meter, out: 
         n = sc.inflight
         if sharded:
             from pacer.config import UpstreamConfig
-            from pacer.service.http import build_transport
+            if module_name == "httpx2":  # an exploration: pacer's shards on httpx2
+                sys.path.insert(0, "/tmp/h2s")
+                from http2mod import build_transport  # type: ignore
+            else:
+                from pacer.service.http import build_transport
             transport = build_transport(UpstreamConfig(name="b", base_url=url, max_limit=n))
             client = httpx.AsyncClient(base_url=url, transport=transport, timeout=60)
         else:
@@ -257,6 +277,7 @@ def client_main(contender: str, url: str, sc: Scenario) -> None:
             "httpx": lambda: run_trio_httpx("httpx", url, sc, meter, out),
             "httpx-sharded": lambda: run_trio_httpx("httpx", url, sc, meter, out, sharded=True),
             "httpx2": lambda: run_trio_httpx("httpx2", url, sc, meter, out),
+            "httpx2-sharded": lambda: run_trio_httpx("httpx2", url, sc, meter, out, sharded=True),
             "aiohttp": lambda: run_aiohttp(url, sc, meter, out),
             "pacer": lambda: run_pacer(url, sc, meter, out),
         }
@@ -346,6 +367,186 @@ def report(runs: list[Run]) -> str:
     return "\n".join(rows)
 
 
+
+# ------------------------------------------------------------ spool scenarios
+
+
+def pacer_command() -> list[str]:
+    script = Path(sys.executable).parent / "pacer"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "pacer"]
+
+
+def server_stats(url: str) -> dict[str, Any]:
+    import urllib.request
+    with urllib.request.urlopen(url + "/_stats", timeout=5) as r:
+        stats: dict[str, Any] = json.loads(r.read())
+        return stats
+
+
+def spool_config(root: Path, url: str) -> Path:
+    cfg = root / "pacer.toml"
+    cfg.write_text(f"""[spool]
+dir = "spool"
+
+[upstreams.default]
+base_url = "{url}"
+adaptive = false
+initial_limit = {SPOOL_LIMIT}
+max_limit = {SPOOL_LIMIT}
+""")
+    return cfg
+
+
+def job_line(custom_id: str) -> str:
+    return json.dumps({"custom_id": custom_id, "method": "POST", "url": CHAT, "body": BODY})
+
+
+def fill_spool(spool: Path, kind: str, count: int) -> None:
+    incoming = spool / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    if kind == "jsonl":
+        (incoming / "big.jsonl").write_text(
+            "".join(job_line(f"r{i}") + "\n" for i in range(count)))
+        return
+    for i in range(count):
+        (incoming / f"job-{i:06d}.json").write_text(job_line(f"r{i}"))
+
+
+def count_results(spool: Path) -> tuple[int, int]:
+    """(result lines, distinct custom_ids) over every results file."""
+    ids: list[str] = []
+    for path in (spool / "results").glob("*.jsonl"):
+        ids += [json.loads(line)["custom_id"] for line in path.read_text().splitlines()]
+    return len(ids), len(set(ids))
+
+
+def log_times(log: Path, event: str) -> list[float]:
+    from datetime import datetime
+    out = []
+    for line in log.read_text().splitlines():
+        if f'"{event}"' in line:
+            ts = json.loads(line)["timestamp"]
+            out.append(datetime.fromisoformat(ts).timestamp())
+    return out
+
+
+def run_drain(sc_name: str, url: str, root: Path) -> dict[str, Any]:
+    kind, count = SPOOL_SCENARIOS[sc_name]
+    cfg = spool_config(root, url)
+    spool = root / "spool"
+    fill_spool(spool, kind, count)
+    log = root / "pacer.log"
+    before = server_stats(url)["requests"]
+    with log.open("w") as out:
+        started = time.time()
+        proc = subprocess.Popen([*pacer_command(), "run", "--config", str(cfg), "--drain"],
+                                stdout=out, stderr=subprocess.STDOUT)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        ended = time.time()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stats = server_stats(url)
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"pacer exited {proc.returncode}: {log.read_text()[-2000:]}")
+    lines, distinct = count_results(spool)
+    claimed = log_times(log, "job.claimed")
+    completed = log_times(log, "job.completed")
+    busy = (max(completed) - min(claimed)) if claimed and completed else None
+    cpu = usage.ru_utime + usage.ru_stime
+    return {
+        "exit": proc.returncode, "requests": count, "result_lines": lines,
+        "distinct_ids": distinct, "sent": stats["requests"] - before,
+        "seconds": ended - started,
+        "per_s": count / (ended - started),
+        "per_s_busy": count / busy if busy else None,
+        "cpu_ms_per_request": 1000 * cpu / count,
+        "first_request_after_s": (stats["first_at"] - started
+                                  if before == 0 and stats["first_at"] else None),
+        "max_rss_mb": usage.ru_maxrss / 1024,
+    }
+
+
+def run_pickup(url: str, root: Path) -> dict[str, Any]:
+    cfg = spool_config(root, url)
+    spool = root / "spool"
+    (spool / "incoming").mkdir(parents=True, exist_ok=True)
+    log = root / "pacer.log"
+    latencies: list[float] = []
+    with log.open("w") as out:
+        proc = subprocess.Popen([*pacer_command(), "run", "--config", str(cfg)],
+                                stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 20
+            while '"daemon.started"' not in log.read_text():
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the daemon did not start")
+                time.sleep(0.05)
+            time.sleep(0.5)  # let the first scan and the watcher settle: idle now
+            _, count = SPOOL_SCENARIOS["pickup"]
+            for i in range(count):
+                seen = server_stats(url)["requests"]
+                tmp = spool / "tmp" / f"pick-{i}.json"
+                tmp.write_text(job_line(f"p{i}"))
+                t0 = time.time()
+                os.rename(tmp, spool / "incoming" / tmp.name)
+                limit = time.monotonic() + 10
+                while (stats := server_stats(url))["requests"] == seen:
+                    if time.monotonic() > limit:
+                        raise RuntimeError(f"pick-{i}.json was not sent within 10 s")
+                    time.sleep(0.002)
+                latencies.append(stats["last_at"] - t0)
+                time.sleep(0.3)  # idle again before the next one
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    lines, distinct = count_results(spool)
+    return {"requests": len(latencies), "result_lines": lines, "distinct_ids": distinct,
+            "median_ms": 1000 * statistics.median(latencies),
+            "max_ms": 1000 * max(latencies), "all_ms": [round(1000 * x, 1) for x in latencies]}
+
+
+def run_spool_scenario(name: str, runs: int) -> list[Run]:
+    import tempfile
+    out: list[Run] = []
+    server = Server(Scenario(name, SPOOL_LIMIT, 0.0, 0.0, 0.0))
+    try:
+        for i in range(runs):
+            run = Run(name, "pacer-daemon", load=os.getloadavg()[0])
+            with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
+                root = Path(tmp)
+                run.result = (run_pickup(server.url, root) if name == "pickup"
+                              else run_drain(name, server.url, root))
+            r = run.result
+            ok = r["result_lines"] == r["distinct_ids"] == r["requests"]
+            r["exactly_once"] = ok
+            print(f"{name} #{i + 1}: " + json.dumps(
+                {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
+                 if k != "all_ms"}), flush=True)
+            if not ok:
+                raise RuntimeError(f"{name}: results not exactly once: {r}")
+            out.append(run)
+    finally:
+        server.close()
+    return out
+
+
+def spool_report(runs: list[Run]) -> str:
+    rows = ["| scenario | files or lines/s (whole run) | /s first claim to last completion | "
+            "CPU ms per request | first request after | peak RSS MB | pick-up median / max ms "
+            "| load |", "|---|---|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r.scenario for r in runs):
+        mine = [r.result for r in runs if r.scenario == name]
+        loads = [r.load for r in runs if r.scenario == name]
+
+        def col(key: str, digits: int, rs: list[dict[str, Any]] = mine) -> str:
+            return spread([r[key] for r in rs if r.get(key) is not None], digits)
+
+        rows.append(f"| {name} | {col('per_s', 0)} | {col('per_s_busy', 0)} | "
+                    f"{col('cpu_ms_per_request', 2)} | {col('first_request_after_s', 2)} | "
+                    f"{col('max_rss_mb', 0)} | {col('median_ms', 1)} / {col('max_ms', 1)} | "
+                    f"{min(loads):.1f}–{max(loads):.1f} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", default="wide,fast,adaptive")
@@ -359,7 +560,11 @@ def main() -> None:
         client_main(args.client, args.url, SCENARIOS[args.scenario])
         return
     runs: list[Run] = []
+    spool_runs: list[Run] = []
     for name in args.scenario.split(","):
+        if name in SPOOL_SCENARIOS:
+            spool_runs += run_spool_scenario(name, args.runs)
+            continue
         sc = SCENARIOS[name]
         contenders = ["pacer"] if sc.adaptive else args.contenders.split(",")
         server = Server(sc)
@@ -375,8 +580,12 @@ def main() -> None:
                           f"load {run.load:.1f}", flush=True)
         finally:
             server.close()
-    print(report(runs))
-    (OUT / "speed_bench.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))
+    if runs:
+        print(report(runs))
+    if spool_runs:
+        print(spool_report(spool_runs))
+    (OUT / "speed_bench.json").write_text(json.dumps([asdict(r) for r in runs + spool_runs],
+                                                     indent=1))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ one pre-encoded answer); its own CPU time is read by the bench from
     python bench/speed_server.py --port 0 --latency 1.0 [--cap 600]
 
 prints ``listening PORT`` once it accepts connections. ``GET /_stats`` answers
-``{"requests": N, "rejected": N, "inflight": N}``.
+``{"requests": N, "rejected": N, "inflight": N, "first_at": T, "last_at": T}``
+(wall-clock arrival times of the first and the latest request).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import json
 import socket
+import time
 
 from aiohttp import web
 
@@ -38,8 +40,13 @@ class BenchApi:
         self.requests = 0
         self.rejected = 0
         self.inflight = 0
+        self.first_at: float | None = None  # wall clock of the first request's arrival
+        self.last_at: float | None = None
 
     async def answer(self, request: web.Request) -> web.Response:
+        self.last_at = time.time()
+        if self.first_at is None:
+            self.first_at = self.last_at
         await request.read()  # drain the body; keep-alive needs it consumed
         self.requests += 1
         if self.cap is not None and self.inflight >= self.cap:
@@ -57,7 +64,8 @@ class BenchApi:
 
     async def stats(self, _request: web.Request) -> web.Response:
         return web.json_response({"requests": self.requests, "rejected": self.rejected,
-                                  "inflight": self.inflight})
+                                  "inflight": self.inflight, "first_at": self.first_at,
+                                  "last_at": self.last_at})
 
 
 async def serve(port: int, latency: float, cap: int | None) -> None:
