@@ -145,11 +145,7 @@ def run_trio_httpx(module_name: str, url: str, sc: Scenario, meter: Meter, out: 
         n = sc.inflight
         if sharded:
             from pacer.config import UpstreamConfig
-            if module_name == "httpx2":  # an exploration: pacer's shards on httpx2
-                sys.path.insert(0, "/tmp/h2s")
-                from http2mod import build_transport  # type: ignore
-            else:
-                from pacer.service.http import build_transport
+            from pacer.service.http import build_transport
             transport = build_transport(UpstreamConfig(name="b", base_url=url, max_limit=n))
             client = httpx.AsyncClient(base_url=url, transport=transport, timeout=60)
         else:
@@ -277,7 +273,6 @@ def client_main(contender: str, url: str, sc: Scenario) -> None:
             "httpx": lambda: run_trio_httpx("httpx", url, sc, meter, out),
             "httpx-sharded": lambda: run_trio_httpx("httpx", url, sc, meter, out, sharded=True),
             "httpx2": lambda: run_trio_httpx("httpx2", url, sc, meter, out),
-            "httpx2-sharded": lambda: run_trio_httpx("httpx2", url, sc, meter, out, sharded=True),
             "aiohttp": lambda: run_aiohttp(url, sc, meter, out),
             "pacer": lambda: run_pacer(url, sc, meter, out),
         }
