@@ -149,8 +149,10 @@ class _Echo(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["content-length"]))
         payload = json.dumps({"got": json.loads(body), "port": self.client_address[1],
-                              "auth": self.headers.get("authorization")}).encode()
+                              "auth": self.headers.get("authorization"),
+                              "cookie": self.headers.get("cookie")}).encode()
         self.send_response(200)
+        self.send_header("set-cookie", "session=from-an-earlier-answer; Path=/")
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(payload)))
         self.end_headers()
@@ -185,6 +187,8 @@ async def test_exchange_over_sharded_pools_reuses_connections(echo_url: str) -> 
             assert (status, error) == (200, None)
             assert body["got"] == {"i": i}
             assert body["auth"] == "Bearer sk-test-key"
+            # A cookie set by an earlier answer (maybe another user's job) is not sent.
+            assert body["cookie"] is None
             ports.append(body["port"])
 
         for round_ in range(3):
