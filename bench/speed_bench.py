@@ -454,6 +454,7 @@ def run_drain(sc_name: str, url: str, root: Path) -> dict[str, Any]:
         "per_s": count / (ended - started),
         "per_s_busy": count / busy if busy else None,
         "cpu_ms_per_request": 1000 * cpu / count,
+        "sys_ms_per_request": 1000 * usage.ru_stime / count,
         "first_request_after_s": (stats["first_at"] - started
                                   if before == 0 and stats["first_at"] else None),
         "max_rss_mb": usage.ru_maxrss / 1024,

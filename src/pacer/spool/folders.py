@@ -228,6 +228,38 @@ class Spool:
         Returns the active name, or None if the file vanished or is no longer a
         regular file (it is then left where it is).
         """
+        claimed, error = self.claim_many([name])
+        if error is not None:
+            raise error
+        return claimed[0]
+
+    def claim_many(self, names: list[str]) -> tuple[list[str | None], OSError | None]:
+        """Claim ``names`` in order as :meth:`claim` does, with one fsync of each
+        folder for all of them: a burst of small jobs must not cost two fsyncs each.
+
+        Returns the claims made (the active name, or None) and the error that
+        stopped the batch, if any: the names after it were not tried. Every claim
+        returned is durable; on a failed fsync none is returned (those files stay
+        in ``active/`` and are resumed at the next start, as a claim that failed
+        after its rename always was).
+        """
+        claimed: list[str | None] = []
+        error: OSError | None = None
+        for name in names:
+            try:
+                claimed.append(self._move_in(name))
+            except OSError as exc:
+                error = exc
+                break
+        if any(c is not None for c in claimed):
+            try:
+                fsync_dir(self.folder("active"))
+                fsync_dir(self.folder("incoming"))
+            except OSError as exc:
+                return [], exc
+        return claimed, error
+
+    def _move_in(self, name: str) -> str | None:
         src = self.folder("incoming") / name
         if job_stem(name) is None:
             return None
@@ -242,8 +274,6 @@ class Spool:
             os.rename(src, self.folder("active") / target)
         except FileNotFoundError:
             return None
-        fsync_dir(self.folder("active"))
-        fsync_dir(self.folder("incoming"))
         return target
 
     def finish(self, name: str, folder: str) -> str:
