@@ -279,6 +279,14 @@ class Spool:
     def finish(self, name: str, folder: str) -> str:
         """Move ``active/name`` into ``folder`` (done, failed or rejected), never
         replacing a file already there; returns the name it got."""
+        target = self.move_out(name, folder)
+        fsync_dir(self.folder(folder))
+        fsync_dir(self.folder("active"))
+        return target
+
+    def move_out(self, name: str, folder: str) -> str:
+        """:meth:`finish` without the fsyncs: the caller fsyncs ``folder`` and
+        ``active/`` before it counts on the move (once for many moves)."""
         dest = self.folder(folder)
         stem = job_stem(name) or name
         suffix = name[len(stem):]
@@ -294,8 +302,6 @@ class Spool:
             n += 1
             target = f"{stem}~{n}{suffix}"
         os.rename(self.folder("active") / name, dest / target)
-        fsync_dir(dest)
-        fsync_dir(self.folder("active"))
         return target
 
     def write_error(self, name: str, info: dict[str, Any]) -> None:

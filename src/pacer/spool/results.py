@@ -128,14 +128,16 @@ class JobResults:
         finally:
             os.close(fd)
 
-    def publish(self) -> None:
-        """Make the results visible as ``STEM.jsonl`` (durably)."""
+    def publish(self, sync: bool = True) -> None:
+        """Make the results visible as ``STEM.jsonl`` (durably; with ``sync=False``
+        the caller fsyncs the folder, once for many jobs)."""
         if self._fh is None:
             return
         self._fh.close()
         self._fh = None
         os.rename(self.part, self.final)
-        fsync_dir(self.folder)
+        if sync:
+            fsync_dir(self.folder)
 
     def publish_partial(self) -> None:
         """Publish whatever the part file holds (a job that will not complete)."""
