@@ -18,6 +18,7 @@ import structlog
 import trio
 
 from pacer.config import Config
+from pacer.service.closer import JobCloser
 from pacer.service.disk import DISK_TROUBLE, DiskTrouble
 from pacer.service.intake import now_iso
 from pacer.service.scheduler import FairScheduler, JobQueue
@@ -70,6 +71,7 @@ class JobRunner:
         self.on_job_end = on_job_end
         self.jobs: dict[str, Job] = {}
         self._queues: dict[Job, JobQueue] = {}
+        self.closer = JobCloser(spool)
 
     def start(self, nursery: trio.Nursery, name: str) -> None:
         stem = job_stem(name) or name
@@ -152,9 +154,8 @@ class JobRunner:
             log.info("job.interrupted", requests=job.requests,
                      answered=job.succeeded + job.failed)
             return
-        await trio.to_thread.run_sync(job.results.publish)
         folder = "failed" if job.failed else "done"
-        final = await trio.to_thread.run_sync(self.spool.finish, job.name, folder)
+        final = await self.closer.close(job.results, job.name, folder)
         if folder == "failed":
             self.summary.jobs_failed += 1
         else:
