@@ -63,15 +63,25 @@ class ClaimedJob:
     _items: Iterator[Request | BadRequest] = field(default_factory=lambda: iter(()))
     _fh: IO[bytes] | None = None
     _jsonl: bool = False
+    exhausted: bool = False  # read through: nothing more will come
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether reading needs no I/O (a ``.json`` job is read whole at the claim)."""
+        return not self._jsonl
 
     def read(self, count: int) -> list[Request | BadRequest]:
         """The next ``count`` requests at most (fewer only at the end); in a ``.jsonl``
         each validated ``custom_id`` once: a file rewritten in place since validation
         must not send a line twice."""
         out: list[Request | BadRequest] = []
+        if not self._jsonl:  # one request, read whole at the claim
+            self.exhausted = True
+            return list(islice(self._items, count))
         while len(out) < count:
             batch = list(islice(self._items, count - len(out)))
             if not batch:
+                self.exhausted = True
                 break
             for item in batch:
                 if self._jsonl:
@@ -111,7 +121,7 @@ def claim_job_file(path: Path, stem: str, view: UpstreamView, *, max_bytes: int,
                               items, fh, _jsonl=True)
         single = read_single(fh.read(), stem, view)
         fh.close()  # read whole: no need to hold it open
-        return ClaimedJob(1, _items=iter([single]))
+        return ClaimedJob(1, _items=iter([single]))  # read() returns it, then nothing
     except BaseException:
         fh.close()
         raise
