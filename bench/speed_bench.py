@@ -42,7 +42,8 @@ time in it / those requests. The server (``bench/speed_server.py``, aiohttp on
 uvloop) runs in its own process; its CPU per request in the same window is reported
 so that it can be seen not to be the bottleneck. The load average at the start of
 each run is recorded: the machine may be shared. Results: a table on stdout and
-``bench/out/speed_bench.json``.
+``bench/out/speed_bench.json``. The loops' result lines go to ``bench/out/`` (with
+``SPEED_BENCH_NULL=1``: to ``/dev/null``).
 """
 
 from __future__ import annotations
