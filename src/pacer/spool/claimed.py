@@ -60,6 +60,11 @@ class ClaimedJob:
     _fh: IO[bytes] | None = None
     _jsonl: bool = False
 
+    @property
+    def in_memory(self) -> bool:
+        """Its requests are already parsed (a ``.json`` job): reading does no I/O."""
+        return self._fh is None
+
     def read(self, count: int) -> list[Request | BadRequest]:
         """The next ``count`` requests at most (fewer only at the end); in a ``.jsonl``
         each validated ``custom_id`` once: a file rewritten in place since validation
