@@ -9,7 +9,7 @@ from collections.abc import Callable
 import trio
 import trio.testing
 
-from pacer.service.scheduler import MIN_HEADROOM, FairScheduler, JobQueue
+from pacer.service.scheduler import MIN_HEADROOM, FairScheduler, JobQueue, UpstreamLoad
 from pacer.spool.jobs import Request
 
 
@@ -17,10 +17,15 @@ def request(i: int) -> Request:
     return Request(custom_id=f"r{i}", method="POST", url="/x", upstream="u")
 
 
+LIMIT = 1
+# What the lane lets be dispatched at once (none waiting for a slot).
+CAP = 2 * LIMIT + max(MIN_HEADROOM, LIMIT)
+
+
 async def run(answer_first: bool) -> tuple[int, int]:
-    """Push 3 x headroom requests to an upstream that has nothing in flight
-    (limit 1); each send blocks afterwards (a line waiting to be written). How
-    many were started, and how many once they are let go."""
+    """Push 3 x the lane's cap of requests to an upstream that has nothing in
+    flight; each send blocks afterwards (a line waiting to be written). How many
+    were started, and how many once they are let go."""
     started: list[str] = []
     release = trio.Event()
 
@@ -30,8 +35,8 @@ async def run(answer_first: bool) -> tuple[int, int]:
             answered()
         await release.wait()
 
-    scheduler = FairScheduler(send, lambda _up: (1, 0), slots=1000)
-    total = 3 * MIN_HEADROOM
+    scheduler = FairScheduler(send, lambda _up: UpstreamLoad(LIMIT, 0, 0), slots=1000)
+    total = 3 * CAP
     async with trio.open_nursery() as nursery:
         await nursery.start(scheduler.run)
         queue = scheduler.open_job("job")
@@ -49,11 +54,11 @@ async def run(answer_first: bool) -> tuple[int, int]:
 
 async def test_answered_requests_do_not_count_against_the_headroom() -> None:
     blocked, finally_started = await run(answer_first=True)
-    assert blocked == 3 * MIN_HEADROOM
-    assert finally_started == 3 * MIN_HEADROOM
+    assert blocked == 3 * CAP
+    assert finally_started == 3 * CAP
 
 
 async def test_requests_still_at_the_upstream_do() -> None:
     blocked, finally_started = await run(answer_first=False)
-    assert blocked == MIN_HEADROOM
-    assert finally_started == 3 * MIN_HEADROOM
+    assert blocked == CAP
+    assert finally_started == 3 * CAP

@@ -20,7 +20,8 @@ import trio
 from pacer.config import Config
 from pacer.service.disk import DISK_TROUBLE, DiskTrouble
 from pacer.service.summary import RunSummary
-from pacer.spool.folders import Spool, job_stem
+from pacer.spool.folders import Spool
+from pacer.spool.names import job_stem
 
 log = structlog.get_logger("pacer.service.intake")
 

@@ -26,8 +26,9 @@ from pacer.service.summary import RunSummary
 from pacer.service.upstream import Answer, Upstream
 from pacer.spool import claimed as claimed_mod
 from pacer.spool.claimed import ClaimedJob
-from pacer.spool.folders import Spool, job_stem
+from pacer.spool.folders import Spool
 from pacer.spool.jobs import BadRequest, JobFileError, Request, UpstreamView
+from pacer.spool.names import job_stem, job_weight
 from pacer.spool.results import JobResults, ResultWriter, result_line
 
 log = structlog.get_logger("pacer.service.job_runner")
@@ -134,11 +135,12 @@ class JobRunner:
             answered = job.results.answered
             job.succeeded = sum(1 for err in answered.values() if not err)
             job.failed = len(answered) - job.succeeded
+            weight = job_weight(job.name)
+            extra = {"weight": weight} if weight != 1.0 else {}
             if answered:
-                log.info("job.claimed", requests=job.requests, already_answered=len(answered))
-            else:
-                log.info("job.claimed", requests=job.requests)
-            queue = self.scheduler.open_job(job.name)
+                extra["already_answered"] = len(answered)
+            log.info("job.claimed", requests=job.requests, **extra)
+            queue = self.scheduler.open_job(job.name, weight)
             self._queues[job] = queue
             try:
                 await self._feed(job, queue, claimed)
@@ -164,15 +166,14 @@ class JobRunner:
     async def _feed(self, job: Job, queue: JobQueue, claimed: ClaimedJob) -> None:
         """Read the requests lazily into the scheduler: at most READ_HIGH wait."""
         answered = job.results.answered
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not claimed.exhausted:
             if queue.count >= READ_LOW:
                 await queue.changed.wait()
                 continue
-            want = READ_HIGH - queue.count
-            # A single-request job is parsed already: no thread hop for it (two per
-            # job were about a tenth of the CPU per file).
-            batch = (claimed.read(want) if claimed.in_memory
-                     else await trio.to_thread.run_sync(claimed.read, want))
+            if claimed.in_memory:  # a .json job: no thread hop for it
+                batch = claimed.read(READ_HIGH)
+            else:
+                batch = await trio.to_thread.run_sync(claimed.read, READ_HIGH - queue.count)
             if not batch:
                 break
             bad: list[BadRequest] = []

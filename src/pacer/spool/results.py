@@ -22,7 +22,8 @@ from typing import IO, Any
 
 import trio
 
-from pacer.spool.folders import fsync_dir, iter_result_ids
+from pacer.spool.durable import fsync_dir
+from pacer.spool.folders import iter_result_ids
 
 
 def result_line(custom_id: str, upstream: str | None, attempts: int, *,
