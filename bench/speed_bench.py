@@ -42,7 +42,8 @@ time in it / those requests. The server (``bench/speed_server.py``, aiohttp on
 uvloop) runs in its own process; its CPU per request in the same window is reported
 so that it can be seen not to be the bottleneck. The load average at the start of
 each run is recorded: the machine may be shared. Results: a table on stdout and
-``bench/out/speed_bench.json``.
+``bench/out/speed_bench.json``. The loops' result lines go to ``bench/out/`` (with
+``SPEED_BENCH_NULL=1``: to ``/dev/null``).
 """
 
 from __future__ import annotations
@@ -371,9 +372,10 @@ def pacer_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "pacer"]
 
 
-def server_stats(url: str) -> dict[str, Any]:
+def server_stats(url: str, reset: bool = False) -> dict[str, Any]:
     import urllib.request
-    with urllib.request.urlopen(url + "/_stats", timeout=5) as r:
+    with urllib.request.urlopen(url + "/_stats" + ("?reset" if reset else ""),
+                                timeout=5) as r:
         stats: dict[str, Any] = json.loads(r.read())
         return stats
 
@@ -431,7 +433,7 @@ def run_drain(sc_name: str, url: str, root: Path) -> dict[str, Any]:
     spool = root / "spool"
     fill_spool(spool, kind, count)
     log = root / "pacer.log"
-    before = server_stats(url)["requests"]
+    before = server_stats(url, reset=True)["requests"]
     with log.open("w") as out:
         started = time.time()
         proc = subprocess.Popen([*pacer_command(), "run", "--config", str(cfg), "--drain"],
@@ -455,8 +457,7 @@ def run_drain(sc_name: str, url: str, root: Path) -> dict[str, Any]:
         "per_s_busy": count / busy if busy else None,
         "cpu_ms_per_request": 1000 * cpu / count,
         "sys_ms_per_request": 1000 * usage.ru_stime / count,
-        "first_request_after_s": (stats["first_at"] - started
-                                  if before == 0 and stats["first_at"] else None),
+        "first_request_after_s": stats["first_at"] - started if stats["first_at"] else None,
         "max_rss_mb": usage.ru_maxrss / 1024,
     }
 

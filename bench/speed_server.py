@@ -11,7 +11,8 @@ one pre-encoded answer); its own CPU time is read by the bench from
 
 prints ``listening PORT`` once it accepts connections. ``GET /_stats`` answers
 ``{"requests": N, "rejected": N, "inflight": N, "first_at": T, "last_at": T}``
-(wall-clock arrival times of the first and the latest request).
+(wall-clock arrival times of the first and the latest request; ``?reset`` forgets
+them first).
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ class BenchApi:
         return web.Response(body=ANSWER, content_type="application/json",
                             headers={"x-request-id": "req-bench"})
 
-    async def stats(self, _request: web.Request) -> web.Response:
+    async def stats(self, request: web.Request) -> web.Response:
+        if "reset" in request.query:  # a new run: its own first arrival
+            self.first_at = self.last_at = None
         return web.json_response({"requests": self.requests, "rejected": self.rejected,
                                   "inflight": self.inflight, "first_at": self.first_at,
                                   "last_at": self.last_at})

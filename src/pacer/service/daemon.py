@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import httpx
 import structlog
@@ -99,8 +99,9 @@ class Daemon:
     def state(self) -> ServiceState:
         return self.reporter.state()
 
-    async def _send(self, queue: JobQueue, request: Request) -> None:
-        await self.runner.send(queue, request)
+    async def _send(self, queue: JobQueue, request: Request,
+                    answered: Callable[[], None]) -> None:
+        await self.runner.send(queue, request, answered)
 
     # -- entry point ------------------------------------------------------------
 

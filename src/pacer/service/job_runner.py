@@ -234,8 +234,10 @@ class JobRunner:
 
     # -- one request ----------------------------------------------------------------
 
-    async def send(self, queue: JobQueue, item: Request) -> None:
-        """The request task the scheduler starts: send, then write the result line."""
+    async def send(self, queue: JobQueue, item: Request,
+                   answered: Callable[[], None] = lambda: None) -> None:
+        """The request task the scheduler starts: send, say it is ``answered()``,
+        then write the result line."""
         job = self.jobs[queue.name]
         with structlog.contextvars.bound_contextvars(job=job.name):
             try:
@@ -250,6 +252,7 @@ class JobRunner:
                                         error_message=f"{type(exc).__name__} inside pacer")
                     if answer is None:
                         return  # stopping: left for the next run
+                    answered()
                     line = result_line(item.custom_id, item.upstream, answer.attempts,
                                        status=answer.status, body=answer.body,
                                        request_id=answer.request_id,
