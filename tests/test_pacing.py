@@ -21,18 +21,11 @@ import pytest
 import trio
 import trio.testing
 
-from pacer.control.pacing import (
-    Pacer,
-    PacerSettings,
-    PacerStatus,
-    PacingGate,
-    PauseEvent,
-    RateChange,
-    estimate_tokens,
-    tokens_used,
-)
+from pacer.control.pacing import Pacer, PacerSettings, PacerStatus, PauseEvent, RateChange
 from pacer.control.ratelimit_headers import Quota, RateLimitInfo
+from pacer.control.tokens import estimate_tokens, tokens_used
 from pacer.mockapi import MockSettings, MockUpstream, mock_transport
+from pacer.service.pacing_gate import PacingGate
 
 EMPTY = RateLimitInfo()
 CHAT = "/v1/chat/completions"
@@ -564,7 +557,6 @@ def test_settings_are_checked() -> None:
 )
 def test_estimate_tokens(body: object, expected: int) -> None:
     assert estimate_tokens(body) == expected
-    assert Pacer.estimate_tokens(body) == expected
 
 
 def test_estimate_tokens_default_max_tokens_and_deep_bodies() -> None:

@@ -1,15 +1,16 @@
 """The pacing gate of one upstream: decides *when* the next attempt may start.
 
 The concurrency limit (:mod:`pacer.control.limit`, :mod:`pacer.service.limiter`) bounds how many
-attempts are in flight; this module bounds how fast they *start*. Two parts:
+attempts are in flight; this module bounds how fast they *start*.
 
-- :class:`Pacer`, a pure core: no I/O, no clock of its own, every call takes ``now``
-  (seconds on a monotonic clock). It is fed what responses say and answers with the
-  earliest time the next start may happen (:meth:`Pacer.next_start`), which the
-  caller then takes (:meth:`Pacer.commit`).
-- :class:`PacingGate`, a thin Trio wrapper: ``await gate.wait(tokens)`` sleeps until
-  the pacer allows a start and takes it, releasing waiting tasks one at a time, in
-  FIFO order.
+:class:`Pacer` is pure: no I/O, no clock of its own, every call takes ``now``
+(seconds on a monotonic clock). It is fed what responses say and answers with the
+earliest time the next start may happen (:meth:`Pacer.next_start`), which the caller
+then takes (:meth:`Pacer.commit`). Its single-purpose parts live in their own modules:
+the token buckets (:mod:`pacer.control.bucket`), the header quota windows
+(:mod:`pacer.control.quota`) and the token estimates (:mod:`pacer.control.tokens`);
+its Trio face, which sleeps until a start is allowed, is
+:class:`pacer.service.pacing_gate.PacingGate`.
 
 The pace is the tightest of these constraints:
 
@@ -89,32 +90,27 @@ from __future__ import annotations
 import heapq
 import math
 import random
-import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
-import trio
-
-from pacer.control.ratelimit_headers import Quota, RateLimitInfo, parse_rate_limit_headers
+from pacer.control.bucket import TokenBucket
+from pacer.control.quota import QuotaWindow, quota_window
+from pacer.control.ratelimit_headers import Quota, RateLimitInfo
 
 __all__ = [
     "Cause",
     "Pacer",
     "PacerSettings",
     "PacerStatus",
-    "PacingGate",
     "PauseEvent",
     "PauseHook",
     "RateChange",
     "RateHook",
-    "estimate_tokens",
-    "tokens_used",
 ]
 
 _EPS = 1e-9
-_MAX_DEPTH = 16  # nesting levels of a body that estimate_tokens looks into
 # Statuses whose Retry-After pauses the whole upstream.
 PAUSE_STATUSES = frozenset({429, 503})
 
@@ -318,152 +314,6 @@ class PacerSettings:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
-# ------------------------------------------------------------- token estimates
-
-
-def _text_chars(value: object) -> int:
-    """Characters of text in a message content / prompt / input value, in any shape
-    the chat, completions, responses and Anthropic APIs use (a string, a list of
-    strings or parts, parts with ``text`` or nested ``content``). Iterative, and
-    deaf below ``_MAX_DEPTH`` levels, so that no body can exhaust the stack."""
-    total = 0
-    stack: list[tuple[object, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            total += len(item)
-        elif depth >= _MAX_DEPTH:
-            continue
-        elif isinstance(item, list):
-            stack.extend((sub, depth + 1) for sub in item)
-        elif isinstance(item, Mapping):
-            stack.extend((item[key], depth + 1) for key in ("content", "text") if key in item)
-    return total
-
-
-def estimate_tokens(body: object, *, default_max_tokens: int = 0) -> int:
-    """A request's token cost, estimated from its JSON body.
-
-    ``max_tokens`` (or ``max_completion_tokens`` / ``max_output_tokens``;
-    ``default_max_tokens`` when none is given) plus the prompt size: the characters of
-    the message contents, ``prompt``, ``input``, ``system`` and ``instructions``,
-    divided by 4 and rounded up. At least 1.
-    """
-    if not isinstance(body, Mapping):
-        return max(1, default_max_tokens)
-    completion = max(0, default_max_tokens)
-    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-        value = body.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if math.isfinite(value) and value >= 0:
-                completion = math.ceil(value)
-            break
-    chars = 0
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        chars += sum(_text_chars(m.get("content")) for m in messages if isinstance(m, dict))
-    for key in ("prompt", "input", "system", "instructions"):
-        chars += _text_chars(body.get(key))
-    return max(1, completion + math.ceil(chars / 4))
-
-
-def tokens_used(body: object) -> int | None:
-    """The tokens a response body reports as used (OpenAI ``usage.total_tokens``, or
-    Anthropic ``input_tokens + output_tokens``); ``None`` when it says nothing."""
-    if not isinstance(body, Mapping):
-        return None
-    usage = body.get("usage")
-    if not isinstance(usage, Mapping):
-        return None
-    total = usage.get("total_tokens")
-    if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
-        return total
-    parts = [usage.get(k) for k in ("input_tokens", "output_tokens", "prompt_tokens",
-                                     "completion_tokens")]
-    counts = [p for p in parts if isinstance(p, int) and not isinstance(p, bool) and p >= 0]
-    return sum(counts) if counts else None
-
-
-# ----------------------------------------------------------------- the buckets
-
-
-class _Bucket:
-    """A token bucket whose rate may change (``None`` = unlimited).
-
-    ``level`` is the credit in units (starts or tokens), at most ``cap``; it may go
-    negative (debt) when a start costs more than the credit. ``stamp`` is the time the
-    level refers to; it may lie in the future after :meth:`restart` (a resume).
-    """
-
-    __slots__ = ("cap", "level", "rate", "stamp")
-
-    def __init__(self, cap: float) -> None:
-        self.cap = cap
-        self.rate: float | None = None
-        self.level = cap
-        self.stamp = -math.inf
-
-    def advance(self, t: float) -> None:
-        if t <= self.stamp:
-            return
-        if self.rate is None:
-            self.level = self.cap
-        else:
-            self.level = min(self.cap, self.level + (t - self.stamp) * self.rate)
-        self.stamp = t
-
-    def set_rate(self, t: float, rate: float | None) -> None:
-        self.advance(t)
-        self.rate = rate
-
-    def restart(self, t: float, level: float) -> None:
-        """Start over at ``t`` (future allowed) with ``level`` credit."""
-        self.stamp = t
-        self.level = min(self.cap, level)
-
-    def earliest(self, t: float, cost: float) -> float:
-        """Earliest time >= ``t`` at which a start of ``cost`` may go, at this rate."""
-        if self.rate is None or cost <= 0:
-            return t
-        base = max(t, self.stamp)
-        level = self.level
-        if base > self.stamp:
-            level = min(self.cap, level + (base - self.stamp) * self.rate)
-        need = min(cost, self.cap)
-        if level >= need - _EPS:
-            return base
-        return base + (need - level) / self.rate
-
-    def take(self, t: float, cost: float) -> None:
-        self.advance(t)
-        if self.rate is not None:
-            self.level -= cost
-
-    def credit(self, t: float) -> float | None:
-        if self.rate is None:
-            return None
-        if t <= self.stamp:
-            return self.level
-        return min(self.cap, self.level + (t - self.stamp) * self.rate)
-
-
-@dataclass(slots=True)
-class _Window:
-    """What one response's quota headers allow until their reset."""
-
-    remaining: float
-    reset_at: float
-    rate: float | None  # margin × remaining / reset; None: nothing to spread
-    limit: int | None
-    used: float = 0.0
-
-    def active(self, t: float) -> bool:
-        return t < self.reset_at
-
-    def left(self) -> float:
-        return max(0.0, self.remaining - self.used)
-
-
 @dataclass(frozen=True, slots=True)
 class _Verdict:
     """What a 429 was put down to; ``evidence``: it is new evidence of a rate cap;
@@ -484,17 +334,15 @@ class Pacer:
     not go backwards between calls.
     """
 
-    estimate_tokens = staticmethod(estimate_tokens)
-
     def __init__(self, settings: PacerSettings | None = None,
                  rng: random.Random | None = None) -> None:
         self.settings = settings if settings is not None else PacerSettings()
         self._rng = rng if rng is not None else random.Random()
         s = self.settings
-        self._req_bucket = _Bucket(s.burst)
-        self._tok_bucket = _Bucket(1.0)
-        self._req_window: _Window | None = None
-        self._tok_window: _Window | None = None
+        self._req_bucket = TokenBucket(s.burst)
+        self._tok_bucket = TokenBucket(1.0)
+        self._req_window: QuotaWindow | None = None
+        self._tok_window: QuotaWindow | None = None
         self._learned: float | None = None
         self._learned_base = 0.0  # the rate set at the last decrease
         self._searching = False  # growing multiplicatively until the second decrease
@@ -763,20 +611,10 @@ class Pacer:
         self._set_rates(now)
         return cause
 
-    def _window(self, now: float, q: Quota, retry_after: float | None) -> _Window | None:
+    def _window(self, now: float, q: Quota, retry_after: float | None) -> QuotaWindow | None:
         s = self.settings
-        remaining = q.remaining
-        assert remaining is not None
-        reset = q.reset
-        if reset is None:
-            if remaining > 0:
-                return None  # nothing to spread it over
-            reset = retry_after if retry_after is not None else s.default_hold
-        reset = min(reset, s.max_reset)
-        if reset <= 0:
-            return None  # the window has just reset
-        rate = s.margin * remaining / reset if remaining > 0 else None
-        return _Window(float(remaining), now + reset, rate, q.limit)
+        return quota_window(now, q, retry_after, margin=s.margin,
+                            default_hold=s.default_hold, max_reset=s.max_reset)
 
     def _prune(self, now: float) -> None:
         s = self.settings
@@ -989,93 +827,3 @@ class Pacer:
         event = PauseEvent(cause, seconds, until, resume_at, now)
         self._pause_hooks.emit(event)
         return event
-
-
-# -------------------------------------------------------------- the Trio gate
-
-
-class PacingGate:
-    """The Trio face of a :class:`Pacer`.
-
-    ``await gate.wait(tokens)`` returns when this start may happen, and takes it.
-    Waiting tasks are served strictly in arrival order (a FIFO :class:`trio.Lock`),
-    one at a time, so a crowd never bursts through; the head re-checks whenever the
-    pacer learns something (a pause, new headers) and when its time comes.
-    Cancelling a waiting task takes nothing.
-    """
-
-    def __init__(self, pacer: Pacer | None = None,
-                 clock: Callable[[], float] = trio.current_time,
-                 wall_clock: Callable[[], float] = time.time) -> None:
-        self.pacer = pacer if pacer is not None else Pacer()
-        self.clock = clock
-        self.wall_clock = wall_clock
-        self._lock = trio.Lock()
-        self._changed = trio.Event()
-        self._waiting = 0
-
-    @property
-    def waiting(self) -> int:
-        """Tasks inside :meth:`wait` now."""
-        return self._waiting
-
-    def _poke(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait(self, tokens: float = 0.0) -> bool:
-        """Sleep until the pacer allows a start costing ``tokens``; take it. Returns
-        whether the pace held this start back (a pause, a quota, a rate): then the
-        pace, not the concurrency limit, is what binds."""
-        self._waiting += 1
-        held = False
-        try:
-            async with self._lock:
-                while True:
-                    now = self.clock()
-                    at = self.pacer.next_start(now, tokens)
-                    if at <= now:
-                        self.pacer.commit(now, tokens, held=held)
-                        return held
-                    held = True
-                    changed = self._changed
-                    with trio.move_on_at(at):
-                        await changed.wait()
-        finally:
-            self._waiting -= 1
-
-    def on_response(self, info: RateLimitInfo, status: int | None,
-                    tokens_used: float | None = None, *,
-                    inflight: int | None = None,
-                    started: float | None = None,
-                    limit_changed_at: float | None = None,
-                    held: bool = False) -> Cause | None:
-        """:meth:`Pacer.on_response` at the current time."""
-        cause = self.pacer.on_response(self.clock(), info, status, tokens_used,
-                                       inflight=inflight, started=started,
-                                       limit_changed_at=limit_changed_at, held=held)
-        self._poke()
-        return cause
-
-    def on_http_response(self, status: int | None, headers: Mapping[str, str] | None,
-                         tokens_used: float | None = None, *,
-                         inflight: int | None = None,
-                         started: float | None = None,
-                         limit_changed_at: float | None = None,
-                         held: bool = False) -> RateLimitInfo:
-        """Parse ``headers`` (with the wall clock, for absolute reset times) and feed
-        them; returns what was parsed."""
-        info = (parse_rate_limit_headers(headers, self.wall_clock())
-                if headers is not None else RateLimitInfo())
-        self.on_response(info, status, tokens_used, inflight=inflight, started=started,
-                         limit_changed_at=limit_changed_at, held=held)
-        return info
-
-    def pause(self, seconds: float, cause: str) -> PauseEvent | None:
-        """:meth:`Pacer.pause` at the current time."""
-        event = self.pacer.pause(self.clock(), seconds, cause)
-        self._poke()
-        return event
-
-    def status(self) -> PacerStatus:
-        return self.pacer.status(self.clock())

@@ -26,18 +26,13 @@ from pacer.control.aimd import AimdLimit, AimdSettings
 from pacer.control.breaker import Breaker, BreakerSettings, BreakerTransition
 from pacer.control.limit import FixedLimit, Limit, LimitChange
 from pacer.control.outcome import Decision, Verdict, classify, decide
-from pacer.control.pacing import (
-    Pacer,
-    PacingGate,
-    PauseEvent,
-    RateChange,
-    estimate_tokens,
-    tokens_used,
-)
+from pacer.control.pacing import Pacer, PauseEvent, RateChange
 from pacer.control.ratelimit_headers import RateLimitInfo, parse_rate_limit_headers
 from pacer.control.retry import RetryBudget, RetrySettings, backoff_delay
+from pacer.control.tokens import estimate_tokens, tokens_used
 from pacer.service.http import exchange
 from pacer.service.limiter import Limiter
+from pacer.service.pacing_gate import PacingGate
 from pacer.service.stats import UpstreamStats
 from pacer.spool.jobs import Request
 
