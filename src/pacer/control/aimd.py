@@ -193,6 +193,7 @@ class AimdLimit:
         self._grown_from: int | None = None
         self._changed_at: float | None = None  # when the limit last moved
         self._slow_start_left_at = -math.inf
+        self._seed_min_rtt: float | None = None  # a remembered no-load rtt (resume)
 
     @classmethod
     def from_values(
@@ -233,6 +234,23 @@ class AimdLimit:
             self._congestion(sample.reason, sample, now, refused_at)
         return self._limit
 
+    def resume(self, limit: int, at: float, min_rtt: float | None = None) -> None:
+        """Start from a limit learned before (a restart): hold it as the plateau and
+        probe above it, rather than slow-start from it (which would overshoot a cap
+        it had already found). ``min_rtt`` seeds the no-load rtt until this run has
+        its own. Call before the first sample; the change (reason ``resumed``) goes
+        to the hooks like any other."""
+        s = self.settings
+        old = self._limit
+        self._limit = self._plateau = max(s.min_limit, min(limit, s.max_limit))
+        self._phase = "steady"
+        self._probe_wait = s.probe_rounds
+        self._plateau_since = at
+        self._seed_min_rtt = min_rtt
+        if self._limit != old:
+            self._changed_at = at
+            self._hooks.emit(LimitChange(old, self._limit, "resumed", 0, None, at))
+
     # ---- introspection, for status
 
     @property
@@ -252,8 +270,9 @@ class AimdLimit:
 
     @property
     def min_rtt(self) -> float | None:
-        """The no-load rtt: minimum of the slow EWMA over the last ``min_rtt_window`` s."""
-        return self._baseline[0][1] if self._baseline else None
+        """The no-load rtt: minimum of the slow EWMA over the last ``min_rtt_window`` s
+        (before this run measured one: the one remembered, if any)."""
+        return self._baseline[0][1] if self._baseline else self._seed_min_rtt
 
     @property
     def smoothed_rtt(self) -> float | None:

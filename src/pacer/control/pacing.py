@@ -382,6 +382,15 @@ class Pacer:
         """Call ``hook`` with a :class:`RateChange` for every change of the learned rate."""
         self._rate_hooks.subscribe(hook)
 
+    def resume_rate(self, now: float, rate: float) -> None:
+        """Start from a request rate learned before (a restart). It is searched
+        upward again, as a first estimate is, in case the capacity rose meanwhile."""
+        rate = max(self.settings.min_rate, rate)
+        self._learned = self._learned_base = rate
+        self._searching = True
+        self._ai_mark = now
+        self._set_rates(now)
+
     # ---- introspection
 
     @property

@@ -39,6 +39,7 @@ from pacer import __version__
 from pacer.config import Config, ConfigError, UpstreamConfig, load_config, read_api_key
 from pacer.logs import configure_logging, register_secret
 from pacer.service.http import build_client
+from pacer.service.memory import LearnedStore
 from pacer.service.metrics import Metrics
 from pacer.service.systemd import Notifier, watchdog_loop
 from pacer.service.upstream import Answer, Upstream
@@ -117,6 +118,7 @@ class Daemon:
         self.ready = trio.Event()
         self._last_state: dict[str, Any] = {}
         self.spool_errors: dict[str, int] = {}
+        self.memory = LearnedStore(self.spool.root)
         self.metrics = Metrics(lambda: self._last_state, folders=self.spool.counts)
 
     # -- set-up ---------------------------------------------------------------
@@ -130,6 +132,7 @@ class Daemon:
         )
 
     def _build_upstreams(self) -> None:
+        learned = self.memory.load()
         for name, ucfg in self.config.upstreams.items():
             client = self._given_clients.get(name)
             if client is None:
@@ -137,6 +140,7 @@ class Daemon:
                 register_secret(key)
                 client = build_client(ucfg, key)
             self.upstreams[name] = self._new_upstream(ucfg, client)
+            self.upstreams[name].resume(learned.get(name))
 
     def _new_upstream(self, ucfg: UpstreamConfig, client: httpx.AsyncClient) -> Upstream:
         up = Upstream(ucfg, client)
@@ -626,6 +630,8 @@ class Daemon:
         state = self._last_state = self.state()
         data = json.dumps(state, indent=1).encode()
         await trio.to_thread.run_sync(write_durable, self.spool.state_path, data)
+        learned = {name: up.learned() for name, up in self.upstreams.items()}
+        await trio.to_thread.run_sync(self.memory.save, learned)
         if self.config.metrics.textfile:
             await trio.to_thread.run_sync(self.metrics.write_textfile,
                                           self.config.metrics.textfile)

@@ -32,6 +32,7 @@ from pacer.control.retry import RetryBudget, RetrySettings, backoff_delay
 from pacer.control.tokens import estimate_tokens, tokens_used
 from pacer.service.http import exchange
 from pacer.service.limiter import Limiter
+from pacer.service.memory import Learned, discounted
 from pacer.service.pacing_gate import PacingGate
 from pacer.service.stats import UpstreamStats
 from pacer.spool.jobs import Request
@@ -151,6 +152,30 @@ class Upstream:
             self.limit = make_limit(replace(cfg, initial_limit=learned))
             self.limit.subscribe(self._on_limit_change)
             self.limiter.retarget(self.limit)
+
+    def learned(self, now_wall: float | None = None) -> Learned:
+        """What this upstream has learned, for :class:`~pacer.service.memory.LearnedStore`."""
+        min_rtt = self.limit.min_rtt if isinstance(self.limit, AimdLimit) else None
+        return Learned(limit=self.limit.limit, rate=self.pacer.learned_rate, min_rtt=min_rtt,
+                       saved_at=self.wall_clock() if now_wall is None else now_wall)
+
+    def resume(self, learned: Learned | None) -> None:
+        """Start from what an earlier run learned (discounted by its age) instead of
+        from ``initial_limit``; call before the first request. Only an adaptive
+        limit is resumed; a fixed one stays as configured."""
+        if learned is None:
+            return
+        now_wall = self.wall_clock()
+        still = discounted(learned, now_wall)
+        if still is None:
+            return
+        if isinstance(self.limit, AimdLimit) and still.limit > self.limit.limit:
+            self.limit.resume(still.limit, self.clock(), still.min_rtt)
+        if still.rate is not None:
+            self.pacer.resume_rate(self.clock(), still.rate)
+        log.info("upstream.resumed", upstream=self.name, limit=self.limit.limit,
+                 rate=None if still.rate is None else round(still.rate, 3),
+                 min_rtt=still.min_rtt, age_s=round(max(0.0, now_wall - learned.saved_at), 1))
 
     async def send(self, req: Request, stop: trio.Event | None = None) -> Answer | None:
         """Run ``req`` to its final answer; None if ``stop`` is set before that
