@@ -76,6 +76,8 @@ def test_a_concurrency_refusal_is_requeued_not_held_for_its_retry_after() -> Non
     d = decide(classify(429, RateLimitInfo(retry_after=60.0)), "concurrency")
     assert d.limit_outcome is Outcome.DROPPED and d.limit_reason == "rate_limited"
     assert d.retry and d.requeue
+    # Unless its Retry-After binds the whole upstream now (all refused, a storm).
+    assert not decide(classify(429), "concurrency", paused=True).requeue
 
 
 def test_a_held_success_is_paced_and_others_keep_their_reason() -> None:

@@ -137,9 +137,12 @@ class Decision:
     requeue: bool
 
 
-def decide(verdict: Verdict, cause: Cause | None = None, *, held: bool = False) -> Decision:
+def decide(verdict: Verdict, cause: Cause | None = None, *, held: bool = False,
+           paused: bool = False) -> Decision:
     """Combine the verdict with what the pacing gate made of it (``cause``, for a
-    refusal) and whether the pace held the attempt before it started."""
+    refusal), whether the pace held the attempt before it started, and whether the
+    gate now pauses the whole upstream (a ``Retry-After`` that binds everyone: all
+    attempts refused, a storm: then a refused request waits it out too)."""
     outcome, reason = verdict.outcome, verdict.reason
     if cause in ("rate", "quota"):
         # A rate cap is the pacing gate's to handle: shrinking the concurrency for
@@ -147,6 +150,6 @@ def decide(verdict: Verdict, cause: Cause | None = None, *, held: bool = False) 
         outcome = Outcome.IGNORE
     elif outcome is Outcome.SUCCESS and held:
         reason = PACED  # the pace bound, not the limit: no growth from it
-    requeue = verdict.reason == "rate_limited" and cause == "concurrency"
+    requeue = verdict.reason == "rate_limited" and cause == "concurrency" and not paused
     return Decision(verdict, outcome, reason, retry=verdict.retry and not verdict.stop_upstream,
                     requeue=requeue)

@@ -706,12 +706,14 @@ class Pacer:
         recent = now - s.success_window
         successes = sum(1 for t, _, _ in self._successes if t >= recent)
         rejections = pending + sum(1 for t in self._rejections if t >= recent)
-        if rejections > max(s.concurrency_429s, s.concurrency_429_ratio * successes):
-            return _Verdict("rate", hold=True)  # a flood: no concurrency probe does that
-        if self._run_429s + pending > max(s.concurrency_429s, inflight):
-            return _Verdict("rate", hold=True)  # more refused in a row than in flight
-        if not any(t >= now - s.concurrency_window for t, _, _ in self._successes):
-            return _Verdict("rate", hold=True)  # nothing to go by: do as told
+        # Whether its Retry-After binds the whole upstream: a flood (no concurrency
+        # probe does that), more refused in a row than in flight, or nothing to go
+        # by. That alone is no evidence of a *rate* cap, though: a slow start that
+        # overshot a concurrency cap gets such a burst too, and a rate learned from
+        # it held the upstream far below its capacity.
+        hold = (rejections > max(s.concurrency_429s, s.concurrency_429_ratio * successes)
+                or self._run_429s + pending > max(s.concurrency_429s, inflight)
+                or not any(t >= now - s.concurrency_window for t, _, _ in self._successes))
         # Evidence of a rate cap (point 4 of the module docstring): refused well below
         # the concurrency that successes sent since the last evidence ran at...
         proof = self.proven_concurrency(now, self._last_evidence)
@@ -731,14 +733,16 @@ class Pacer:
             # lowers the rate but holds nothing.
             if below or settled or held or self._binding_at(now if started is None
                                                              else started):
-                return _Verdict("rate", evidence=below or settled)
-            return _Verdict("concurrency")
+                return _Verdict("rate", evidence=below or settled, hold=hold)
+            return _Verdict("concurrency", hold=hold)
         if not (below or settled):
-            return _Verdict("concurrency")  # a new peak: the concurrency limit's probe
+            # A new peak: the concurrency limit's probe (or slow start's overshoot).
+            return _Verdict("concurrency", hold=hold)
         # A rate cap, or a capacity that fell (which the concurrency limit finds within
         # a round trip or two): only when it recurs is it a rate.
         evidence = 1 + sum(1 for t in self._evidence if t >= now - s.rate_evidence_window)
-        return _Verdict("rate" if evidence >= s.rate_evidence else "concurrency", evidence=True)
+        return _Verdict("rate" if evidence >= s.rate_evidence else "concurrency",
+                        evidence=True, hold=hold)
 
     def _on_rate_limited(self, now: float, started: float | None = None) -> None:
         s = self.settings

@@ -225,18 +225,21 @@ class Upstream:
                 held_back = 0.0
                 if decision.requeue:
                     # The concurrency cap's refusal while others are served: back to
-                    # the queue for the next free slot (the limiter's FIFO), whatever
-                    # Retry-After said (it was not about the whole upstream).
+                    # the queue when the next slot frees (an answer comes back), or
+                    # after a plain backoff if none does, whatever Retry-After said
+                    # (it was not about the whole upstream).
                     delay = 0.0
+                    held_back = backoff_delay(sent, self.retry, self.rng)
                     why = f"{verdict.reason}, concurrency: requeued"
                 else:
                     delay = backoff_delay(sent, self.retry, self.rng, tried.info.retry_after)
-                if verdict.failure and not self.budget.try_spend():
-                    # Too many failures lately: hold this retry back until the upstream
-                    # serves again (a success anywhere), at most the backoff's ceiling,
-                    # so retries do not add to an overload but follow a recovery.
-                    held_back = self.rng.uniform(0.5, 1.0) * self.retry.max_delay
-                    why = f"{verdict.reason}, retry budget exhausted: until a success"
+                    if verdict.failure and not self.budget.try_spend():
+                        # Too many failures lately: hold this retry back until the
+                        # upstream serves again (a success anywhere), at most the
+                        # backoff's ceiling, so retries do not add to an overload but
+                        # follow a recovery.
+                        held_back = self.rng.uniform(0.5, 1.0) * self.retry.max_delay
+                        why = f"{verdict.reason}, retry budget exhausted: until a success"
                 self.stats.retries += 1
                 log.info("request.retry", custom_id=req.custom_id, attempt=sent,
                          delay_s=round(max(delay, held_back), 3), reason=why,
@@ -335,7 +338,8 @@ class Upstream:
                                           limit_changed_at=getattr(self.limit, "changed_at",
                                                                    None),
                                           held=held)
-            decision = decide(verdict, cause, held=held)
+            decision = decide(verdict, cause, held=held,
+                              paused=self.pacer.paused(self.clock()))
             slot.record(decision.limit_outcome, decision.limit_reason)
             if self.on_attempt is not None:
                 self.on_attempt(self.name, self.clock() - slot.start, verdict.reason)
