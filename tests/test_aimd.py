@@ -198,6 +198,11 @@ def test_steady_drop_goes_to_the_concurrency_delivered() -> None:
     limit, _ = steady_at(20)
     send_round(limit, 0.5, rtt=1.0, n=6)  # only 6 came back within the last rtt
     limit.on_sample(drop(1.625, 20))
+    # Toward 6, but at most halved at once (issue 10, cause 2: blurred counts cut
+    # a cap of 5 to 2); the next round trip's evidence goes the rest of the way.
+    assert limit.limit == 10
+    send_round(limit, 1.75, rtt=1.0, n=6)
+    limit.on_sample(drop(2.875, 10))
     assert limit.limit == 6
 
 
@@ -205,8 +210,10 @@ def test_steady_drop_goes_below_the_refused_concurrency() -> None:
     limit, _ = steady_at(20)
     send_round(limit, 0.5, rtt=1.0)
     limit.on_sample(drop(1.625, 5, reason="connection"))  # refused with 5 in flight
-    assert limit.limit == 4
+    assert limit.limit == 10  # toward 4, at most halved at once
     assert limit.ceiling == 5
+    limit.on_sample(drop(1.75, 5, reason="connection"))  # sent after the cut: again
+    assert limit.limit == 5
 
 
 def test_one_decrease_per_round_trip() -> None:
@@ -474,7 +481,8 @@ def test_any_sample_sequence_keeps_the_invariants(
                 limit.limit,
                 start + rtt,
             )
-            assert change.reason in {"slow_start", "probe", "latency", "rate_limited", "timeout"}
+            assert change.reason in {"slow_start", "probe", "latency", "rate_limited", "timeout",
+                                     "saturated"}
             assert (change.new_limit > change.old_limit) == (
                 change.reason in {"slow_start", "probe"}
             )

@@ -454,6 +454,10 @@ def test_more_429s_in_a_row_than_were_in_flight_are_a_storm() -> None:
     t = serve(pacer, 0.0, 1.0, 0.05, inflight=3)
     causes = [pacer.on_response(t + i * 0.001, RETRY, 429, inflight=3) for i in range(6)]
     assert causes == ["concurrency"] * 6
+    # The upstream served a moment ago: its Retry-After does not bind everyone yet.
+    assert pauses == []
+    # Once nothing has been served for a typical service time (0.05 s), it does.
+    assert pacer.on_response(t + 0.1, RETRY, 429, inflight=3) == "concurrency"
     assert len(pauses) == 1
     assert pacer.learned_rate is None
 

@@ -99,6 +99,13 @@ _RATE_SPAN: Final = 2.0
 _RATE_WINDOWS: Final = 3
 # Drops that say the upstream failed, not that this concurrency was refused.
 _FAILURE_REASONS: Final = frozenset({"server_error", "timeout", "connection"})
+# Of those, the ones an outage gives at once (a timeout may be a dropped request
+# past a concurrency cap: a capacity signal, not an outage).
+_OUTAGE_REASONS: Final = frozenset({"server_error", "connection"})
+# Slow start's full-pipe test: a round must serve this much more concurrency than
+# the best before it, or it is a stall; this many stalls in a row end slow start.
+_PIPE_GROWTH: Final = 1.25
+_PIPE_STALLS: Final = 3
 # A latency signal must clear its noise by this many standard deviations.
 _NOISE_Z: Final = 2.0
 # A mean absolute deviation is about 0.8 standard deviations (normal): sd = 1.25 x it.
@@ -223,6 +230,12 @@ class AimdLimit:
         # once a smoothed rtt has passed.
         self._round_start = -math.inf
         self._round_max_inflight = 0
+        self._round_done = 0  # successes within this round
+        self._round_rtt_sum = 0.0  # ... and their rtts
+        self._round_limit = s.initial_limit
+        self._ss_best_rate = 0.0  # the best delivered rate of a slow-start round
+        self._ss_min_rtt = math.inf  # the lowest round-mean rtt in slow start
+        self._ss_stalls = 0
         # rtts of the successes sent since the last probe step began
         self._probe_rtts = _Moments()
         self._probe_started_at = -math.inf
@@ -317,8 +330,13 @@ class AimdLimit:
     @property
     def min_rtt(self) -> float | None:
         """The no-load rtt: minimum of the slow EWMA over the last ``min_rtt_window`` s
-        (before this run measured one: the one remembered, if any)."""
-        return self._baseline[0][1] if self._baseline else self._seed_min_rtt
+        (before it has one: slow start's lowest round-mean rtt, else the one
+        remembered from an earlier run, if any)."""
+        if self._baseline:
+            return self._baseline[0][1]
+        if math.isfinite(self._ss_min_rtt):
+            return self._ss_min_rtt
+        return self._seed_min_rtt
 
     @property
     def smoothed_rtt(self) -> float | None:
@@ -362,24 +380,29 @@ class AimdLimit:
             horizon = now - (_RATE_SPAN + _RATE_WINDOWS) * self._srtt
             while self._completions[0] < horizon:
                 self._completions.popleft()
-        if sample.start >= self._round_start:
+        if sample.start >= self._round_start and sample.reason != PACED:
+            # (The pace held a paced one back: it does not show the limit used.)
             self._round_max_inflight = max(self._round_max_inflight, sample.inflight)
-        if self._phase == "probe" and sample.start >= self._probe_started_at:
-            self._probe_rtts.add(sample.rtt)
-        if self._phase == "slow_start" and fresh:
+        self._round_done += 1
+        self._round_rtt_sum += sample.rtt
+        if (self._phase == "probe" and sample.start >= self._probe_started_at
+                and sample.inflight >= self._limit):
+            self._probe_rtts.add(sample.rtt)  # it ran at the probe's concurrency
+        if self._phase == "slow_start" and fresh and self._queueing():
             # Growth outruns a round-end check: test the queueing on every sample.
-            if self._queueing():
-                self._congestion("latency", sample, now, self._limit)
-                return
-            if (2 * sample.inflight >= self._limit and self._limit < self.settings.max_limit
-                    and sample.reason != PACED):
-                self._change(self._limit + 1, "slow_start", sample, now)
+            self._congestion("latency", sample, now, self._limit)
+            return
         # A round trip: an attempt sent after the round began is back, and (when rtts
         # vary a lot) the first one back is not just the fastest.
+        before = self._limit
         if sample.start >= self._round_start and (
             self._srtt is None or now - self._round_start >= self._srtt
         ):
             self._end_round(sample, now)
+        if (self._phase == "slow_start" and fresh and self._limit == before
+                and 2 * sample.inflight >= self._limit
+                and self._limit < self.settings.max_limit and sample.reason != PACED):
+            self._change(self._limit + 1, "slow_start", sample, now)
 
     def _observe_rtt(self, rtt: float) -> None:
         # A plain mean until warm, then an EWMA: no bias toward the first sample.
@@ -397,6 +420,12 @@ class AimdLimit:
     def _end_round(self, sample: Sample, now: float) -> None:
         s = self.settings
         used = self._round_max_inflight >= self._limit
+        if self._phase == "slow_start" and self._pipe_full(now):
+            # The delivered rate stopped growing while the limit doubled: whatever
+            # lies past it (drops that only time out later, a link or a knee that
+            # only gets slower) gives nothing more.
+            self._congestion("saturated", sample, now, self._limit)
+            return
         needed = _FIRST_BASELINE_SAMPLES if self._phase == "slow_start" else self._brtt_warm_count
         if self._brtt is not None and self._srtt_count >= needed:
             self._record_baseline(now, self._brtt)
@@ -529,28 +558,36 @@ class AimdLimit:
             # in transit), not that the capacity fell.
             ramped = now - self._slow_start_left_at < (self._srtt or 0.0)
             self._slow_start_left_at = -math.inf
-            if reason == "latency":
+            if reason == "saturated":
+                # The concurrency that delivers the best rate without a queue.
+                new = max(1, math.floor(self._ss_best_rate * self._ss_min_rtt + 0.5))
+            elif reason == "latency":
                 new = min(cut, self._unqueued_concurrency(now))
             elif self._phase == "slow_start" or ramped:
                 # Everything below the refused concurrency was just accepted.
                 new = max(refused_at - 1, old // 2)
             else:
-                # The capacity fell: size the cut by what the upstream still served.
+                # The capacity fell: size the cut by what the upstream still served,
+                # but never below half at once: in-flight and delivered counts are
+                # blurred (refusals that come a service time late, answers in
+                # transit), and a cut by a misread count went 5 -> 2. A real drop
+                # to a quarter is reached in two round trips.
                 new = min(cut, refused_at - 1)
                 delivered = self._delivered(now)
                 if delivered is not None:
                     new = min(new, delivered)
+                new = max(new, old // 2)
         new = max(s.min_limit, min(new, old, s.max_limit))
         if self._phase == "slow_start":
             self._slow_start_left_at = now
         if self._phase != "probe":
             # A capacity found or fallen: probe soon.
             self._probe_wait = s.probe_rounds
-        if reason in _FAILURE_REASONS and self._phase == "steady":
+        if reason in _OUTAGE_REASONS and self._phase == "steady":
             # Failures at a limit that ran clean (an outage, errors that do not
             # measure the capacity): come back to it fast once answers are clean.
             self._regrow_to = max(self._regrow_to, old)
-        elif reason not in _FAILURE_REASONS:
+        elif reason not in _OUTAGE_REASONS:
             self._regrow_to = 0  # the capacity itself spoke
         self._ceiling = refused_at
         self._plateau = new
@@ -567,6 +604,31 @@ class AimdLimit:
     def _new_round(self, now: float) -> None:
         self._round_start = now
         self._round_max_inflight = 0
+        self._round_done = 0
+        self._round_rtt_sum = 0.0
+        self._round_limit = self._limit
+
+    def _pipe_full(self, now: float) -> bool:
+        """In slow start, at the end of a round the limit was used in (half of it in
+        flight, as growth needs): did the delivered rate (successes per second over
+        the round) stop growing? Each round that adds less than ``_PIPE_GROWTH``
+        over the best rate so far is a stall; ``_PIPE_STALLS`` in a row fill the
+        pipe (BBR's full-pipe test). The lowest round-mean rtt seen stands for the
+        unloaded rtt (slow start's first rounds ran nearly alone)."""
+        span = now - self._round_start
+        if (not math.isfinite(span) or span <= 0 or self._round_done == 0
+                or 2 * self._round_max_inflight < self._round_limit
+                or self._limit <= self._round_limit):
+            return False  # not used, or the limit did not grow: no test of the pipe
+        self._ss_min_rtt = min(self._ss_min_rtt, self._round_rtt_sum / self._round_done)
+        rate = self._round_done / span
+        if rate >= _PIPE_GROWTH * self._ss_best_rate:
+            self._ss_best_rate = rate
+            self._ss_stalls = 0
+            return False
+        self._ss_best_rate = max(self._ss_best_rate, rate)
+        self._ss_stalls += 1
+        return self._ss_stalls >= _PIPE_STALLS
 
     def _change(self, new: int, reason: str, sample: Sample, now: float) -> None:
         old = self._limit

@@ -711,9 +711,18 @@ class Pacer:
         # by. That alone is no evidence of a *rate* cap, though: a slow start that
         # overshot a concurrency cap gets such a burst too, and a rate learned from
         # it held the upstream far below its capacity.
-        hold = (rejections > max(s.concurrency_429s, s.concurrency_429_ratio * successes)
-                or self._run_429s + pending > max(s.concurrency_429s, inflight)
-                or not any(t >= now - s.concurrency_window for t, _, _ in self._successes))
+        # And it binds the whole upstream only while the upstream serves no one: no
+        # success for a typical service time, or twice the refusals in a row that
+        # make a storm (a proxy that refuses its sixth concurrent request with
+        # "retry-after: 60" keeps serving the other five).
+        last_success = max((t for t, _, _ in self._successes), default=-math.inf)
+        run = self._run_429s + pending
+        starving = (now - last_success > self._typical_rtt(now)
+                    or run > 2 * max(s.concurrency_429s, inflight))
+        burst = (rejections > max(s.concurrency_429s, s.concurrency_429_ratio * successes)
+                 or run > max(s.concurrency_429s, inflight))
+        hold = (burst and starving) or not any(
+            t >= now - s.concurrency_window for t, _, _ in self._successes)
         # Evidence of a rate cap (point 4 of the module docstring): refused well below
         # the concurrency that successes sent since the last evidence ran at...
         proof = self.proven_concurrency(now, self._last_evidence)
@@ -723,8 +732,11 @@ class Pacer:
         # cap the refusals come at once after a rise (a probe, or a slow start that
         # went too far), and a limit that has held for a while is not refused at
         # all; over a rate cap they come once the burst the upstream allows is spent.
+        # (Not at a new peak, though: a concurrency cap that answers after the
+        # service time refuses a probe's extra attempt as late as a rate cap would.)
+        at_peak = proof is not None and inflight > proof
         settled = (limit_changed_at is not None and started is not None
-                   and started > self._last_evidence
+                   and started > self._last_evidence and not at_peak
                    and started - limit_changed_at >= s.settle_share * self._typical_rtt(now))
         if self._learned is not None:
             # A rate cap is known: this 429 is its doing if it is evidence as above,

@@ -273,14 +273,14 @@ class Upstream:
     def _feed_breaker(self, verdict: Verdict, tried: _Tried, now: float) -> None:
         """Tell the breaker (and the retry budget) how the attempt went."""
         if verdict.ok:
-            self.breaker.on_success(now)
+            self.breaker.on_success(now, tried.started)
             self.budget.on_success()
             self._limited_at_min = 0
             self._served.set()
             self._served = trio.Event()
             return
         if verdict.failure:
-            self.breaker.on_failure(now, verdict.reason)
+            self.breaker.on_failure(now, verdict.reason, tried.started)
         else:
             self.breaker.on_ignore(now)
         if verdict.stop_upstream:
@@ -343,7 +343,7 @@ class Upstream:
             slot.record(decision.limit_outcome, decision.limit_reason)
             if self.on_attempt is not None:
                 self.on_attempt(self.name, self.clock() - slot.start, verdict.reason)
-            return _Tried(status, headers, body, decision, message, info)
+            return _Tried(status, headers, body, decision, message, info, slot.start)
 
 class _Revoked:
     """What ``_attempt`` answers when the breaker opened while the attempt waited."""
@@ -362,6 +362,7 @@ class _Tried:
     decision: Decision
     message: str | None
     info: RateLimitInfo
+    started: float
 
     @property
     def verdict(self) -> Verdict:
