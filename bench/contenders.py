@@ -76,6 +76,9 @@ class VectorArcLimit:
     def subscribe(self, hook: LimitHook) -> None:
         self._hooks.subscribe(hook)
 
+    def unsubscribe(self, hook: LimitHook) -> None:
+        self._hooks.unsubscribe(hook)
+
     def on_sample(self, sample: Sample) -> int:
         now = sample.start + sample.rtt
         # Vector marks the limit reached when a start brings the in-flight count to it.
@@ -145,6 +148,9 @@ class Gradient2Limit:
 
     def subscribe(self, hook: LimitHook) -> None:
         self._hooks.subscribe(hook)
+
+    def unsubscribe(self, hook: LimitHook) -> None:
+        self._hooks.unsubscribe(hook)
 
     def _add_long(self, rtt: float) -> float:
         self._long_count += 1

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import structlog
+import trio
 
 from pacer.spool.folders import write_durable
 
@@ -77,6 +79,14 @@ def discounted(learned: Learned, now: float, *, half_life: float = HALF_LIFE,
                    rate=None if learned.rate is None else learned.rate * weight)
 
 
+class Learner(Protocol):
+    """What the store reads and resumes (an :class:`~pacer.service.upstream.Upstream`)."""
+
+    def learned(self) -> Learned: ...
+
+    def resume(self, learned: Learned | None) -> None: ...
+
+
 class LearnedStore:
     """``learned.json`` in one spool: load once at start, save when it changed."""
 
@@ -113,6 +123,30 @@ class LearnedStore:
         write_durable(self.path, data)
         self._written = dict(learned)
         return True
+
+
+    def resume(self, upstreams: Mapping[str, Learner]) -> None:
+        """Resume each upstream from what the file holds for it (blocking: a small
+        read, once at start)."""
+        learned = self.load()
+        for name, up in upstreams.items():
+            up.resume(learned.get(name))
+
+    async def write(self, upstreams: Mapping[str, Learner]) -> None:
+        """Save what the upstreams have learned now (in a thread), if it changed."""
+        learned = {name: up.learned() for name, up in upstreams.items()}
+        await trio.to_thread.run_sync(self.save, learned)
+
+    async def loop(self, upstreams: Mapping[str, Learner],
+                   interval: Callable[[], float]) -> None:
+        """Save every ``interval()`` seconds; a disk that refuses is logged and tried
+        again next time (the state file's writer reports disk trouble)."""
+        while True:
+            try:
+                await self.write(upstreams)
+            except OSError as exc:
+                log.warning("memory.write_failed", path=str(self.path), error=str(exc))
+            await trio.sleep(interval())
 
 
 def _same(a: dict[str, Learned], b: dict[str, Learned]) -> bool:
