@@ -17,12 +17,12 @@ import trio.testing
 from scenarios import CONTENDERS, SCENARIOS, Scenario, run_virtual
 
 NOT_YET = {
-    "slow-link": "the latency signal holds 4-5 in flight where 2.5 is the target",
-    "capacity-steps-retry-after": "the rise to 40 is found too slowly (59% of capacity)",
+    "slow-link": "slow start overshoots to 16 before its full-pipe test ends it; the drain"
+                 " and probes to 3-4 leave 4.4-4.5 in flight on average (target <= 2.5)",
     "flaky-35pct": "random failures are read as congestion and trip the breaker",
     # Spread: the same scenario lands in different places from run to run (Trio
     # shuffles the order of tasks woken together), inside the band in most runs.
-    "defers-at-high-concurrency": "1 run in 5 learns a rate from deferred 429s (85%)",
+    "defers-at-high-concurrency": "1 run in 3-5 learns a rate from deferred 429s (85-90%)",
     "defers-at-high-rate": "some runs hold a learned rate too low (77-99%)",
     "outage-1s": "some runs find the recovery late (1.5-1.9x the oracle)",
 }

@@ -232,6 +232,7 @@ class AimdLimit:
         self._round_max_inflight = 0
         self._round_done = 0  # successes within this round
         self._round_rtt_sum = 0.0  # ... and their rtts
+        self._round_fresh = _Moments()  # ... of those sent since the last decrease
         self._round_limit = s.initial_limit
         self._ss_best_rate = 0.0  # the best delivered rate of a slow-start round
         self._ss_min_rtt = math.inf  # the lowest round-mean rtt in slow start
@@ -388,6 +389,8 @@ class AimdLimit:
             self._round_max_inflight = max(self._round_max_inflight, sample.inflight)
         self._round_done += 1
         self._round_rtt_sum += sample.rtt
+        if fresh:
+            self._round_fresh.add(sample.rtt)
         if (self._phase == "probe" and sample.start >= self._probe_started_at
                 and sample.inflight >= self._limit):
             self._probe_rtts.add(sample.rtt)  # it ran at the probe's concurrency
@@ -445,7 +448,10 @@ class AimdLimit:
             if due and (regrow or self._clean_rounds >= s.probe_rounds) and (
                     self._limit < s.max_limit):
                 self._plateau = self._probe_base = self._limit
-                self._probe_ref_rtt = self._srtt
+                # The plateau's own rtt: the mean of its last round's attempts sent
+                # under it (the smoothed rtt may still carry a higher limit's).
+                fresh = self._round_fresh
+                self._probe_ref_rtt = fresh.mean if fresh.count else self._srtt
                 self._phase = "probe"
                 self._probe_step = self._next_step(1)
                 self._new_round(now)
@@ -609,6 +615,7 @@ class AimdLimit:
         self._round_max_inflight = 0
         self._round_done = 0
         self._round_rtt_sum = 0.0
+        self._round_fresh = _Moments()
         self._round_limit = self._limit
 
     def _pipe_full(self, now: float) -> bool:
