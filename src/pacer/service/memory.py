@@ -135,6 +135,8 @@ class LearnedStore:
     async def write(self, upstreams: Mapping[str, Learner]) -> None:
         """Save what the upstreams have learned now (in a thread), if it changed."""
         learned = {name: up.learned() for name, up in upstreams.items()}
+        if self._written is not None and _same(self._written, learned):
+            return  # unchanged: no thread hop, no disk write
         await trio.to_thread.run_sync(self.save, learned)
 
     async def loop(self, upstreams: Mapping[str, Learner],
