@@ -8,10 +8,13 @@ in credit and sends one request per credit, then goes to the back of the ring. A
 job that arrives later joins the ring at once, so a 5-request job dropped beside a
 3000-request one is served within a round or two, not after it.
 
-A lane dispatches only while few of its requests wait at the upstream (for a slot
-under the concurrency limit, the pacing gate, a breaker's cool-down or a retry's
-backoff): the order of service is decided here, by the ring, and not by a long
-first-come queue in front of the limiter.
+A lane dispatches only while few of its requests wait for a slot under the
+upstream's concurrency limit (about one limit's worth: enough that a raised limit
+fills at once and that the limit, not the lane, decides how many are in flight),
+and while it has not handed out more than twice the limit plus that headroom in
+all (requests in a retry's backoff or a breaker's cool-down count there). So the
+order of service is decided here, by the ring, and not by a long first-come queue
+in front of the limiter.
 """
 
 from __future__ import annotations
@@ -19,17 +22,25 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import trio
 
 from pacer.spool.jobs import Request
 
-# Dispatched requests allowed to wait at an upstream beyond those in flight: enough
-# to fill a raised limit at once, few enough that a new job waits only briefly.
-MIN_HEADROOM = 8
-# While a lane is blocked by its headroom, look again this often: a request waiting
-# at the upstream starts without telling the lane (e.g. after a retry's backoff).
+# Requests allowed to wait for a slot: max(MIN_HEADROOM, limit). Enough to fill a
+# doubled limit at once (slow start), few enough that a new job waits about one
+# round trip for its first turn.
+MIN_HEADROOM = 16
+# While a lane is blocked, look again this often: a request waiting at the upstream
+# takes a slot without telling the lane (e.g. when the limit rises).
 POLL_S = 0.05
+
+
+class UpstreamLoad(NamedTuple):
+    limit: int  # the concurrency limit now
+    inflight: int  # attempts holding a slot
+    waiting: int  # requests waiting for a slot
 
 
 @dataclass(eq=False)
@@ -53,7 +64,7 @@ class JobQueue:
         self.changed = trio.Event()
 
 
-Load = Callable[[], tuple[int, int]]  # -> (limit, in flight) of an upstream
+Load = Callable[[], UpstreamLoad]
 Send = Callable[[JobQueue, Request], Awaitable[None]]
 
 
@@ -118,8 +129,9 @@ class Lane:
     def can_dispatch(self) -> bool:
         if not self.ring:
             return False
-        limit, inflight = self.load()
-        return self.dispatched - inflight < max(MIN_HEADROOM, limit // 2)
+        limit, _inflight, waiting = self.load()
+        headroom = max(MIN_HEADROOM, limit)
+        return waiting < headroom and self.dispatched < 2 * limit + headroom
 
 
 class FairScheduler:
@@ -130,7 +142,7 @@ class FairScheduler:
     requests dispatched over all upstreams together.
     """
 
-    def __init__(self, send: Send, load: Callable[[str], tuple[int, int]],
+    def __init__(self, send: Send, load: Callable[[str], UpstreamLoad],
                  slots: int) -> None:
         self._send = send
         self._load = load

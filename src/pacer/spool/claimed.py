@@ -18,6 +18,7 @@ from itertools import islice
 from pathlib import Path
 from typing import IO
 
+from pacer.spool.access import Identity, explain_unreadable
 from pacer.spool.jobs import (
     BadRequest,
     Bounded,
@@ -32,11 +33,24 @@ from pacer.spool.jobs import (
 MAX_NAME_BYTES = 255
 
 
+def _why_unreadable(path: Path) -> str:
+    """What to change about a job file this process may not open (dropped by hand)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return "it vanished"
+    return explain_unreadable(Identity(st.st_uid, st.st_gid), st.st_mode,
+                              Identity(os.geteuid(), os.getegid()), path.name)
+
+
 def open_job_file(path: Path, max_bytes: int) -> tuple[IO[bytes], int]:
     """Open ``path`` for reading without following links or blocking on a FIFO;
     raise :class:`JobFileError` unless it is a regular file of at most ``max_bytes``."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except PermissionError as exc:
+        raise JobFileError("unreadable", f"cannot open the job file: {exc.strerror}: "
+                           f"{_why_unreadable(path)}") from None
     except OSError as exc:
         raise JobFileError("unreadable", f"cannot open the job file: {exc.strerror}") from None
     st = os.fstat(fd)
@@ -59,15 +73,25 @@ class ClaimedJob:
     _items: Iterator[Request | BadRequest] = field(default_factory=lambda: iter(()))
     _fh: IO[bytes] | None = None
     _jsonl: bool = False
+    exhausted: bool = False  # read through: nothing more will come
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether reading needs no I/O (a ``.json`` job is read whole at the claim)."""
+        return not self._jsonl
 
     def read(self, count: int) -> list[Request | BadRequest]:
         """The next ``count`` requests at most (fewer only at the end); in a ``.jsonl``
         each validated ``custom_id`` once: a file rewritten in place since validation
         must not send a line twice."""
         out: list[Request | BadRequest] = []
+        if not self._jsonl:  # one request, read whole at the claim
+            self.exhausted = True
+            return list(islice(self._items, count))
         while len(out) < count:
             batch = list(islice(self._items, count - len(out)))
             if not batch:
+                self.exhausted = True
                 break
             for item in batch:
                 if self._jsonl:
@@ -107,7 +131,7 @@ def claim_job_file(path: Path, stem: str, view: UpstreamView, *, max_bytes: int,
                               items, fh, _jsonl=True)
         single = read_single(fh.read(), stem, view)
         fh.close()  # read whole: no need to hold it open
-        return ClaimedJob(1, _items=iter([single]))
+        return ClaimedJob(1, _items=iter([single]))  # read() returns it, then nothing
     except BaseException:
         fh.close()
         raise
