@@ -265,7 +265,7 @@ class PacerSettings:
     concurrency_slack: int = 1
     rate_evidence: int = 2
     rate_evidence_window: float = 10.0
-    settle_share: float = 0.75
+    settle_share: float = 1.5
     resume_jitter: float = 0.1
     max_resume_jitter: float = 5.0
     ramp_step: float = 0.5
@@ -724,8 +724,13 @@ class Pacer:
         hold = (burst and starving) or not any(
             t >= now - s.concurrency_window for t, _, _ in self._successes)
         # Evidence of a rate cap (point 4 of the module docstring): refused well below
-        # the concurrency that successes sent since the last evidence ran at...
-        proof = self.proven_concurrency(now, self._last_evidence)
+        # the concurrency that successes sent since the last evidence, and since the
+        # limit last moved, ran at (before a move, when refusals come a service time
+        # late, the in-flight counts of successes include the refused)...
+        since = self._last_evidence
+        if limit_changed_at is not None:
+            since = max(since, limit_changed_at)
+        proof = self.proven_concurrency(now, since)
         below = proof is not None and inflight <= proof - max(
             s.concurrency_slack, math.ceil(s.concurrency_margin * proof))
         # ...or sent well after the concurrency limit last moved: over a concurrency
