@@ -111,8 +111,18 @@ async def drain(path: Path) -> Daemon:
     client = httpx.AsyncClient(transport=mock_transport(api), base_url="http://mock.test")
     daemon = Daemon(load_config(path), drain=True, clients={"default": client},
                     notifier=Notifier(None))
+
+    async def ticker() -> None:
+        # A deadline never far away: while the daemon waits for a worker thread (an
+        # fsync) the clock jumps to the next deadline, which must not be fail_after's.
+        while True:
+            await trio.sleep(0.5)
+
     with trio.fail_after(600):
-        assert await daemon.run() == 0
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            assert await daemon.run() == 0
+            nursery.cancel_scope.cancel()
     return daemon
 
 
