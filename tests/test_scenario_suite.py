@@ -22,8 +22,7 @@ NOT_YET = {
     "flaky-35pct": "random failures are read as congestion and trip the breaker",
     # Spread: the same scenario lands in different places from run to run (Trio
     # shuffles the order of tasks woken together), inside the band in most runs.
-    "defers-at-high-rate": "some runs hold a learned rate too low (77-99%)",
-    "outage-1s": "some runs find the recovery late (1.5-1.9x the oracle)",
+    "outage-1s": "1 run in 5 finds the recovery late (1.85x the oracle; band 1.7x)",
 }
 
 
