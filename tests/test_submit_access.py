@@ -77,6 +77,13 @@ def test_explanation_says_what_to_change() -> None:
     assert "pacer submit" in text
 
 
+def test_explanation_under_private_users_says_another_user() -> None:
+    """With PrivateUsers= the daemon sees a member's file as owned by nobody (65534)."""
+    text = explain_unreadable(Identity(65534, 65534), stat.S_IFREG | 0o600, SERVICE, "a.json")
+    assert text.startswith("it is owned by another user (the service sees ")
+    assert "with mode 0600" in text
+
+
 def test_hand_over_sets_the_mode_whatever_the_umask(tmp_path: Path) -> None:
     """As the spool's owner (any user): mode 0640, group untouched."""
     me = Identity(os.geteuid(), os.getegid())

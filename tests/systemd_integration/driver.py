@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -304,6 +305,10 @@ def put_file(box: Container, path: str, text: str, user: str | None = None) -> N
     box.sh(f"cat > {path} <<'EOF'\n{text}EOF", user=user)
 
 
+def exists(box: Container, path: str) -> bool:
+    return box.sh(f"test -e {path}", check=False).returncode == 0
+
+
 def count(box: Container, folder: str) -> int:
     out = box.out(f"find {folder} -maxdepth 1 -type f -name '*.json*' "
                   "! -name '*.error.json' | wc -l")
@@ -495,23 +500,30 @@ def stranger_refused(box: Container, config: str) -> None:
 
 
 def root_submit_and_hand_drop(box: Container, unit: str, spool: str, config: str) -> None:
-    """With the unit stopped: root's submitted job is pacer's group, mode 0640; a file
-    copied in by hand as root 0600 is rejected at start with the fix in its error file."""
+    """With the unit stopped: root's submitted job is pacer's group, mode 0640; files
+    copied in by hand with mode 0600 (by root, by the member) are rejected at start, each
+    with the fix in its error file."""
     put_file(box, "/root/by-root.json", job_lines("by-root", 1).strip() + "\n")
     name = box.out(f"umask 077; pacer submit --config {config} /root/by-root.json")
     expect(name == "by-root.json", name)
     mode = box.out(f"stat -c '%U:%G %a' {spool}/incoming/by-root.json")
     expect(mode == "root:pacer 640", f"root's submitted job is {mode}")
     box.sh(f"install -m 0600 /root/by-root.json {spool}/incoming/by-hand.json")
+    put_file(box, f"/home/{MEMBER}/mine.json", job_lines("mine", 1), user=MEMBER)
+    box.sh(f"install -m 0600 mine.json {spool}/incoming/by-member.json", user=MEMBER)
     box.sh(f"systemctl start {unit}", timeout=60)
     job_done(box, spool, "by-root.json")
-    err_path = f"{spool}/rejected/by-hand.json.error.json"
-    wait_until(lambda: box.sh(f"test -f {err_path}", check=False).returncode == 0, 60,
-               "the hand-dropped job in rejected/")
-    error = json.loads(box.out(f"cat {err_path}"))
-    expect("chgrp pacer by-hand.json && chmod g+r by-hand.json" in error["message"],
-           f"the error file does not say what to change: {error}")
-    say(f"#   {error['message']}")
+    # The service sees root as root, and the member (PrivateUsers=yes) as nobody.
+    for name, owner in (("by-hand.json", "root:root"),
+                        ("by-member.json", "another user (the service sees nobody:")):
+        err_path = f"{spool}/rejected/{name}.error.json"
+        wait_until(functools.partial(exists, box, err_path), 60,
+                   f"the hand-dropped {name} in rejected/")
+        message = json.loads(box.out(f"cat {err_path}"))["message"]
+        expect(f"owned by {owner}" in message
+               and f"chgrp pacer {name} && chmod g+r {name}" in message,
+               f"the error file does not say what to change: {message}")
+        say(f"#   {message}")
 
 
 def graceful_stop(run: Run, unit: str, spool: str, config: str) -> None:

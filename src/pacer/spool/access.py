@@ -19,6 +19,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 JOB_FILE_MODE = 0o640
+OVERFLOW_ID = 65534  # the kernel's id for users outside a user namespace's map
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +109,22 @@ def hand_over(fd: int, service: Identity) -> None:
 def explain_unreadable(owner: Identity, mode: int, service: Identity, name: str) -> str:
     """What to change about a job file the daemon (``service``) could not open."""
     group = group_name(service.gid)
-    have = (f"it is owned by {user_name(owner.uid)}:{group_name(owner.gid)} with mode "
-            f"{stat.S_IMODE(mode):04o}, and the service runs as user "
-            f"{user_name(service.uid)}, group {group}")
+    who = f"{user_name(owner.uid)}:{group_name(owner.gid)}"
+    if owner.uid == OVERFLOW_ID:
+        # Under PrivateUsers= the service sees every other user as the overflow id.
+        who = f"another user (the service sees {who})"
+    have = (f"it is owned by {who} with mode {stat.S_IMODE(mode):04o}, and the service "
+            f"runs as user {user_name(service.uid)}, group {group}")
     return (f"{have}: make job files readable by group {group} before moving them into "
             f"incoming/ (chgrp {group} {name} && chmod g+r {name}), or submit them with "
             "pacer submit, which does that")
+
+
+def why_unreadable(path: str | os.PathLike[str]) -> str:
+    """What to change about a job file this process (the daemon) may not open."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return "it vanished"
+    return explain_unreadable(Identity(st.st_uid, st.st_gid), st.st_mode,
+                              Identity(os.geteuid(), os.getegid()), os.path.basename(path))

@@ -18,7 +18,7 @@ from itertools import islice
 from pathlib import Path
 from typing import IO
 
-from pacer.spool.access import Identity, explain_unreadable
+from pacer.spool.access import why_unreadable
 from pacer.spool.jobs import (
     BadRequest,
     Bounded,
@@ -33,24 +33,14 @@ from pacer.spool.jobs import (
 MAX_NAME_BYTES = 255
 
 
-def _why_unreadable(path: Path) -> str:
-    """What to change about a job file this process may not open (dropped by hand)."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return "it vanished"
-    return explain_unreadable(Identity(st.st_uid, st.st_gid), st.st_mode,
-                              Identity(os.geteuid(), os.getegid()), path.name)
-
-
 def open_job_file(path: Path, max_bytes: int) -> tuple[IO[bytes], int]:
     """Open ``path`` for reading without following links or blocking on a FIFO;
     raise :class:`JobFileError` unless it is a regular file of at most ``max_bytes``."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except PermissionError as exc:
+    except PermissionError as exc:  # dropped by hand with the wrong owner or mode
         raise JobFileError("unreadable", f"cannot open the job file: {exc.strerror}: "
-                           f"{_why_unreadable(path)}") from None
+                           f"{why_unreadable(path)}") from None
     except OSError as exc:
         raise JobFileError("unreadable", f"cannot open the job file: {exc.strerror}") from None
     st = os.fstat(fd)
