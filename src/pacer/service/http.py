@@ -1,7 +1,8 @@
 """The HTTP edge: the upstream's client, and one exchange of a request for an answer.
 
-httpx is used here and nowhere else in the send path; its exceptions leave this
-module as they are, for :func:`pacer.control.outcome.classify` to translate once.
+httpx is used here and nowhere else in the send path; its exceptions are translated
+here, once, into a :data:`pacer.control.outcome.TransportFailure` name, so the control
+code never sees an HTTP library.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import httpx
 import trio
 
 from pacer.config import UpstreamConfig
-from pacer.control.limit import Outcome
-from pacer.control.outcome import Verdict
+from pacer.control.outcome import TransportFailure
 from pacer.spool.jobs import Request
 
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
@@ -176,8 +176,20 @@ def _decode_body(data: bytes, content_type: str) -> Any:
     return data.decode("utf-8", errors="replace")
 
 
+def transport_failure(exc: httpx.HTTPError) -> TransportFailure:
+    """The one translation of httpx's exceptions (a connect timeout is a connection
+    failure: the request never reached the upstream)."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connect_timeout"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpx.TransportError):
+        return "connection"
+    return "internal"
+
+
 async def exchange(client: httpx.AsyncClient, req: Request, timeout: float) -> tuple[
-        int | None, httpx.Headers | None, Any, BaseException | Verdict | None, str | None]:
+        int | None, httpx.Headers | None, Any, TransportFailure | None, str | None]:
     """Send and read the whole answer, under one deadline (httpx's timeouts are
     per read: a body trickling in byte by byte would never trip them)."""
     status: int | None = None
@@ -189,8 +201,7 @@ async def exchange(client: httpx.AsyncClient, req: Request, timeout: float) -> t
                 json=req.body if req.body is not None else None)
         except (ValueError, UnicodeError, httpx.HTTPError) as exc:
             # Validation should have caught it: final, and says nothing about load.
-            return (None, None, None,
-                    Verdict(Outcome.IGNORE, "invalid_request", retry=False, failure=False),
+            return (None, None, None, "invalid_request",
                     f"cannot send: {type(exc).__name__}: {exc}")
         try:
             response = await client.send(request, stream=True)
@@ -200,9 +211,7 @@ async def exchange(client: httpx.AsyncClient, req: Request, timeout: float) -> t
                 async for chunk in response.aiter_bytes():
                     data += chunk
                     if len(data) > MAX_RESPONSE_BYTES:
-                        return (None, headers, None,
-                                Verdict(Outcome.IGNORE, "response_too_large", retry=False,
-                                        failure=False),
+                        return (None, headers, None, "response_too_large",
                                 f"response body larger than {MAX_RESPONSE_BYTES} bytes")
                 return (status, headers,
                         _decode_body(bytes(data), headers.get("content-type", "")),
@@ -211,7 +220,6 @@ async def exchange(client: httpx.AsyncClient, req: Request, timeout: float) -> t
                 await response.aclose()
         except httpx.HTTPError as exc:
             text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            return None, None, None, exc, text
+            return None, None, None, transport_failure(exc), text
     assert scope.cancelled_caught
-    return (None, None, None, httpx.ReadTimeout("attempt exceeded the timeout"),
-            f"no complete answer within {timeout} s")
+    return None, None, None, "timeout", f"no complete answer within {timeout} s"
