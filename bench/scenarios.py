@@ -191,9 +191,14 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("outage-1s", Behaviour(latency=L, cap=8, outage=(2.0, 3.0)), requests=400,
              workers=16, capacity=8 / L, oracle_limit=8, timeout=2.0,
              bands=Bands(max_duration=1.7)),
+    # Issue 10's reference is a fixed concurrency of 8 with immediate retries: with a
+    # hang in every ~11 attempts holding a slot for the 2 s timeout, it needs about
+    # 0.375 s of slot time per request, 500 x 0.375 / 8 = 23 s, 3.7x the fault-free
+    # 6.25 s. The band, 2.5x that fault-free time, is 0.68x that reference (target:
+    # at most 2x it); pacer may run more than 8 at once: the upstream has no cap.
     Scenario("flaky-35pct", Behaviour(latency=L, fault_rate=0.35), requests=500, workers=40,
              capacity=8 / L, oracle_limit=8, timeout=2.0,
-             bands=Bands(max_duration=2.0)),
+             bands=Bands(max_duration=2.5)),
 )
 
 

@@ -154,7 +154,7 @@ def test_slow_start_ends_just_below_the_refused_concurrency() -> None:
 
 def test_slow_start_exit_never_below_half() -> None:
     limit, _ = make(initial_limit=20, latency_tolerance=None)
-    limit.on_sample(drop(0.0, 3, reason="server_error"))  # a stray 503 at inflight 3
+    limit.on_sample(drop(0.0, 3))  # a stray 429 at inflight 3
     assert limit.limit == 10
 
 
@@ -209,10 +209,10 @@ def test_steady_drop_goes_to_the_concurrency_delivered() -> None:
 def test_steady_drop_goes_below_the_refused_concurrency() -> None:
     limit, _ = steady_at(20)
     send_round(limit, 0.5, rtt=1.0)
-    limit.on_sample(drop(1.625, 5, reason="connection"))  # refused with 5 in flight
+    limit.on_sample(drop(1.625, 5))  # refused with 5 in flight
     assert limit.limit == 10  # toward 4, at most halved at once
     assert limit.ceiling == 5
-    limit.on_sample(drop(1.75, 5, reason="connection"))  # sent after the cut: again
+    limit.on_sample(drop(1.75, 5))  # sent after the cut: again
     assert limit.limit == 5
 
 
@@ -524,3 +524,41 @@ def test_heavy_tailed_service_times_are_not_queueing() -> None:
         limit.on_sample(ok(start, end - start, 20))
         heapq.heappush(ends, (end + rng.lognormvariate(0.0, 1.0), end))
     assert "latency" not in rec.reasons(), rec.changes
+
+
+# ---- failures that do not grow with concurrency (issue 10: the flaky upstream) --------
+
+
+def test_random_failures_at_every_concurrency_do_not_cut() -> None:
+    """A flaky upstream fails a third of its attempts whatever the concurrency: in
+    slow start and at the plateau such failures (resets, hangs, 500s) never cut."""
+    limit, rec = make(latency_tolerance=None)
+    t = 0.0
+    for k in range(60):
+        n = limit.limit
+        for i in range(n):
+            if (k * 7 + i) % 3 == 0:
+                limit.on_sample(drop(t, n, rtt=RTT / 2, reason=("connection", "timeout",
+                                                                  "server_error")[i % 3]))
+            else:
+                limit.on_sample(ok(t, RTT, n))
+        t += RTT
+    assert all(c.reason in {"slow_start", "probe"} for c in rec.changes), rec.changes
+    assert limit.limit >= 64
+
+
+def test_failures_only_past_a_cap_still_cut() -> None:
+    """Drops that come only above a concurrency (a cap that drops) are congestion."""
+    limit, rec = make(latency_tolerance=None)
+    t = 0.0
+    for _ in range(3):  # 1, 2, 4: all clean
+        t = send_round(limit, t)
+    n = limit.limit
+    assert n == 8
+    for i in range(n):
+        if i < 5:
+            limit.on_sample(ok(t, RTT, i + 1))
+        else:
+            limit.on_sample(drop(t, i + 1, rtt=1.0, reason="timeout"))
+    assert limit.phase == "steady" and limit.limit < 8
+    assert rec.changes[-1].reason == "timeout"

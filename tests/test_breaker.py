@@ -267,3 +267,32 @@ def test_state_values_and_defaults() -> None:
 def test_bad_settings(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         BreakerSettings(**kwargs)
+
+
+def test_a_flaky_record_needs_a_longer_streak() -> None:
+    """With a third of attempts failing at random, five in a row is chance: the
+    streak that opens is what such a share makes rarer than 1 in 10,000 (9). (The
+    failure-rate rule as the sender sets it: 80 % of the last 20.)"""
+    b, seen = make(BreakerSettings(jitter=0.0, failure_rate=0.8))
+    for t in range(60):
+        if t % 3 == 0:
+            b.on_failure(float(t), "connection")
+        else:
+            b.on_success(float(t))
+    assert b.streak_needed() == 9
+    for t in range(60, 68):
+        b.on_failure(float(t), "connection")
+    assert b.state is CLOSED and seen == []
+    b.on_failure(68.0, "connection")
+    assert b.state is OPEN
+    assert seen[-1].reason == "consecutive_failures"
+
+
+def test_a_clean_record_opens_after_five() -> None:
+    b, _ = make()
+    for t in range(30):
+        b.on_success(float(t))
+    assert b.streak_needed() == 5
+    for t in range(30, 35):
+        b.on_failure(float(t), "server_error")
+    assert b.state is OPEN

@@ -67,6 +67,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from pacer.control.failure_levels import FailureLevels
 from pacer.control.limit import HookList, LimitChange, LimitHook, Outcome, Sample
 
 __all__ = ["PACED", "AimdLimit", "AimdSettings", "Phase"]
@@ -254,6 +255,8 @@ class AimdLimit:
         self._changed_at: float | None = None  # when the limit last moved
         self._slow_start_left_at = -math.inf
         self._seed_min_rtt: float | None = None  # a remembered no-load rtt (resume)
+        # Failures per concurrency: do they grow with it (congestion) or not (faults)?
+        self._failure_levels = FailureLevels()
 
     @classmethod
     def from_values(
@@ -288,6 +291,13 @@ class AimdLimit:
 
     def on_sample(self, sample: Sample) -> int:
         now = sample.start + sample.rtt
+        if sample.outcome is Outcome.SUCCESS or sample.reason in _FAILURE_REASONS:
+            self._failure_levels.record(sample.inflight, sample.outcome is not Outcome.SUCCESS)
+        if (sample.outcome is Outcome.DROPPED and sample.reason in _FAILURE_REASONS
+                and not self._failure_levels.grows_at(sample.inflight)):
+            # Failures as common below this concurrency as at it (random resets,
+            # hangs, 500s of a flaky upstream) are not congestion: no cut.
+            return self._limit
         if sample.outcome is Outcome.SUCCESS:
             self._on_success(sample, now)
         # Attempts sent before the last decrease belong to the episode already answered:

@@ -3,6 +3,11 @@
 ``closed`` lets everything through and watches outcomes; it opens on
 ``failure_threshold`` consecutive failures, or when the failure share of the last
 ``window`` outcomes reaches ``failure_rate`` (judged only once ``min_calls`` are in).
+A streak of failures is judged against the failure share seen before it: an
+upstream that fails a third of its attempts at random (and serves the rest) makes
+five in a row every few hundred attempts, so the streak needed grows to what such a
+share makes less likely than ``streak_chance`` (at most that of a share of one half;
+the share counts once ``min_calls`` outcomes came before the streak).
 ``open`` refuses everything until its cool-down has elapsed; the next ``allow`` then
 moves it to ``half_open``, which lets at most ``half_open_probes`` attempts be in
 flight at once. ``success_to_close`` probe successes close it; one probe failure
@@ -29,6 +34,9 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+# Outcomes (while closed) the failure share before a streak is taken from.
+_HISTORY = 100
 
 __all__ = [
     "Breaker",
@@ -69,6 +77,7 @@ class BreakerSettings:
     half_open_probes: int = 1
     success_to_close: int = 1
     jitter: float = 0.2
+    streak_chance: float = 1e-4
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 1:
@@ -83,6 +92,8 @@ class BreakerSettings:
             raise ValueError("half_open_probes and success_to_close must be >= 1")
         if not 0.0 <= self.jitter < 1.0:
             raise ValueError("jitter must be in [0, 1)")
+        if not 0.0 < self.streak_chance < 1.0:
+            raise ValueError("streak_chance must be in (0, 1)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +123,8 @@ class Breaker:
         self._consecutive_failures = 0
         self._last_success_start = -math.inf
         self._outcomes: deque[bool] = deque(maxlen=self.settings.window)  # True = failure
+        # A longer record, kept across closes: the share a streak is judged against.
+        self._history: deque[bool] = deque(maxlen=_HISTORY)
         self._open_until: float | None = None
         self._openings = 0  # openings in a row without a close: the growth exponent
         self._probes_out = 0
@@ -172,6 +185,7 @@ class Breaker:
         if self._state is BreakerState.CLOSED:
             self._consecutive_failures = 0
             self._outcomes.append(False)
+            self._history.append(False)
         elif self._state is BreakerState.HALF_OPEN and self._probes_out > 0:
             self._probes_out -= 1  # a finished probe frees its slot for the next one
             self._probe_successes += 1
@@ -189,8 +203,8 @@ class Breaker:
         if self._state is BreakerState.CLOSED:
             self._consecutive_failures += 1
             self._outcomes.append(True)
-            s = self.settings
-            if self._consecutive_failures >= s.failure_threshold:
+            self._history.append(True)
+            if self._consecutive_failures >= self.streak_needed():
                 self._open(now, TransitionReason.CONSECUTIVE_FAILURES, reason)
             elif self._failure_rate_reached():
                 self._open(now, TransitionReason.FAILURE_RATE, reason)
@@ -212,6 +226,20 @@ class Breaker:
         return True
 
     # --- internals -----------------------------------------------------------------
+
+    def streak_needed(self) -> int:
+        """Failures in a row that open the breaker: ``failure_threshold``, or more
+        when the share of failures before this streak makes such a streak likely
+        by chance (``share ** n >= streak_chance``)."""
+        s = self.settings
+        streak = min(self._consecutive_failures, len(self._history))
+        before = len(self._history) - streak
+        if before < s.min_calls:  # too few outcomes to know a share
+            return s.failure_threshold
+        share = min(0.5, (sum(self._history) - streak) / before)
+        if share <= 0.0:
+            return s.failure_threshold
+        return max(s.failure_threshold, math.ceil(math.log(s.streak_chance) / math.log(share)))
 
     def _failure_rate_reached(self) -> bool:
         n = len(self._outcomes)

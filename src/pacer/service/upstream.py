@@ -42,6 +42,7 @@ log = structlog.get_logger("pacer.service.upstream")
 # 429s in a row at min_limit before the breaker opens (reason rate_limited_at_min).
 RATE_LIMITED_AT_MIN_TRIP = 5
 BREAKER_MAX_COOLDOWN = 5.0
+BREAKER_FAILURE_RATE = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +84,11 @@ class Upstream:
         self.retry = _retry_settings(cfg)
         self.budget = RetryBudget(self.retry)
         # Cool-downs grow 1, 2, 4 s and stop at 5 s (jittered): an API back from an
-        # outage is found within seconds, at one probe per cool-down.
-        self.breaker = Breaker(BreakerSettings(max_cooldown=BREAKER_MAX_COOLDOWN), rng=self.rng)
+        # outage is found within seconds, at one probe per cool-down. The breaker is
+        # for an upstream that stopped serving: one that still serves one attempt in
+        # five is flaky, and retries (not a stop) serve its requests.
+        self.breaker = Breaker(BreakerSettings(max_cooldown=BREAKER_MAX_COOLDOWN,
+                                               failure_rate=BREAKER_FAILURE_RATE), rng=self.rng)
         self.stats = UpstreamStats(clock)
         self.limit.subscribe(self._on_limit_change)
         self.breaker.subscribe(self._on_breaker)
