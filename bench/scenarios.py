@@ -106,6 +106,7 @@ class Scenario:
     vector_band: str = ""  # Vector's own figures for this scenario, for the table
     oracle_limit: int | None = None  # the concurrency an oracle is told
     seeds: tuple[int, ...] = (1,)
+    max_limit: int = 256  # pacer's configured ceiling (upstreams.max_limit)
 
     @property
     def unloaded(self) -> float:
@@ -196,6 +197,11 @@ SCENARIOS: tuple[Scenario, ...] = (
     # 0.375 s of slot time per request, 500 x 0.375 / 8 = 23 s, 3.7x the fault-free
     # 6.25 s. The band, 2.5x that fault-free time, is 0.68x that reference (target:
     # at most 2x it); pacer may run more than 8 at once: the upstream has no cap.
+    # A wide upstream (issue 11's adaptive run): a hidden cap of 600 at 1 s; after
+    # the cold start (1 -> 600 takes ~10 round trips) at least 80 % of 600/s.
+    Scenario("wide-cap-600", Behaviour(latency=1.0, cap=600), capacity=600 / 1.0,
+             workers=700, duration=40.0, steady_from=15.0, oracle_limit=600,
+             max_limit=1024, bands=Bands(min_goodput=0.80, max_429_share=0.03)),
     Scenario("flaky-35pct", Behaviour(latency=L, fault_rate=0.35), requests=500, workers=40,
              capacity=8 / L, oracle_limit=8, timeout=2.0,
              bands=Bands(max_duration=2.5)),
@@ -429,7 +435,7 @@ async def run_virtual(scenario: Scenario, contender: str = "pacer", seed: int = 
 
     cfg = UpstreamConfig(name="default", base_url="http://sim", initial_limit=1,
                          max_attempts=1000, retry_base_delay=0.05, retry_max_delay=1.0,
-                         timeout=scenario.timeout)
+                         timeout=scenario.timeout, max_limit=scenario.max_limit)
     answers: list[tuple[float, bool]] = []
     ids = itertools.count()
     body = {"model": "sim", "messages": [{"role": "user", "content": "hi"}]}

@@ -562,3 +562,31 @@ def test_failures_only_past_a_cap_still_cut() -> None:
             limit.on_sample(drop(t, i + 1, rtt=1.0, reason="timeout"))
     assert limit.phase == "steady" and limit.limit < 8
     assert rec.changes[-1].reason == "timeout"
+
+
+def test_probe_steps_scale_with_the_limit() -> None:
+    """A wide upstream (issue 11: cap 600 at 1 s): +1 per probe at 320 would take
+    minutes to find the rest; the first step is 1/32 of the limit, then doubles."""
+    limit, rec = steady_at(320, max_probe_interval=100.0, max_limit=1024)
+    t = rounds(limit, 0.125, 3)
+    assert (limit.limit, limit.phase) == (330, "probe")  # +10, not +1
+    t = rounds(limit, t, 1)
+    assert limit.limit == 350  # the step ran clean: the next one doubles
+    assert rec.reasons() == ["probe", "probe"]
+
+
+def test_slow_start_does_not_grow_on_attempts_that_queued() -> None:
+    """Past a steep knee the smoothed rtt lags the growth by rounds; a success whose
+    own rtt shows a queue (past the tolerance, beyond the rtt's spread) does not
+    add to the limit (HyStart's per-sample delay test)."""
+    limit, _ = make()
+    t = 0.0
+    for _ in range(5):  # 1 -> 32 at the no-load rtt: warm, min_rtt known
+        t = send_round(limit, t)
+    grown = limit.limit
+    assert grown == 32 and limit.phase == "slow_start"
+    for i in range(3):  # answers twice as slow: queued (the smoothed rtt not yet)
+        limit.on_sample(ok(t + i / 64, 2 * RTT, grown))
+    assert limit.limit == grown and limit.phase == "slow_start"
+    limit.on_sample(ok(t + 4 / 64, RTT, grown))  # one at the no-load rtt: grows
+    assert limit.limit == grown + 1

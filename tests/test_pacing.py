@@ -877,3 +877,40 @@ async def test_scenario_d_tokens_per_minute_from_headers(
     assert run.rate_limited <= 0.01 * run.attempts
     assert gate.status().token_rate is not None
 
+
+
+async def test_a_bunch_through_an_open_gate_is_not_counted_as_waiting() -> None:
+    """Slots freed together pass the gate's lock one by one; while the pace holds no
+    one back they are not waiting for it, so an attempt's recorded concurrency
+    (slots held minus tasks the pace holds) counts them (a cap of 600 at 1 s was
+    read as a few dozen in flight, and its probes never ran)."""
+    gate = PacingGate(Pacer(rng=random.Random(1)))
+    seen: list[int] = []
+
+    async def one() -> None:
+        await gate.wait()
+        seen.append(gate.waiting)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(one)
+    assert seen == [0] * 5
+
+
+async def test_tasks_behind_a_held_start_count_as_waiting(
+        autojump_clock: trio.testing.MockClock) -> None:
+    pacer = Pacer(rng=random.Random(1))
+    gate = PacingGate(pacer)
+    now = trio.current_time()
+    pacer.on_response(now, RateLimitInfo(retry_after=1.0), 503)  # a pause binds everyone
+    waiting: list[int] = []
+
+    async def one() -> None:
+        await gate.wait()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(one)
+        await trio.sleep(0.5)
+        waiting.append(gate.waiting)
+    assert waiting == [3]

@@ -114,6 +114,8 @@ _DEV_TO_SD: Final = 1.25
 # A probe fails when its round's rtt grew by more than this share of the relative
 # concurrency it added (a pure queue: the whole share; no queue: none).
 _PROBE_RTT_SHARE: Final = 0.5
+# A probe series starts with a step of the limit over this (at least 1).
+_FIRST_STEP_DIVISOR: Final = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,7 +397,11 @@ class AimdLimit:
             while self._completions[0] < horizon:
                 self._completions.popleft()
         if sample.start >= self._round_start and sample.reason != PACED:
-            # (The pace held a paced one back: it does not show the limit used.)
+            # (The pace held a paced one back: it does not show the limit used.) Any
+            # attempt back within the round shows the limit in use, also one sent
+            # just before it began: when answers come back in bunches (equal service
+            # times), the first of a bunch ends the round and was sent first, seeing
+            # few of its bunch in flight.
             self._round_max_inflight = max(self._round_max_inflight, sample.inflight)
         self._round_done += 1
         self._round_rtt_sum += sample.rtt
@@ -416,7 +422,7 @@ class AimdLimit:
         ):
             self._end_round(sample, now)
         if (self._phase == "slow_start" and fresh and self._limit == before
-                and 2 * sample.inflight >= self._limit
+                and 2 * sample.inflight >= self._limit and not self._sample_queued(sample)
                 and self._limit < self.settings.max_limit and sample.reason != PACED):
             self._change(self._limit + 1, "slow_start", sample, now)
 
@@ -463,7 +469,7 @@ class AimdLimit:
                 fresh = self._round_fresh
                 self._probe_ref_rtt = fresh.mean if fresh.count else self._srtt
                 self._phase = "probe"
-                self._probe_step = self._next_step(1)
+                self._probe_step = self._next_step(self._first_step())
                 self._new_round(now)
                 self._change(self._limit + self._probe_step, "probe", sample, now)
                 return
@@ -486,6 +492,11 @@ class AimdLimit:
             return
         self._new_round(now)
 
+    def _first_step(self) -> int:
+        """A probe series' first step, proportional to the limit (1 up to 63, then
+        1/32 of it): +1 at 600 would take minutes to find a capacity rise."""
+        return max(1, self._limit // _FIRST_STEP_DIVISOR)
+
     def _next_step(self, step: int) -> int:
         """The next probe step: ``step``, or, while regrowing toward a level that ran
         clean before failures cut it (an outage), up to a doubling toward it."""
@@ -507,6 +518,16 @@ class AimdLimit:
             return False
         assert self._srtt is not None
         return self._srtt > tolerance * base + _NOISE_Z * self._srtt_noise()
+
+    def _sample_queued(self, sample: Sample) -> bool:
+        """Did this one attempt queue: its rtt past the tolerance over the no-load
+        rtt by more than twice the rtt's own spread? In slow start such a success
+        does not grow the limit (HyStart's delay test, per sample): the smoothed rtt
+        lags, and a steep knee is 10 rounds of x1.1 deep before it crosses."""
+        tolerance, base = self.settings.latency_tolerance, self.min_rtt
+        if tolerance is None or base is None or not self._warm():
+            return False
+        return sample.rtt > tolerance * base + _NOISE_Z * _DEV_TO_SD * self._rttdev
 
     def _srtt_noise(self) -> float:
         """Standard deviation of the smoothed rtt: an EWMA of weight w has the

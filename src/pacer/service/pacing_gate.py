@@ -32,11 +32,15 @@ class PacingGate:
         self._lock = trio.Lock()
         self._changed = trio.Event()
         self._waiting = 0
+        self._sleeping = 0  # tasks the pace holds back now (asleep in wait)
 
     @property
     def waiting(self) -> int:
-        """Tasks inside :meth:`wait` now."""
-        return self._waiting
+        """Tasks inside :meth:`wait` now, while the pace holds one back. (Without a
+        hold they only pass the lock one by one: a bunch of slots freed together
+        would count each other as waiting, and the first attempts of the bunch
+        would record a concurrency of a few where hundreds were about to be sent.)"""
+        return self._waiting if self._sleeping else 0
 
     def _poke(self) -> None:
         self._changed.set()
@@ -58,8 +62,12 @@ class PacingGate:
                         return held
                     held = True
                     changed = self._changed
-                    with trio.move_on_at(at):
-                        await changed.wait()
+                    self._sleeping += 1
+                    try:
+                        with trio.move_on_at(at):
+                            await changed.wait()
+                    finally:
+                        self._sleeping -= 1
         finally:
             self._waiting -= 1
 
