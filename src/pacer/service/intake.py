@@ -3,8 +3,8 @@
 New files are seen through inotify (watchfiles) within about 0.1 s; a periodic full
 rescan is the safety net (inotify can overflow) and also moves what is not a job
 file (a symlink, a FIFO, a folder) to ``rejected/``. At start, jobs a previous run
-left in ``active/`` are resumed first. Claims stop while ``max_active_jobs`` run or
-the disk is in trouble.
+left in ``active/`` are resumed first. Claims stop while the disk is in trouble,
+and while as many jobs run as the upstreams could serve at once.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ def now_iso() -> str:
 
 class Intake:
     def __init__(self, spool: Spool, config: Callable[[], Config], summary: RunSummary,
-                 disk: DiskTrouble, *, drain: bool) -> None:
+                 disk: DiskTrouble, capacity: Callable[[], int], *, drain: bool) -> None:
         self.spool = spool
         self.config = config
+        self.capacity = capacity  # the sum of the upstreams' concurrency limits
         self.summary = summary
         self.disk = disk
         self.drain = drain
@@ -76,9 +77,15 @@ class Intake:
             await self._wake.wait()
 
     def _wants_more_work(self, active: int) -> bool:
-        # Each active job holds only a short queue of requests in memory (the fair
-        # scheduler reads lazily), so the number of jobs is what bounds memory.
-        return self.disk.error is None and active < self.config().spool.max_active_jobs
+        """Claim another job only while fewer run than the upstreams could serve at
+        once (4 x their limits, at least 64; at most ``max_active_jobs``): each job
+        holds only a short queue of requests (the scheduler reads lazily), and a
+        spool of many small jobs is started at the pace they are answered, not in
+        one burst that the limit would then have to absorb."""
+        if self.disk.error is not None:
+            return False
+        return active < min(self.config().spool.max_active_jobs,
+                            max(64, 4 * self.capacity()))
 
     async def _claim(self, name: str) -> str | None:
         try:
