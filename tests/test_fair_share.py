@@ -198,3 +198,28 @@ async def test_a_weighted_job_gets_its_share(
         daemon.request_stop("test")
     # 3 to 1: when the heavy job's 300 are done, about 100 of the plain one's are.
     assert 70 <= plain_answered <= 140, plain_answered
+
+
+async def test_many_small_jobs_are_started_at_the_pace_they_are_answered(
+        virtual_clock: MockClock, make_config: MakeConfig, spool: SpoolHelper) -> None:
+    # 4 x the limit of 10 is below 64: at most 64 jobs run at once, not 256.
+    config = fair_config(make_config)
+    for i in range(150):
+        spool.drop(f"one-{i:03d}.json", req(f"one-{i}"))
+    daemon = Daemon(load_config(config), drain=True, notifier=Notifier(None),
+                    clients={"default": capped_client()})
+    most = 0
+
+    async def watch() -> None:
+        nonlocal most
+        while True:
+            most = max(most, len(daemon.jobs))
+            await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        with trio.fail_after(300):
+            assert await daemon.run() == 0
+        nursery.cancel_scope.cancel()
+    assert len(spool.jobs("done")) == 150
+    assert 10 < most <= 64, most
