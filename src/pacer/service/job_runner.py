@@ -145,7 +145,13 @@ class JobRunner:
                 await self._wait_answered(job, queue)
             finally:
                 self._withdraw(job, queue)
-                del self._queues[job]
+                try:
+                    # Whatever ends this task (a disk error, a bug) waits for the
+                    # requests handed out: a restarted job must not send them again.
+                    while queue.dispatched:
+                        await queue.changed.wait()
+                finally:
+                    del self._queues[job]
         finally:
             claimed.close()
         if job.succeeded + job.failed < job.requests:
