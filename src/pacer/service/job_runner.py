@@ -49,7 +49,8 @@ class Job:
     queued: int = 0  # requests read but not answered yet
     queued_by_upstream: dict[str, int] = field(default_factory=dict)
 
-    def _queue(self, upstream: str, n: int) -> None:
+    def count_queued(self, upstream: str, n: int) -> None:
+        """``n`` more (or fewer) requests read and not answered, for ``upstream``."""
         self.queued += n
         self.queued_by_upstream[upstream] = self.queued_by_upstream.get(upstream, 0) + n
 
@@ -188,7 +189,7 @@ class JobRunner:
                 if isinstance(item, BadRequest):
                     bad.append(item)
                 else:
-                    job._queue(item.upstream, 1)
+                    job.count_queued(item.upstream, 1)
                     self.scheduler.push(queue, item)
             await self._write_errors(job, bad)
         if not self.stop.is_set():
@@ -209,7 +210,7 @@ class JobRunner:
 
     def _withdraw(self, job: Job, queue: JobQueue) -> None:
         for upstream, n in self.scheduler.withdraw(queue).items():
-            job._queue(upstream, -n)
+            job.count_queued(upstream, -n)
 
     def stopping(self) -> None:
         """The daemon stops: every job task stops feeding and waits only for what
@@ -223,7 +224,7 @@ class JobRunner:
             return
         async with trio.open_nursery() as nursery:
             for item in bad:
-                job._queue(item.upstream or "", 1)
+                job.count_queued(item.upstream or "", 1)
                 nursery.start_soon(self._answer_bad, job, item)
 
     async def _answer_bad(self, job: Job, item: BadRequest) -> None:
@@ -235,7 +236,7 @@ class JobRunner:
                 await self.writer.write(job.results, line)
                 job.failed += 1
         finally:
-            job._queue(item.upstream or "", -1)
+            job.count_queued(item.upstream or "", -1)
 
     # -- one request ----------------------------------------------------------------
 
@@ -266,7 +267,7 @@ class JobRunner:
                     else:
                         job.failed += 1
             finally:
-                job._queue(item.upstream, -1)
+                job.count_queued(item.upstream, -1)
 
     # -- rejection ----------------------------------------------------------------------
 
