@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import httpx
 import structlog
@@ -32,6 +32,7 @@ from pacer.logs import configure_logging
 from pacer.service.disk import DiskTrouble
 from pacer.service.intake import Intake
 from pacer.service.job_runner import Job, JobRunner
+from pacer.service.memory import LearnedStore
 from pacer.service.metrics import Metrics
 from pacer.service.pool import UpstreamPool
 from pacer.service.reporting import StateReporter
@@ -73,6 +74,7 @@ class Daemon:
         self.intake = Intake(self.spool, lambda: self.config, self.summary, self.disk,
                              lambda: sum(u.limit.limit for u in self.upstreams.values()),
                              drain=drain)
+        self.memory = LearnedStore(self.spool.root)
         self.metrics = Metrics(lambda: self.reporter.last, folders=self.spool.counts)
         self.pool = UpstreamPool(clients, self.metrics.observe_attempt)
         self.scheduler = FairScheduler(self._send, self.pool.load,
@@ -100,8 +102,9 @@ class Daemon:
     def state(self) -> ServiceState:
         return self.reporter.state()
 
-    async def _send(self, queue: JobQueue, request: Request) -> None:
-        await self.runner.send(queue, request)
+    async def _send(self, queue: JobQueue, request: Request,
+                    answered: Callable[[], None]) -> None:
+        await self.runner.send(queue, request, answered)
 
     # -- entry point ------------------------------------------------------------
 
@@ -113,6 +116,7 @@ class Daemon:
             if removed:
                 log.info("spool.temps_removed", files=removed)
             self.pool.build(self.config)
+            self.memory.resume(self.upstreams)
             self.reporter.last = self.reporter.state()
             if self.config.metrics.listen:
                 self.metrics.start(self.config.metrics.listen)
@@ -124,6 +128,8 @@ class Daemon:
             async with trio.open_nursery() as services:
                 services.start_soon(self.writer.run)
                 services.start_soon(self.reporter.loop)
+                services.start_soon(self.memory.loop, self.upstreams,
+                                    lambda: self.config.daemon.state_interval)
                 services.start_soon(watchdog_loop, self.notifier)
                 services.start_soon(self._signal_loop)
                 if not self.drain:
@@ -139,6 +145,7 @@ class Daemon:
                 with trio.CancelScope(shield=True):
                     await self.writer.flush()
                     await self.reporter.write()
+                    await self.memory.write(self.upstreams)
                 services.cancel_scope.cancel()
         finally:
             await self.pool.aclose()

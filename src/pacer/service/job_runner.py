@@ -18,6 +18,7 @@ import structlog
 import trio
 
 from pacer.config import Config
+from pacer.service.closer import JobCloser
 from pacer.service.disk import DISK_TROUBLE, DiskTrouble
 from pacer.service.intake import now_iso
 from pacer.service.scheduler import FairScheduler, JobQueue
@@ -71,6 +72,7 @@ class JobRunner:
         self.on_job_end = on_job_end
         self.jobs: dict[str, Job] = {}
         self._queues: dict[Job, JobQueue] = {}
+        self.closer = JobCloser(spool)
 
     def start(self, nursery: trio.Nursery, name: str) -> None:
         stem = job_stem(name) or name
@@ -159,9 +161,8 @@ class JobRunner:
             log.info("job.interrupted", requests=job.requests,
                      answered=job.succeeded + job.failed)
             return
-        await trio.to_thread.run_sync(job.results.publish)
         folder = "failed" if job.failed else "done"
-        final = await trio.to_thread.run_sync(self.spool.finish, job.name, folder)
+        final = await self.closer.close(job.results, job.name, folder)
         if folder == "failed":
             self.summary.jobs_failed += 1
         else:
@@ -240,8 +241,10 @@ class JobRunner:
 
     # -- one request ----------------------------------------------------------------
 
-    async def send(self, queue: JobQueue, item: Request) -> None:
-        """The request task the scheduler starts: send, then write the result line."""
+    async def send(self, queue: JobQueue, item: Request,
+                   answered: Callable[[], None] = lambda: None) -> None:
+        """The request task the scheduler starts: send, say it is ``answered()``,
+        then write the result line."""
         job = self.jobs[queue.name]
         with structlog.contextvars.bound_contextvars(job=job.name):
             try:
@@ -256,6 +259,7 @@ class JobRunner:
                                         error_message=f"{type(exc).__name__} inside pacer")
                     if answer is None:
                         return  # stopping: left for the next run
+                    answered()
                     line = result_line(item.custom_id, item.upstream, answer.attempts,
                                        status=answer.status, body=answer.body,
                                        request_id=answer.request_id,

@@ -65,7 +65,9 @@ class JobQueue:
 
 
 Load = Callable[[], UpstreamLoad]
-Send = Callable[[JobQueue, Request], Awaitable[None]]
+# send(queue, request, answered): answered() tells the lane the upstream is done
+# with the request (its result line may still be waiting to be made durable).
+Send = Callable[[JobQueue, Request, Callable[[], None]], Awaitable[None]]
 
 
 class Lane:
@@ -137,9 +139,10 @@ class Lane:
 class FairScheduler:
     """The lanes of all upstreams, and their dispatcher tasks.
 
-    ``send(queue, request)`` runs in a task of its own per dispatched request; the
-    scheduler counts it as dispatched until it returns. ``slots`` bounds the
-    requests dispatched over all upstreams together.
+    ``send(queue, request, answered)`` runs in a task of its own per dispatched
+    request; the lane counts it as dispatched until it calls ``answered()`` (or
+    returns), the job and ``slots`` until it returns. ``slots`` bounds the requests
+    dispatched over all upstreams together.
     """
 
     def __init__(self, send: Send, load: Callable[[str], UpstreamLoad],
@@ -211,10 +214,22 @@ class FairScheduler:
                 await lane.wake.wait()
 
     async def _run_one(self, lane: Lane, queue: JobQueue, request: Request) -> None:
+        at_upstream = True
+
+        def answered() -> None:
+            # Only requests still at the upstream count against the lane's cap: one
+            # waiting for the result writer's fsync must not hold back the next
+            # (that capped a big job at ~380 requests/s with a 50 ms flush interval).
+            nonlocal at_upstream
+            if at_upstream:
+                at_upstream = False
+                lane.dispatched -= 1
+                lane.wake.set()
+
         try:
-            await self._send(queue, request)
+            await self._send(queue, request, answered)
         finally:
-            lane.dispatched -= 1
+            answered()
             queue.dispatched -= 1
             self._slots.release()
             queue.notify()

@@ -18,6 +18,7 @@ from itertools import islice
 from pathlib import Path
 from typing import IO
 
+from pacer.spool.access import why_unreadable
 from pacer.spool.jobs import (
     BadRequest,
     Bounded,
@@ -37,6 +38,9 @@ def open_job_file(path: Path, max_bytes: int) -> tuple[IO[bytes], int]:
     raise :class:`JobFileError` unless it is a regular file of at most ``max_bytes``."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except PermissionError as exc:  # dropped by hand with the wrong owner or mode
+        raise JobFileError("unreadable", f"cannot open the job file: {exc.strerror}: "
+                           f"{why_unreadable(path)}") from None
     except OSError as exc:
         raise JobFileError("unreadable", f"cannot open the job file: {exc.strerror}") from None
     st = os.fstat(fd)

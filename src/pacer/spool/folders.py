@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pacer.spool.access import hand_over, spool_identity
 from pacer.spool.durable import TEMP_NAME, dumps_bytes, fsync_dir, write_durable
 from pacer.spool.names import JOB_SUFFIXES, job_stem, job_weight
 
@@ -188,6 +189,38 @@ class Spool:
         Returns the active name, or None if the file vanished or is no longer a
         regular file (it is then left where it is).
         """
+        claimed, error = self.claim_many([name])
+        if error is not None:
+            raise error
+        return claimed[0]
+
+    def claim_many(self, names: list[str]) -> tuple[list[str | None], OSError | None]:
+        """Claim ``names`` in order as :meth:`claim` does, with one fsync of each
+        folder for all of them: a burst of small jobs must not cost two fsyncs each.
+
+        Returns the claims made (the active name, or None) and the error that
+        stopped the batch, if any: the names after it were not tried. Every claim
+        returned is durable; on a failed fsync none is returned (those files stay
+        in ``active/`` and are resumed at the next start, as a claim that failed
+        after its rename always was).
+        """
+        claimed: list[str | None] = []
+        error: OSError | None = None
+        for name in names:
+            try:
+                claimed.append(self._move_in(name))
+            except OSError as exc:
+                error = exc
+                break
+        if any(c is not None for c in claimed):
+            try:
+                fsync_dir(self.folder("active"))
+                fsync_dir(self.folder("incoming"))
+            except OSError as exc:
+                return [], exc
+        return claimed, error
+
+    def _move_in(self, name: str) -> str | None:
         src = self.folder("incoming") / name
         if job_stem(name) is None:
             return None
@@ -202,13 +235,19 @@ class Spool:
             os.rename(src, self.folder("active") / target)
         except FileNotFoundError:
             return None
-        fsync_dir(self.folder("active"))
-        fsync_dir(self.folder("incoming"))
         return target
 
     def finish(self, name: str, folder: str) -> str:
         """Move ``active/name`` into ``folder`` (done, failed or rejected), never
         replacing a file already there; returns the name it got."""
+        target = self.move_out(name, folder)
+        fsync_dir(self.folder(folder))
+        fsync_dir(self.folder("active"))
+        return target
+
+    def move_out(self, name: str, folder: str) -> str:
+        """:meth:`finish` without the fsyncs: the caller fsyncs ``folder`` and
+        ``active/`` before it counts on the move (once for many moves)."""
         dest = self.folder(folder)
         stem = job_stem(name) or name
         suffix = name[len(stem):]
@@ -224,8 +263,6 @@ class Spool:
             n += 1
             target = f"{stem}~{n}{suffix}"
         os.rename(self.folder("active") / name, dest / target)
-        fsync_dir(dest)
-        fsync_dir(self.folder("active"))
         return target
 
     def write_error(self, name: str, info: dict[str, Any]) -> None:
@@ -261,11 +298,9 @@ class Spool:
         tmp = self.folder("tmp") / f".{uuid.uuid4().hex}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
-            # The daemon reads the file through the spool's group: hand it over when
-            # the submitter is a member (the spool has no setgid bit to do it).
-            spool_gid = os.stat(self.folder("incoming")).st_gid
-            if spool_gid != os.getegid() and spool_gid in os.getgroups():
-                os.fchown(fd, -1, spool_gid)
+            # The daemon reads the file as the spool's owner and group (the spool has no
+            # setgid bit): hand it over, or refuse rather than publish what it cannot read.
+            hand_over(fd, spool_identity(self.folder("incoming")))
             with os.fdopen(fd, "wb") as fh:
                 fd = -1  # the file object owns it now
                 fh.write(data)
