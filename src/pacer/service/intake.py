@@ -67,8 +67,7 @@ class Intake:
                     log.info("job.resumed", job=name)
                     start_job(name)
                 continue
-            if self.pending and self._wants_more_work(active()):
-                room = self.config().spool.max_active_jobs - active()
+            if self.pending and (room := self._room(active())) > 0:
                 names = [self.pending.popleft()
                          for _ in range(min(room, len(self.pending), CLAIM_BATCH))]
                 for claimed in await self._claim(names):
@@ -82,16 +81,16 @@ class Intake:
             self._wake = trio.Event()
             await self._wake.wait()
 
-    def _wants_more_work(self, active: int) -> bool:
-        """Claim another job only while fewer run than the upstreams could serve at
-        once (4 x their limits, at least 64; at most ``max_active_jobs``): each job
-        holds only a short queue of requests (the scheduler reads lazily), and a
+    def _room(self, active: int) -> int:
+        """How many more jobs to claim: while fewer run than the upstreams could serve
+        at once (4 x their limits, at least 64; at most ``max_active_jobs``). Each
+        job holds only a short queue of requests (the scheduler reads lazily), and a
         spool of many small jobs is started at the pace they are answered, not in
         one burst that the limit would then have to absorb."""
         if self.disk.error is not None:
-            return False
-        return active < min(self.config().spool.max_active_jobs,
-                            max(64, 4 * self.capacity()))
+            return 0
+        most = min(self.config().spool.max_active_jobs, max(64, 4 * self.capacity()))
+        return most - active
 
     async def _claim(self, names: list[str]) -> list[str]:
         """Claim ``names`` in one thread hop (one fsync per folder for all); the
