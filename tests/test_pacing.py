@@ -889,7 +889,7 @@ async def test_a_bunch_through_an_open_gate_is_not_counted_as_waiting() -> None:
 
     async def one() -> None:
         await gate.wait()
-        seen.append(gate.waiting)
+        seen.append(gate.held_back)
 
     async with trio.open_nursery() as nursery:
         for _ in range(5):
@@ -912,5 +912,5 @@ async def test_tasks_behind_a_held_start_count_as_waiting(
         for _ in range(3):
             nursery.start_soon(one)
         await trio.sleep(0.5)
-        waiting.append(gate.waiting)
+        waiting.append(gate.held_back)
     assert waiting == [3]

@@ -36,10 +36,16 @@ class PacingGate:
 
     @property
     def waiting(self) -> int:
-        """Tasks inside :meth:`wait` now, while the pace holds one back. (Without a
-        hold they only pass the lock one by one: a bunch of slots freed together
-        would count each other as waiting, and the first attempts of the bunch
-        would record a concurrency of a few where hundreds were about to be sent.)"""
+        """Tasks inside :meth:`wait` now."""
+        return self._waiting
+
+    @property
+    def held_back(self) -> int:
+        """Tasks inside :meth:`wait` now, counted only while the pace holds one back.
+        (Without a hold they only pass the lock one by one: a bunch of slots freed
+        together would count each other as waiting, and the first attempts of the
+        bunch would record a concurrency of a few where hundreds were about to be
+        sent.)"""
         return self._waiting if self._sleeping else 0
 
     def _poke(self) -> None:

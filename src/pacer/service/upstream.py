@@ -321,7 +321,10 @@ class Upstream:
                 # probe per waiting request. (The opening voided its admission.)
                 return _REVOKED
             slot.start = self.clock()  # the rtt leaves the pacing wait out
-            slot.inflight = max(1, self.limiter.inflight - self.gate.waiting)
+            # The limit's concurrency leaves out only tasks the pace holds back (see
+            # PacingGate.held_back); the gate's own 429 attribution keeps its count.
+            slot.inflight = max(1, self.limiter.inflight - self.gate.held_back)
+            gate_inflight = max(1, self.limiter.inflight - self.gate.waiting)
             status, headers, body, failure, message = await exchange(
                 self.client, req, self.cfg.timeout)
             info = (parse_rate_limit_headers(headers, self.wall_clock())
@@ -334,7 +337,7 @@ class Upstream:
             # started (later ones may not have arrived yet, e.g. on a new connection);
             # a 429 came with at least those in flight when it ended (they include any
             # sent later that overtook it).
-            with_it = slot.inflight
+            with_it = gate_inflight
             if refused:
                 with_it = max(with_it, self.limiter.inflight - self.gate.waiting)
             cause = self.gate.on_response(info, status_for_gate, tokens_used(body),
