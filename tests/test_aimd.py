@@ -590,3 +590,17 @@ def test_slow_start_does_not_grow_on_attempts_that_queued() -> None:
     assert limit.limit == grown and limit.phase == "slow_start"
     limit.on_sample(ok(t + 4 / 64, RTT, grown))  # one at the no-load rtt: grows
     assert limit.limit == grown + 1
+
+
+def test_a_refusal_admitted_above_the_current_limit_is_the_old_episode() -> None:
+    """Hundreds of slots pass the pacing gate one by one, so an attempt admitted
+    before a cut may be stamped after it; its in-flight count (above what the
+    limit now allows) shows it belongs to the burst already answered."""
+    limit, rec = steady_at(20)
+    send_round(limit, 0.5, rtt=1.0)
+    limit.on_sample(drop(1.625, 20))
+    assert limit.limit == 18
+    limit.on_sample(drop(1.75, 20))  # stamped after the cut, admitted before it
+    assert limit.limit == 18 and len(rec.changes) == 1
+    limit.on_sample(drop(1.75, 18))  # admitted under the new limit: new evidence
+    assert limit.limit == 16

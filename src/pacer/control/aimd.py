@@ -304,7 +304,12 @@ class AimdLimit:
             self._on_success(sample, now)
         # Attempts sent before the last decrease belong to the episode already answered:
         # a burst of 429s from one window is one signal.
-        elif sample.outcome is Outcome.DROPPED and sample.start > self._last_decrease_at:
+        # One admitted with more in flight than the limit allows now was admitted
+        # before the last decrease, however late it was stamped (hundreds of slots
+        # pass the pacing gate one by one: a burst of immediate 429s from one
+        # overshoot cut 699 -> 500 -> 450 -> ... -> 191 within milliseconds).
+        elif (sample.outcome is Outcome.DROPPED and sample.start > self._last_decrease_at
+              and sample.inflight <= self._limit):
             refused_at = max(1, min(self._limit, sample.inflight))
             self._congestion(sample.reason, sample, now, refused_at)
         return self._limit
