@@ -23,7 +23,7 @@ async def test_an_open_gate_is_passed_without_a_watcher() -> None:
         assert not trio.lowlevel.current_task().parent_nursery.child_tasks - {
             trio.lowlevel.current_task()}
 
-    assert await _unless_stopped(stop, wait, 3.0, likely_at_once=True)
+    assert await _unless_stopped(stop, wait, 3.0)
     assert calls == [3.0]
 
 
@@ -46,7 +46,7 @@ async def test_a_pause_falls_back_to_the_watched_wait_and_stop_ends_it(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop_at_one_second)
         start = trio.current_time()
-        assert not await _unless_stopped(stop, wait, 0.0, likely_at_once=True)
+        assert not await _unless_stopped(stop, wait, 0.0)
         assert trio.current_time() - start == 1.0  # not the pause's 10 s
     assert calls == 2  # tried at once, then watched
     assert gate.waiting == 0
@@ -57,7 +57,7 @@ async def test_a_pause_that_ends_lets_the_attempt_through(
     gate = PacingGate()
     gate.pause(2.0, "test")
     start = trio.current_time()
-    assert await _unless_stopped(trio.Event(), gate.wait, 0.0, likely_at_once=True)
+    assert await _unless_stopped(trio.Event(), gate.wait, 0.0)
     assert 2.0 <= trio.current_time() - start < 2.5
 
 
@@ -69,8 +69,7 @@ async def test_a_busy_gate_is_waited_for_in_order(
     passed: list[int] = []
 
     async def attempt(i: int) -> None:
-        if await _unless_stopped(trio.Event(), gate.wait, 0.0,
-                                 likely_at_once=gate.waiting == 0):
+        if await _unless_stopped(trio.Event(), gate.wait, 0.0):
             passed.append(i)
 
     async with trio.open_nursery() as nursery:

@@ -310,8 +310,7 @@ class Upstream:
             # The gate sits inside the slot: during a pause, no task that already
             # holds a slot can send.
             if stop.is_set() or not await _unless_stopped(
-                    stop, wait_for_gate, estimate_tokens(req.body),
-                    likely_at_once=self.gate.waiting == 0):
+                    stop, wait_for_gate, estimate_tokens(req.body)):
                 return None
             if self.stats.breaker_openings != admitted:
                 # Admitted before the breaker opened: going now would make one more
@@ -370,22 +369,22 @@ class _Tried:
         return self.decision.verdict
 
 
-_UNWATCHED_S = 1e-3  # how long an attempt may wait for the gate unwatched
+# How long an attempt waits for the gate before it watches ``stop``: an open gate
+# is passed within a scheduling round (a few ms under load), a pause takes longer.
+_UNWATCHED_S = 0.02
 
 
 async def _unless_stopped(stop: trio.Event, fn: Callable[[float], Awaitable[None]],
-                          arg: float, *, likely_at_once: bool = False) -> bool:
+                          arg: float) -> bool:
     """Await ``fn(arg)`` unless ``stop`` is set first; True if it completed.
 
-    ``fn`` must take nothing when cancelled (the pacing gate's wait does not). When
-    it ``likely_at_once`` completes without blocking, it is tried first with no
-    watcher task (a nursery and a task per attempt were ~7% of the CPU per request),
-    under a deadline 1 ms away: should it block longer, the watched wait below
-    takes over. (A deadline of now would cancel it before it starts.)"""
-    if likely_at_once:
-        with trio.move_on_after(_UNWATCHED_S):
-            await fn(arg)
-            return True
+    ``fn`` must take nothing when cancelled (the pacing gate's wait does not). It is
+    tried first with no watcher task (a nursery and a task per attempt were ~7% of
+    the CPU per request), under a deadline of ``_UNWATCHED_S``: should it wait
+    longer, it is given up and the watched wait below takes over."""
+    with trio.move_on_after(_UNWATCHED_S):
+        await fn(arg)
+        return True
     done = False
     async with trio.open_nursery() as nursery:
         async def watch() -> None:
