@@ -369,22 +369,9 @@ class _Tried:
         return self.decision.verdict
 
 
-# How long an attempt waits for the gate before it watches ``stop``: an open gate
-# is passed within a scheduling round (a few ms under load), a pause takes longer.
-_UNWATCHED_S = 0.02
-
-
 async def _unless_stopped(stop: trio.Event, fn: Callable[[float], Awaitable[None]],
                           arg: float) -> bool:
-    """Await ``fn(arg)`` unless ``stop`` is set first; True if it completed.
-
-    ``fn`` must take nothing when cancelled (the pacing gate's wait does not). It is
-    tried first with no watcher task (a nursery and a task per attempt were ~7% of
-    the CPU per request), under a deadline of ``_UNWATCHED_S``: should it wait
-    longer, it is given up and the watched wait below takes over."""
-    with trio.move_on_after(_UNWATCHED_S):
-        await fn(arg)
-        return True
+    """Await ``fn(arg)`` unless ``stop`` is set first; True if it completed."""
     done = False
     async with trio.open_nursery() as nursery:
         async def watch() -> None:
