@@ -37,6 +37,7 @@ import trio
 
 from pacer import __version__
 from pacer.config import Config, ConfigError, UpstreamConfig, load_config, read_api_key
+from pacer.fleet import Fleet
 from pacer.logs import configure_logging, register_secret
 from pacer.service.http import build_client
 from pacer.service.metrics import Metrics
@@ -118,6 +119,8 @@ class Daemon:
         self._last_state: dict[str, Any] = {}
         self.spool_errors: dict[str, int] = {}
         self.metrics = Metrics(lambda: self._last_state, folders=self.spool.counts)
+        # fleet: limits shared with other pacers through Redis ([fleet] redis).
+        self.fleet: Fleet | None = Fleet(config.fleet) if config.fleet.redis else None
 
     # -- set-up ---------------------------------------------------------------
 
@@ -141,6 +144,8 @@ class Daemon:
     def _new_upstream(self, ucfg: UpstreamConfig, client: httpx.AsyncClient) -> Upstream:
         up = Upstream(ucfg, client)
         up.on_attempt = self.metrics.observe_attempt
+        if self.fleet is not None:  # fleet
+            self.fleet.join(up)
         return up
 
     # -- entry point ------------------------------------------------------------
@@ -166,6 +171,8 @@ class Daemon:
                 services.start_soon(self._state_loop)
                 services.start_soon(watchdog_loop, self.notifier)
                 services.start_soon(self._signal_loop)
+                if self.fleet is not None:  # fleet
+                    await services.start(self.fleet.run)
                 if not self.drain:
                     services.start_soon(self._watch_incoming)
                     services.start_soon(self._rescan_loop)
@@ -600,6 +607,8 @@ class Daemon:
                 "paused_for_s": _round(max(0.0, (pacing.resume_at or 0) - trio.current_time())),
                 "last_minute": s.last_minute(),
             }
+            if self.fleet is not None and name in self.fleet.members:  # fleet
+                ups[name]["fleet"] = self.fleet.members[name].state()
         return {
             "pid": os.getpid(),
             "version": __version__,

@@ -1,0 +1,10 @@
+"""Several pacers sharing one upstream's limits through Redis.
+
+``store`` talks to Redis (coredis, Lua ``scripts``), ``member`` bridges one
+upstream's limiter to the shared controller, ``degraded`` is the safe local share
+while Redis is away, and :class:`Fleet` runs all of a node's members.
+"""
+
+from pacer.fleet.fleet import Fleet
+
+__all__ = ["Fleet"]
