@@ -111,7 +111,7 @@ async def test_one_cut_per_epoch_however_many_nodes_saw_the_drops(
     b = bounds(initial=20)
     async with FleetStore(redis.url) as store:
         for node in "abcd":
-            await tick(store, report(node, demand=5), b)
+            await tick(store, report(node, demand=5, in_use=5), b)
         # All four saw 429s in epoch 0: one cut, not four.
         g = await tick(store, report("a", demand=5, in_use=5, drops=3), b)
         assert g.cut and g.epoch == 1 and g.limit == 18  # 20 * 0.9

@@ -13,6 +13,7 @@ waiter locally. When Redis cannot be reached it falls back to a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pacer.control.breaker import BreakerState, BreakerTransition
 from pacer.control.limit import Outcome, Sample
 from pacer.control.pacing import PauseEvent
 from pacer.fleet.degraded import DegradedSettings, DegradedShare
+from pacer.fleet.shared_limit import SharedLimit
 from pacer.fleet.store import REDIS_DOWN, UNREACHABLE, Bounds, FleetStore, FleetView, Grant, Report
 
 if TYPE_CHECKING:
@@ -70,20 +72,36 @@ class FleetMember:
         self._degraded_at = 0.0
         self.view: FleetView | None = None
         self._described_at = -math.inf
-        # Until the fleet answers, no slot: a node never assumes the limit is its own.
+        # The limit in force is the fleet's; until the fleet answers, no slot: a node
+        # never assumes the limit is its own.
+        self.shared = SharedLimit(upstream.limit.limit)
+        upstream.use_limit(self.shared)
         upstream.limiter.set_cap(0)
         upstream.limiter.sample_listeners.append(self._on_sample)
+        # A node sees only its own share of the load, so it cannot tell a rate cap
+        # from the fleet's concurrency cap by what it has in flight: 429s without
+        # quota headers are left to the shared limit (never a local learned rate).
+        upstream.pacer.settings = dataclasses.replace(upstream.pacer.settings,
+                                                      learn_rate=False)
         upstream.pacer.subscribe_pause(self._on_pause)
         upstream.breaker.subscribe(self._on_breaker)
 
     # -- hooks from the upstream ------------------------------------------------------
 
     def _on_sample(self, s: Sample) -> None:
-        if s.outcome is Outcome.DROPPED:
+        # A 429 the pacing gate put down to a rate is congestion for the fleet all
+        # the same: the fleet's limit is the one control it shares.
+        if s.outcome is Outcome.DROPPED or s.reason == "rate_limited":
             if s.start >= self._epoch_seen_at:  # older ones belong to a cut already made
                 self._drops += 1
-            if self.degraded is not None and self.degraded.on_drop(self.clock()):
-                self._set_cap(self.degraded.cap(self.clock()))
+            if self.degraded is not None:
+                if self.degraded.on_drop(self.clock()):
+                    self._set_cap(self.degraded.cap(self.clock()))
+            elif self.upstream.limiter.cap:
+                # The slot that was refused is not used again before the fleet has
+                # heard of it (next tick): a refusal comes back at once, and 20
+                # waiting requests would otherwise meet 20 refusals in a few ms.
+                self.upstream.limiter.set_cap(self.upstream.limiter.cap - 1)
         elif s.outcome is Outcome.SUCCESS and s.reason != PACED:
             self._successes += 1
             self._min_rtt = s.rtt if self._min_rtt is None else min(self._min_rtt, s.rtt)
@@ -100,7 +118,9 @@ class FleetMember:
 
     def _report(self) -> Report:
         lim = self.upstream.limiter
-        return Report(node=self.node, demand=lim.inflight + lim.waiting, in_use=lim.inflight,
+        # In use: sending, not waiting for the pace inside a slot.
+        in_use = max(0, lim.inflight - self.upstream.gate.waiting)
+        return Report(node=self.node, demand=lim.inflight + lim.waiting, in_use=in_use,
                       seen_epoch=self.epoch, drops=self._drops, successes=self._successes,
                       min_rtt=self._min_rtt, pause=self._pause, breaker=self._breaker)
 
@@ -123,6 +143,7 @@ class FleetMember:
         if report.breaker:
             self._breaker = 0.0
         self._apply(grant)
+        self.upstream.limiter.elsewhere = max(0, grant.used - report.in_use)
         return grant
 
     def _apply(self, g: Grant) -> None:
@@ -135,21 +156,22 @@ class FleetMember:
         if not self.joined:
             self.joined = True
             log.info("fleet.joined", upstream=self.upstream.name, fleet_key=self.key,
-                     node=self.node, limit=round(g.limit, 2), share=g.held, nodes=g.nodes,
-                     epoch=g.epoch)
+                     node=self.node, limit=round(g.limit, 2), share=g.held,
+                     fair_share=g.share, nodes=g.nodes, epoch=g.epoch)
         if g.epoch != self.epoch:
             self.epoch = g.epoch
             self._epoch_seen_at = now
             self._drops = 0
-        if math.floor(g.limit) != math.floor(self.known_limit) and self.known_limit:
-            log.info("fleet.limit_changed", upstream=self.upstream.name, fleet_key=self.key,
-                     old_limit=math.floor(self.known_limit), new_limit=math.floor(g.limit),
-                     reason="cut" if g.cut else "fleet", epoch=g.epoch,
-                     fleet_inflight=g.fleet_inflight, nodes=g.nodes)
+        if self.upstream.limit is not self.shared:  # a reload gave it a limit of its own
+            self.upstream.use_limit(self.shared)
+        # limit.changed, as for any limit (the upstream logs it).
+        self.shared.set(math.floor(g.limit), now, "fleet_cut" if g.cut else "fleet", g.used)
         self.known_limit = g.limit
         self.grant = g
         self.held = g.held
-        self._set_cap(g.held)
+        # Leases kept above the share only cover attempts already out: as they end,
+        # the slots go back (next tick), not to new attempts.
+        self._set_cap(g.held if g.share is None else min(g.held, g.share))
         if g.pause_left > 0:
             until = self.upstream.pacer.paused_until
             if until is None or until < now + g.pause_left - 0.05:
@@ -162,6 +184,7 @@ class FleetMember:
         if self.degraded is None:
             self.degraded = DegradedShare(self.held, now, self.settings.degraded)
             self._degraded_at = now
+            self.upstream.limiter.elsewhere = 0  # unknown now
             log.warning("fleet.degraded", upstream=self.upstream.name, fleet_key=self.key,
                         node=self.node, error=f"{type(exc).__name__}: {exc}"[:200],
                         share=self.degraded.cap(now), floor=self.settings.degraded.floor)
@@ -170,6 +193,8 @@ class FleetMember:
     def _set_cap(self, cap: int) -> None:
         if self.upstream.limiter.cap != cap:
             self.upstream.limiter.set_cap(cap)
+        if self.degraded is not None:  # the limit in force is the safe local share
+            self.shared.set(cap, self.clock(), "fleet_degraded")
 
     # -- life -------------------------------------------------------------------------
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 #       pause_ms, breaker_ms, ttl_ms, initial_limit, min_limit, max_limit,
 #       seed_limit (0: none), skew_ms, probe_every_ms, state_ttl_ms, decrease
 # Returns: held, limit (text), epoch, share (-1: all demand met), pause_left_ms,
-#          breaker_left_ms, fleet_inflight, live_nodes, plateau, rtt_noload (text), cut
+#          breaker_left_ms, fleet_inflight (leases), live_nodes, plateau,
+#          rtt_noload (text), cut, used (slots in use over the live nodes)
 TICK = r"""
 local ctl, leases, nodes, info, mine = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local node = ARGV[1]
@@ -98,9 +99,20 @@ for _, m in ipairs(redis.call('SMEMBERS', mine)) do
     redis.call('SREM', mine, m)
   end
 end
-local inflight = redis.call('ZCARD', leases)
+-- Every live node's demand and slots in use, this node's as of now.
+redis.call('ZADD', nodes, now + ttl, node)
+redis.call('HSET', info, node, demand .. ' ' .. in_use .. ' ' .. #held)
+local all = redis.call('HGETALL', info)
+local demands = {}
+local used = 0
+for i = 1, #all, 2 do
+  local d, u = string.match(all[i + 1], '^(%d+) (%d+)')
+  demands[#demands + 1] = {tonumber(d) or 0, all[i]}
+  used = used + (tonumber(u) or 0)
+end
 
--- The controller: one cut per epoch, growth only when the fleet uses the limit.
+-- The controller: one cut per epoch, growth only when the fleet uses the limit
+-- (slots in use, not leases held: a node's pace may leave some of its leases idle).
 if rtt >= 0 then
   if rtt_noload < 0 or rtt < rtt_noload then
     rtt_noload = rtt
@@ -110,7 +122,10 @@ if rtt >= 0 then
 end
 local cut = 0
 if drops > 0 and seen_epoch == epoch and now - last_decrease >= math.max(rtt_noload, 0) then
-  local point = math.max(inflight, 1)
+  -- Congestion at what was in flight: the slots in use, or the leases if more (the
+  -- in-use counts are up to a tick old), never above the limit.
+  local busy = math.max(used, redis.call('ZCARD', leases))
+  local point = math.max(1, math.min(math.floor(limit), busy))
   plateau = math.max(lo, point - 1)
   limit = math.max(lo, math.min(math.floor(limit * decrease), point - 1))
   epoch = epoch + 1
@@ -118,7 +133,7 @@ if drops > 0 and seen_epoch == epoch and now - last_decrease >= math.max(rtt_nol
   next_probe = now + probe_every
   probe_at = 0
   cut = 1
-elseif oks > 0 and inflight + 1 >= math.floor(limit) then
+elseif oks > 0 and used + 1 >= math.floor(limit) then
   if plateau == 0 then
     limit = limit + oks                                  -- slow start: x2 per round trip
   elseif probe_at > 0 then
@@ -138,28 +153,36 @@ end
 if pause_ms > 0 then pause_until = math.max(pause_until, now + pause_ms) end
 if breaker_ms > 0 then breaker_until = math.max(breaker_until, now + breaker_ms) end
 
--- Shares follow demand: max-min fair (water-filling) over the live nodes' demands.
-redis.call('ZADD', nodes, now + ttl, node)
-redis.call('HSET', info, node, demand .. ' ' .. in_use .. ' ' .. #held)
-local all = redis.call('HGETALL', info)
-local demands = {}
-for i = 2, #all, 2 do
-  demands[#demands + 1] = tonumber(string.match(all[i], '^(%d+)')) or 0
-end
-table.sort(demands)
+-- Shares follow demand: max-min fair (water-filling) over the live nodes' demands,
+-- in whole slots that add up to the limit. The nodes that want more than the water
+-- level get it, and the slots left over go one each to some of them, in name order
+-- rotated every 10 s.
+table.sort(demands, function(x, y) return x[1] < y[1] or (x[1] == y[1] and x[2] < y[2]) end)
 local cap = math.floor(limit)
 local left = cap
-local level = -1
-for i, d in ipairs(demands) do
+local want = demand
+local share = -1
+for i, e in ipairs(demands) do
   local rest = #demands - i + 1
-  if d * rest > left then
-    level = math.ceil(left / rest)
+  if e[1] * rest > left then
+    local level = math.floor(left / rest)
+    local spare = left - level * rest
+    local names = {}
+    for j = i, #demands do names[#names + 1] = demands[j][2] end
+    table.sort(names)
+    local turn = math.floor(now / 10000) % rest
+    for j, n in ipairs(names) do
+      if n == node then
+        local extra = 0
+        if (j - 1 - turn) % rest < spare then extra = 1 end
+        share = level + extra
+        want = math.min(demand, share)
+      end
+    end
     break
   end
-  left = left - d
+  left = left - e[1]
 end
-local want = demand
-if level >= 0 then want = math.min(demand, level) end
 want = math.max(want, in_use)  -- slots in use are not given up under a request
 
 if #held > want then
@@ -187,9 +210,9 @@ redis.call('HSET', ctl, 'limit', tostring(limit), 'epoch', epoch,
            'pause_until', pause_until, 'breaker_until', breaker_until)
 for _, k in ipairs({ctl, leases, nodes, info}) do redis.call('PEXPIRE', k, state_ttl) end
 
-return {#held, tostring(limit), epoch, level, math.max(0, pause_until - now),
+return {#held, tostring(limit), epoch, share, math.max(0, pause_until - now),
         math.max(0, breaker_until - now), redis.call('ZCARD', leases),
-        redis.call('ZCARD', nodes), plateau, tostring(rtt_noload), cut}
+        redis.call('ZCARD', nodes), plateau, tostring(rtt_noload), cut, used}
 """
 
 # A node leaves: it releases exactly its own leases and its place in the shares.

@@ -69,6 +69,7 @@ class Grant:
     plateau: int
     rtt_noload: float | None  # seconds
     cut: bool  # this tick cut the limit
+    used: int  # slots in use over the live nodes (this node's as reported now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +154,7 @@ class FleetStore:
                      share=None if level < 0 else level, pause_left=int(r[4]) / 1000,
                      breaker_left=int(r[5]) / 1000, fleet_inflight=int(r[6]), nodes=int(r[7]),
                      plateau=int(r[8]), rtt_noload=None if rtt < 0 else rtt / 1000,
-                     cut=bool(int(r[10])))
+                     cut=bool(int(r[10])), used=int(r[11]))
 
     async def leave(self, key: str, node: str) -> int:
         """Release exactly this node's leases and its place; the count released."""

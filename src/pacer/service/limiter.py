@@ -74,6 +74,9 @@ class Limiter:
         # sample, and ``sample_listeners`` hear them too.
         self._cap: int | None = None
         self.sample_listeners: list[Callable[[Sample], None]] = []
+        # fleet: attempts in flight on the other nodes sharing the limit (as of the
+        # last exchange with them), so that 429s are judged against the fleet's load.
+        self.elsewhere = 0
         limit.subscribe(self._follow)
 
     def retarget(self, limit: Limit) -> None:
@@ -99,6 +102,11 @@ class Limiter:
 
     def _tokens(self) -> int:
         return max(1, self.limit.limit) if self._cap is None else max(0, self._cap)
+
+    @property
+    def shared_inflight(self) -> int:
+        """In flight here and (fleet) on the other nodes sharing the limit."""
+        return self.inflight + self.elsewhere
 
     @property
     def waiting(self) -> int:
