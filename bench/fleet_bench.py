@@ -206,11 +206,18 @@ async def run_scenario(name: str, duration: float) -> Run:
         procs: dict[str, subprocess.Popen[bytes]] = {}
         names = [f"n{i}" for i in range(NODES)]
         first = names[:-1] if name == "join" else names
-        run.t0 = time.time()
         fixed = CAP // NODES if name == "oracle" else 0
         for n in first:
-            procs[n] = _start_node(n, redis.url, base_url, duration + 30, workdir, fixed)
+            procs[n] = _start_node(n, redis.url, base_url, duration + 60, workdir, fixed)
         try:
+            # Six Python processes take seconds to start on a busy 2-core machine: the
+            # clock starts once every node runs (joined the fleet, or sent for 1 s).
+            ready = "fleet.joined" if not fixed else "bench.load"
+            with trio.fail_after(90):
+                while not all(ready in (workdir / f"{n}.log").read_text(errors="replace")
+                              for n in first):
+                    await trio.sleep(0.1)
+            run.t0 = time.time()
             async with httpx.AsyncClient(base_url=base_url, trust_env=False) as stats:
                 async def poll() -> None:
                     while True:
@@ -234,7 +241,7 @@ async def run_scenario(name: str, duration: float) -> Run:
                     elif name == "join":
                         await trio.sleep(10)
                         procs[names[-1]] = _start_node(names[-1], redis.url, base_url,
-                                                       duration + 30, workdir)
+                                                       duration + 60, workdir)
                         run.marks["join"] = time.time() - run.t0
 
                 with trio.move_on_after(duration):
@@ -258,6 +265,8 @@ async def run_scenario(name: str, duration: float) -> Run:
             redis.stop()
         for n in procs:
             run.nodes[n] = _read_log(workdir / f"{n}.log")
+        (workdir / "run.json").write_text(json.dumps({"t0": run.t0, "marks": run.marks,
+                                                      "polls": run.polls}))
     return run
 
 

@@ -73,19 +73,22 @@ async def test_slots_in_use_are_kept_even_above_the_share(redis: RedisServer) ->
         assert bb.held == 0 and bb.fleet_inflight == 6
 
 
-async def test_a_dead_nodes_leases_expire_within_the_ttl(redis: RedisServer) -> None:
+async def test_a_dead_nodes_leases_are_freed_when_its_heartbeat_lapses(
+        redis: RedisServer) -> None:
     b = bounds(initial=10)
     async with FleetStore(redis.url) as store:
         a = await tick(store, report("a", demand=10), b)
         assert a.held == 10
-        # "a" dies. Just before its leases expire, "b" gets nothing...
-        bb = await tick(store, report("b", demand=10), b, skew=TTL - 0.5)
+        # "a" dies. Just before its heartbeat lapses, "b" gets nothing...
+        bb = await tick(store, report("b", demand=10), b, skew=b.node_ttl - 0.2)
         assert bb.held == 0 and bb.nodes == 2
-        # ...once they have expired, "b" gets them all, and "a" is no longer a node.
-        bb = await tick(store, report("b", demand=10), b, skew=TTL + 0.01)
+        # ...once it has (well within the lease TTL), "b" gets all, "a" is no node.
+        assert b.node_ttl < TTL
+        bb = await tick(store, report("b", demand=10), b, skew=b.node_ttl + 0.01)
         assert bb.held == 10 and bb.nodes == 1
         view = await store.describe(KEY)
         assert [n.node for n in view.nodes] == ["b"] and view.inflight == 10
+        assert not await store.client.exists([store.keys(KEY).node("a")])
 
 
 async def test_a_lease_renewed_after_expiry_is_not_revived(redis: RedisServer) -> None:
@@ -199,8 +202,8 @@ async def test_redis_time_jumping_back_does_not_keep_leases_or_pauses_alive(
         g = await tick(store, report("b", demand=6), b)
         assert g.held == 0 and g.fleet_inflight == 6
         assert g.pause_left <= 600
-        g = await tick(store, report("b", demand=6), b, skew=TTL + 0.01)
-        assert g.held == 6  # "a" stopped ticking: its leases expired one TTL later
+        g = await tick(store, report("b", demand=6), b, skew=b.node_ttl + 0.01)
+        assert g.held == 6  # "a" stopped ticking: gone one node TTL later
         # A cut is not blocked by a last decrease stamped in the "future".
         g = await tick(store, report("b", demand=6, in_use=6, drops=1), b, skew=TTL + 0.02)
         assert g.cut

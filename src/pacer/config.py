@@ -76,8 +76,11 @@ class FleetConfig:
     redis: str = ""
     # This pacer's name in the fleet; empty: hostname and pid.
     node: str = ""
-    # A slot (lease) of a node that died or was cut off is free after this long.
+    # A slot (lease) of a node that died or was cut off is free after this long...
     lease_ttl: float = 5.0
+    # ...or sooner: a node not heard from for this long is gone, its slots and its
+    # share go to the others.
+    node_ttl: float = 1.5
     # One Redis call per upstream per tick: leases, renewals and samples together.
     tick_interval: float = 0.05
     # A Redis call slower than this counts as Redis being down.
@@ -323,8 +326,9 @@ def _check_fleet(r: _Reader, fleet: FleetConfig) -> None:
         r.require(parts.scheme in ("redis", "rediss", "unix"),
                   "fleet.redis: must be a redis://, rediss:// or unix:// URL")
     r.require(0 < fleet.lease_ttl <= 60, "fleet.lease_ttl: must be > 0 and <= 60")
-    r.require(0 < fleet.tick_interval <= fleet.lease_ttl / 4,
-              "fleet.tick_interval: must be > 0 and <= lease_ttl / 4")
+    r.require(0 < fleet.node_ttl <= fleet.lease_ttl, "fleet.node_ttl: must be > 0 and <= lease_ttl")
+    r.require(0 < fleet.tick_interval <= fleet.node_ttl / 4,
+              "fleet.tick_interval: must be > 0 and <= node_ttl / 4")
     r.require(fleet.redis_timeout > 0, "fleet.redis_timeout: must be > 0")
     r.require(fleet.probe_interval > 0, "fleet.probe_interval: must be > 0")
     r.require(fleet.degraded_floor >= 0, "fleet.degraded_floor: must be >= 0")

@@ -41,7 +41,7 @@ class Fleet:
         ucfg = up.cfg
         bounds = Bounds(initial_limit=ucfg.initial_limit, min_limit=ucfg.min_limit,
                         max_limit=ucfg.max_limit, lease_ttl=self.cfg.lease_ttl,
-                        probe_interval=self.cfg.probe_interval)
+                        probe_interval=self.cfg.probe_interval, node_ttl=self.cfg.node_ttl)
         member = FleetMember(self.store, ucfg.fleet_key or ucfg.name, self.node, up, bounds,
                              self.settings)
         self.members[up.name] = member

@@ -22,7 +22,8 @@ from __future__ import annotations
 # KEYS: ctl, leases, nodes, info, mine
 # ARGV: node, demand, in_use, seen_epoch, drops, successes, min_rtt_ms (-1: none),
 #       pause_ms, breaker_ms, ttl_ms, initial_limit, min_limit, max_limit,
-#       seed_limit (0: none), skew_ms, probe_every_ms, state_ttl_ms, decrease
+#       seed_limit (0: none), skew_ms, probe_every_ms, state_ttl_ms, decrease,
+#       node_key_prefix (a node's lease set is this plus its name), node_ttl_ms
 # Returns: held, limit (text), epoch, share (-1: all demand met), pause_left_ms,
 #          breaker_left_ms, fleet_inflight (leases), live_nodes, plateau,
 #          rtt_noload (text), cut, used (slots in use over the live nodes)
@@ -44,6 +45,8 @@ local seed = tonumber(ARGV[14])
 local probe_every = tonumber(ARGV[16])
 local state_ttl = tonumber(ARGV[17])
 local decrease = tonumber(ARGV[18])
+local node_prefix = ARGV[19]
+local node_ttl = tonumber(ARGV[20])
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[15])
@@ -79,13 +82,20 @@ redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', leases, '(' .. (now + ttl), '+inf')) do
   redis.call('ZADD', leases, 'XX', now + ttl, m)
 end
+-- A node not heard from for node_ttl is gone: its leases are freed at once (they
+-- would expire within the lease TTL anyway) and its share goes to the others.
 local gone = redis.call('ZRANGEBYSCORE', nodes, '-inf', now)
 if #gone > 0 then
   redis.call('ZREMRANGEBYSCORE', nodes, '-inf', now)
   redis.call('HDEL', info, unpack(gone))
+  for _, g in ipairs(gone) do
+    local theirs = node_prefix .. g
+    for _, m in ipairs(redis.call('SMEMBERS', theirs)) do redis.call('ZREM', leases, m) end
+    redis.call('DEL', theirs)
+  end
 end
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', nodes, '(' .. (now + ttl), '+inf')) do
-  redis.call('ZADD', nodes, 'XX', now + ttl, m)
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', nodes, '(' .. (now + node_ttl), '+inf')) do
+  redis.call('ZADD', nodes, 'XX', now + node_ttl, m)
 end
 
 -- This node's live leases: one that expired (reaped or not) is not renewed.
@@ -100,7 +110,7 @@ for _, m in ipairs(redis.call('SMEMBERS', mine)) do
   end
 end
 -- Every live node's demand and slots in use, this node's as of now.
-redis.call('ZADD', nodes, now + ttl, node)
+redis.call('ZADD', nodes, now + node_ttl, node)
 redis.call('HSET', info, node, demand .. ' ' .. in_use .. ' ' .. #held)
 local all = redis.call('HGETALL', info)
 local demands = {}

@@ -50,6 +50,7 @@ class Bounds:
     max_limit: int
     lease_ttl: float
     probe_interval: float
+    node_ttl: float = 1.5
     decrease: float = 0.9
     state_ttl: float = 7 * 24 * 3600.0
 
@@ -145,6 +146,7 @@ class FleetStore:
             round(bounds.lease_ttl * 1000), bounds.initial_limit, bounds.min_limit,
             bounds.max_limit, round(seed_limit, 3), self.skew_ms,
             round(bounds.probe_interval * 1000), round(bounds.state_ttl * 1000), bounds.decrease,
+            k.node(""), round(bounds.node_ttl * 1000),
         ]
         raw: Any = await self._tick([k.ctl, k.leases, k.nodes, k.info, k.node(report.node)], args)
         r = list(raw)
