@@ -99,6 +99,19 @@ async def node_main(args: argparse.Namespace) -> None:
             answer = await up.send(req)
             counts["ok" if answer is not None and answer.ok else "failed"] += 1
 
+    async def watch_peak() -> None:
+        """The most attempts out at once in each wall-clock second (sampled at 100 Hz):
+        summed over the nodes, an upper bound of what the upstream had in flight."""
+        second, peak = int(time.time()), 0
+        while True:
+            now = time.time()
+            if int(now) != second:
+                print(json.dumps({"event": "bench.peak", "t": second, "peak": peak}),
+                      flush=True)
+                second, peak = int(now), 0
+            peak = max(peak, up.limiter.inflight - up.gate.waiting)
+            await trio.sleep(0.01)
+
     async def watch_cap() -> None:
         last = None
         samples: list[tuple[int, int, int]] = []
@@ -124,6 +137,7 @@ async def node_main(args: argparse.Namespace) -> None:
         for _ in range(WORKERS):
             nursery.start_soon(worker)
         nursery.start_soon(watch_cap)
+        nursery.start_soon(watch_peak)
         with trio.open_signal_receiver(signal.SIGTERM) as signals:
             with trio.move_on_after(args.duration):
                 async for _ in signals:
@@ -305,6 +319,16 @@ def _events(run: Run, event: str) -> list[tuple[str, float, dict[str, Any]]]:
             if e.get("event") == event]
 
 
+def _peak(run: Run, a: float, b: float) -> int:
+    """Upper bound of the attempts out at once, fleet-wide, in [a, b]: the per-second
+    peaks of every node, summed."""
+    per_second: dict[int, int] = {}
+    for _, _, e in _events(run, "bench.peak"):
+        if a <= e["t"] - run.t0 <= b:
+            per_second[e["t"]] = per_second.get(e["t"], 0) + int(e["peak"])
+    return max(per_second.values(), default=0)
+
+
 def _failed(run: Run) -> int | None:
     summaries = _events(run, "bench.node_summary")
     return sum(int(e["failed"]) for _, _, e in summaries) if summaries else None
@@ -318,6 +342,7 @@ def analyse(run: Run) -> dict[str, Any]:
         "share_429_after_5s": round(_share_429(run, 5, end), 4),
         "share_429_whole_run": round(_share_429(run, 0, end), 4),
         "max_in_service": run.polls[-1]["max_in_service"],
+        "max_sent_at_once_upper": _peak(run, 5, end),
         "mean_in_service_after_5s": round(statistics.mean(
             p["in_service"] for p in run.polls if p["t"] >= 5), 2),
         "failed": _failed(run),
@@ -340,10 +365,11 @@ def analyse(run: Run) -> dict[str, Any]:
     if run.scenario == "redis-outage":
         down, up = run.marks["redis_down"], run.marks["redis_up"]
         out["max_in_service_outage"] = _max_in_service(run, down, up)
+        out["max_sent_at_once_upper_outage"] = _peak(run, down, up + 1)
         out["max_in_service_after"] = _max_in_service(run, up, end)
         out["goodput_outage"] = round(_goodput(run, down, up), 4)
         out["goodput_after_restore"] = round(_goodput(run, up + 5, end), 4)
-        restored = [t - up for _, t, _ in _events(run, "fleet.restored") if t >= up]
+        restored = [t - up for _, t, _ in _events(run, "fleet.restored") if t >= down]
         degraded = _events(run, "fleet.degraded")
         out["degraded_events"] = len(degraded)
         out["restored_events"] = len(restored)

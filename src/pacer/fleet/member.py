@@ -69,6 +69,8 @@ class FleetMember:
         self.held = 0  # leases held: this node's slots
         self.known_limit = 0.0  # the fleet's limit as last seen (seeds a Redis that lost it)
         self.degraded: DegradedShare | None = None
+        self._rejoin_until = -math.inf
+        self._rejoin_cap = 0
         self._degraded_at = 0.0
         self.view: FleetView | None = None
         self._described_at = -math.inf
@@ -95,7 +97,8 @@ class FleetMember:
             if s.start >= self._epoch_seen_at:  # older ones belong to a cut already made
                 self._drops += 1
             if self.degraded is not None:
-                if self.degraded.on_drop(self.clock()):
+                # (only attempts sent since: earlier ones are the fleet's to judge)
+                if s.start >= self._degraded_at and self.degraded.on_drop(self.clock()):
                     self._set_cap(self.degraded.cap(self.clock()))
             elif self.upstream.limiter.cap:
                 # The slot that was refused is not used again before the fleet has
@@ -120,7 +123,14 @@ class FleetMember:
         lim = self.upstream.limiter
         # In use: sending, not waiting for the pace inside a slot.
         in_use = max(0, lim.inflight - self.upstream.gate.waiting)
-        return Report(node=self.node, demand=lim.inflight + lim.waiting, in_use=in_use,
+        demand = lim.inflight + lim.waiting
+        now = self.clock()
+        if self.degraded is not None or now < self._rejoin_until:
+            # Back from a Redis that may have lost every node's place: ask for no more
+            # than the safe share until the others have had time to come back too.
+            safe = self._rejoin_cap if self.degraded is None else self.degraded.cap(now)
+            demand = min(demand, max(in_use, safe))
+        return Report(node=self.node, demand=demand, in_use=in_use,
                       seen_epoch=self.epoch, drops=self._drops, successes=self._successes,
                       min_rtt=self._min_rtt, pause=self._pause, breaker=self._breaker)
 
@@ -149,6 +159,8 @@ class FleetMember:
     def _apply(self, g: Grant) -> None:
         now = self.clock()
         if self.degraded is not None:
+            self._rejoin_cap = self.degraded.cap(now)
+            self._rejoin_until = now + 2 * self.bounds.node_ttl
             self.degraded = None
             log.info("fleet.restored", upstream=self.upstream.name, fleet_key=self.key,
                      node=self.node, down_s=round(now - self._degraded_at, 3),
