@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from fleet_redis import RedisServer, redis_fixture, redis_module_fixture  # noqa: F401
+from fleet_redis import (  # noqa: F401 (fixtures)
+    RedisServer,
+    collect_failed_connections_fixture,
+    redis_fixture,
+    redis_module_fixture,
+)
 from pacer.fleet.store import Bounds, FleetStore, Grant, Report
 
 KEY = "api"

@@ -51,12 +51,32 @@ class Fleet:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        async with self.store, trio.open_nursery() as nursery:
-            self._nursery = nursery
-            for member in self.members.values():
-                nursery.start_soon(member.run)
+        """Tick every member until cancelled, then leave. Leaving needs the Redis
+        connections, whose tasks a cancellation would close: they run shielded, and
+        the cancellation only tells them to stop (leaving is bounded in time)."""
+        stop = trio.Event()
+
+        async def serve(task_status: trio.TaskStatus[None]) -> None:
+            with trio.CancelScope(shield=True):
+                async with self.store:
+                    async with trio.open_nursery() as ticks:
+                        self._nursery = ticks
+                        for member in self.members.values():
+                            ticks.start_soon(member.run)
+                        task_status.started()
+                        await stop.wait()
+                        self._nursery = None
+                        ticks.cancel_scope.cancel()
+                    for member in self.members.values():
+                        await member.leave()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve)
             task_status.started()
-            await trio.sleep_forever()
+            try:
+                await trio.sleep_forever()
+            finally:
+                stop.set()
 
     def state(self) -> dict[str, Any]:
         return {name: m.state() for name, m in self.members.items()}

@@ -211,16 +211,13 @@ class FleetMember:
     # -- life -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Tick until cancelled; then leave the fleet (release exactly our leases)."""
-        try:
-            while True:
-                await self.tick()
-                await trio.sleep(self.settings.tick_interval)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self.leave()
+        """Tick until cancelled (then :meth:`leave`)."""
+        while True:
+            await self.tick()
+            await trio.sleep(self.settings.tick_interval)
 
     async def leave(self) -> None:
+        """Release exactly this node's leases and its place in the shares."""
         released = None
         with trio.move_on_after(self.settings.redis_timeout * 2):
             with contextlib.suppress(*REDIS_DOWN):
