@@ -37,6 +37,9 @@ from pacer.service.systemd import Notifier
 from pacer.service.upstream import Upstream
 
 KEY = "api"
+# coredis 6.9 leaves three anyio memory streams unclosed per failed connection: their
+# ResourceWarning, when the garbage collector meets them, is no failure of pacer's.
+REDIS_DOWN_LEAKS = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 
 def ok_client() -> httpx.AsyncClient:
@@ -167,6 +170,7 @@ async def test_a_pause_and_a_breaker_opening_reach_the_other_nodes(
         assert grant is not None and grant.pause_left <= 2.0
 
 
+@REDIS_DOWN_LEAKS
 async def test_redis_lost_degrades_once_and_rejoins_by_itself(
         tmp_path: Path, logs: list[dict[str, Any]]) -> None:
     server = RedisServer(tmp_path, port=free_port())
@@ -197,6 +201,7 @@ async def test_redis_lost_degrades_once_and_rejoins_by_itself(
         server.stop()
 
 
+@REDIS_DOWN_LEAKS
 async def test_a_node_that_never_reached_redis_works_on_the_floor(
         logs: list[dict[str, Any]]) -> None:
     up = upstream()
