@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -283,3 +284,35 @@ async def test_the_fleet_runner_joins_ticks_and_leaves(redis: RedisServer) -> No
     names = [e["event"] for e in captured]
     assert "fleet.joined" in names and names[-1] == "fleet.left"
     assert fleet.state()["default"]["node"] == "n1"
+
+
+def test_status_shows_the_fleet(make_config: MakeConfig, spool: SpoolHelper) -> None:
+    from pacer.commands.status import collect, render_text
+    from pacer.spool.folders import Spool
+    from test_status import upstream_state, write_state
+
+    config = load_config(make_config())
+    fleet = {"fleet_key": "default", "node": "host-b", "limit": 12.0, "epoch": 3,
+             "share": 4, "degraded": False, "fleet_inflight": 12,
+             "nodes": [{"node": "host-a", "share": 8, "inflight": 7, "demand": 30},
+                       {"node": "host-b", "share": 4, "inflight": 4, "demand": 4}]}
+    held = Spool(spool.root)
+    held.lock()  # as a running daemon does
+    try:
+        write_state(spool.root, os.getpid(), default=upstream_state(fleet=fleet))
+        info = collect(config)
+    finally:
+        held.unlock()
+    assert info["upstreams"]["default"]["fleet"] == fleet
+    text = render_text(info)
+    assert "fleet default (default): shared limit 12.0, 2 nodes, 12 slots leased" in text
+    assert "host-b (this one)" in text
+    row = next(line for line in text.splitlines() if line.startswith("host-a"))
+    assert row.split() == ["host-a", "8", "7", "30"]
+    fleet["degraded"] = True
+    held.lock()
+    try:
+        write_state(spool.root, os.getpid(), default=upstream_state(fleet=fleet))
+        assert "Redis unreachable" in render_text(collect(config))
+    finally:
+        held.unlock()

@@ -33,7 +33,7 @@ class DegradedShare:
         s = self.settings
         elapsed = max(0.0, now - self._since)
         level = s.floor + (self._start - s.floor) * 0.5 ** (elapsed / s.half_life)
-        return max(s.floor, int(math.floor(level + 0.5)))  # rounded: 2 stays 2 a half-life
+        return max(s.floor, int(level + 0.5))  # rounded (level >= 0): 2 stays 2 a half-life
 
     def on_drop(self, now: float) -> bool:
         """A congestion signal seen locally; True if it cut the share."""
