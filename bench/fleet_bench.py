@@ -466,6 +466,7 @@ async def run_cpu(pairs: int, seconds: float) -> dict[str, Any]:
     return {
         "load_1min": round(os.getloadavg()[0], 2),
         "fleet_cpu_ms_per_request_runs": [round(x, 4) for x in per_req],
+        "fleet_cpu_ms_per_request_median": round(statistics.median(per_req), 4),
         "tick_cpu_ms": round(tick * 1000, 4),
         "tick_cpu_ms_per_request_at_500rps": round(tick * 1000 * ticks_per_s / 500, 4),
     }
