@@ -61,7 +61,7 @@ from limit_bench import make_client
 
 from fleet_redis import RedisServer
 from pacer.config import FleetConfig, UpstreamConfig
-from pacer.fleet import Fleet
+from pacer.fleet.fleet import Fleet
 from pacer.logs import configure_logging
 from pacer.service.upstream import Upstream
 from pacer.spool.jobs import Request

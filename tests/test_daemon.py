@@ -25,6 +25,7 @@ from pacer.config import load_config
 from pacer.logs import configure_logging
 from pacer.mockapi import MockSettings, MockUpstream
 from pacer.service.daemon import Daemon
+from pacer.service.reporting import StateReporter
 from pacer.service.systemd import Notifier
 from pacer.spool.results import result_line
 
@@ -653,3 +654,59 @@ async def test_api_key_is_sent_as_bearer_and_never_leaks(
     for where, text in texts.items():
         assert key not in text, f"the API key leaked into {where}"
     assert spool.jobs("rejected") == ["nope.json", "steal.json"]
+
+
+async def test_reload_adds_an_upstream_whose_client_was_injected(
+        virtual_clock: MockClock, make_config: MakeConfig, spool: SpoolHelper) -> None:
+    # Was: KeyError in apply_config, since an injected client was never looked up
+    # for an upstream that the reload added.
+    default, second = Recorder(), Recorder()
+    path = make_config()
+    daemon = Daemon(load_config(path), drain=False, notifier=Notifier(None),
+                    clients={"default": default.client(), "second": second.client()})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        make_config(upstreams={"second": {"base_url": BASE_URL}})
+        await daemon.reload()
+        assert sorted(daemon.upstreams) == ["default", "second"]
+        spool.drop("one.json", req("r1", upstream="second"))
+        with trio.fail_after(VIRTUAL_TIMEOUT):
+            while spool.names("done") != ["one.json"]:
+                await trio.sleep(TICK)
+        daemon.request_stop("test")
+    assert len(second.seen) == 1 and default.seen == []
+
+
+async def test_a_failing_notify_socket_is_reported(
+        virtual_clock: MockClock, make_config: MakeConfig, spool: SpoolHelper,
+        captured: list[dict[str, Any]], tmp_path: Path) -> None:
+    # Was: sd_notify failures were counted by the notifier, never reported.
+    notifier = Notifier.from_environ({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
+    daemon = Daemon(load_config(make_config()), drain=True, notifier=notifier,
+                    clients={"default": Recorder().client()})
+    assert await run_daemon(daemon) == 0
+    failed = events(captured, "systemd.notify_failed")
+    assert len(failed) == 1 and failed[0]["log_level"] == "warning"
+    assert notifier.errors >= 2  # READY, STOPPING...: counted, reported once
+
+
+async def test_state_is_built_once_per_tick(
+        virtual_clock: MockClock, make_config: MakeConfig, spool: SpoolHelper,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Was: the state loop built the state twice per tick (file, then systemd STATUS).
+    calls = [0]
+    real = StateReporter.state
+
+    def counting(self: StateReporter) -> Any:
+        calls[0] += 1
+        return real(self)
+
+    monkeypatch.setattr(StateReporter, "state", counting)
+    daemon = make_daemon(make_config(daemon={"state_interval": 1.0}), Recorder(), drain=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        start = calls[0]
+        await trio.sleep(10.5)
+        ticks = calls[0] - start
+        daemon.request_stop("test")
+    assert 9 <= ticks <= 12, ticks

@@ -29,8 +29,8 @@ from fleet_redis import (  # noqa: F401 (fixtures)
 from pacer.config import FleetConfig, UpstreamConfig, load_config
 from pacer.control.breaker import BreakerState
 from pacer.control.limit import Outcome, Sample
-from pacer.fleet import Fleet
 from pacer.fleet.degraded import DegradedSettings, DegradedShare
+from pacer.fleet.fleet import Fleet
 from pacer.fleet.member import FleetMember, MemberSettings
 from pacer.fleet.store import Bounds, FleetStore
 from pacer.service.daemon import Daemon
@@ -283,7 +283,7 @@ async def test_the_fleet_runner_joins_ticks_and_leaves(redis: RedisServer) -> No
             nursery.cancel_scope.cancel()
     names = [e["event"] for e in captured]
     assert "fleet.joined" in names and names[-1] == "fleet.left"
-    assert fleet.state()["default"]["node"] == "n1"
+    assert fleet.state()["default"].node == "n1"
 
 
 def test_status_shows_the_fleet(make_config: MakeConfig, spool: SpoolHelper) -> None:

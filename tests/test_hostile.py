@@ -152,9 +152,9 @@ import trio
 
 from conftest import CHAT, MakeConfig, SpoolHelper, read_jsonl
 from pacer.config import load_config
-from pacer.service import daemon as daemon_mod
 from pacer.service.daemon import Daemon
 from pacer.service.systemd import Notifier
+from pacer.spool import claimed as claimed_mod
 
 CORPUS = Path(__file__).parent / "corpus" / "bad_jobs"
 MAX_LINE = 4096
@@ -623,14 +623,14 @@ class ChangeAfterValidation:
     change: Callable[[Path], None]
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        real = daemon_mod.validate_jsonl
+        real = claimed_mod.validate_jsonl
 
         def validate(fh: Any, stem: str, *args: Any) -> Any:
             summary = real(fh, stem, *args)
             self.change(self.root / "active" / f"{stem}.jsonl")
             return summary
 
-        monkeypatch.setattr(daemon_mod, "validate_jsonl", validate)
+        monkeypatch.setattr(claimed_mod, "validate_jsonl", validate)
 
 
 async def test_job_appended_after_validation_keeps_one_line_per_custom_id(

@@ -3,6 +3,8 @@ once, and turns each held slot into exactly one sample."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import trio
 import trio.testing
@@ -100,18 +102,41 @@ async def test_leaving_without_a_verdict_is_ignore_and_one_sample_only(
     assert limiter.inflight == 0
 
 
+class Tracking(Recording):
+    """A limit that shows who listens to it."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.hooks: list[Callable[[LimitChange], None]] = []
+
+    def subscribe(self, hook: Callable[[LimitChange], None]) -> None:
+        super().subscribe(hook)
+        self.hooks.append(hook)
+
+    def unsubscribe(self, hook: Callable[[LimitChange], None]) -> None:
+        super().unsubscribe(hook)
+        self.hooks.remove(hook)
+
+
 async def test_retarget_follows_the_new_limit(autojump_clock: MockClock) -> None:
-    old, new = Recording(1), Recording(3)
+    # Was: old.set(1) on a limit already at 1 (no change at all), and the old
+    # limit's hook was never removed.
+    old, new = Tracking(1), Tracking(3)
     limiter = Limiter(old)
     limiter.retarget(new)
+    assert old.hooks == [] and len(new.hooks) == 1
     async with trio.open_nursery() as nursery:
-        for _ in range(3):
+        for _ in range(5):
             nursery.start_soon(_hold, limiter)
         await trio.sleep(0.1)
         assert limiter.inflight == 3
-        old.set(1, at=0.2)  # the old limit no longer steers
-        new.set(2, at=0.2)
-    assert len(new.samples) == 3 and old.samples == []
+        old.set(5, at=0.2)  # the old limit no longer steers
+        await trio.sleep(0.1)
+        assert limiter.inflight == 3
+        new.set(4, at=0.3)  # the new one does
+        await trio.sleep(0.1)
+        assert limiter.inflight == 4
+    assert len(new.samples) == 5 and old.samples == []
 
 
 async def _hold(limiter: Limiter) -> None:

@@ -10,14 +10,17 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from pacer.service.metrics import Metrics, parse_listen
+from pacer.service.state import ServiceState
 from pacer.spool.folders import Spool
 
 
 def state(**up: Any) -> dict[str, Any]:
-    """A snapshot shaped like ``Daemon.state()`` with one upstream ``a``."""
+    """``state.json``'s content with one upstream ``a`` (read as a typed snapshot
+    with :func:`snapshot`)."""
     upstream = {
         "limit": 8,
         "inflight": 3,
@@ -51,6 +54,10 @@ def state(**up: Any) -> dict[str, Any]:
     }
 
 
+def snapshot(data: dict[str, Any]) -> ServiceState:
+    return ServiceState.from_json(data)
+
+
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     out = {}
     for family in text_string_to_metric_families(text):
@@ -66,7 +73,7 @@ def value(text: str, name: str, **labels: str) -> float:
 @pytest.fixture
 def served() -> Iterator[tuple[Metrics, dict[str, Any], httpx.Client]]:
     snap: dict[str, Any] = {"state": state()}
-    metrics = Metrics(lambda: snap["state"])
+    metrics = Metrics(lambda: snapshot(snap["state"]))
     metrics.start("127.0.0.1:0")
     assert metrics.port
     client = httpx.Client(base_url=f"http://127.0.0.1:{metrics.port}", trust_env=False, timeout=5)
@@ -112,11 +119,9 @@ def test_gauges_and_counters_follow_the_snapshot(
     assert value(text, "pacer_requests_remaining") == 40
     assert value(text, "pacer_start_time_seconds") == 1700000000.0
     assert value(text, "pacer_build_info", version="0.1.0") == 1
-    # No spool_errors in this state: rejected jobs stand in for them.
-    assert value(text, "pacer_spool_errors_total", kind="rejected") == 2
-    # Optional fields absent from the state are left out, not zero.
-    assert ("pacer_upstream_pauses_total", (("upstream", "a"),)) not in samples(text)
-    assert ("pacer_upstream_queued_requests", (("upstream", "a"),)) not in samples(text)
+    # The typed snapshot always has every field: absent ones read as zero.
+    assert value(text, "pacer_upstream_pauses_total", upstream="a") == 0
+    assert value(text, "pacer_upstream_queued_requests", upstream="a") == 0
 
     snap["state"] = state(limit=21, inflight=20, breaker="open", done=55, pauses=4, queued=9)
     snap["state"]["spool_errors"] = {"rejected": 2, "watch_failed": 1}
@@ -162,7 +167,7 @@ def test_spool_folder_counts_and_textfile(tmp_path: Path) -> None:
     (spool.folder("incoming") / "a.json").write_text("{}")
     (spool.folder("incoming") / "b.jsonl").write_text("{}\n")
     (spool.folder("failed") / "c.json").write_text("{}")
-    metrics = Metrics(lambda: state(), folders=spool.counts)
+    metrics = Metrics(lambda: snapshot(state()), folders=spool.counts)
     metrics.observe_attempt("a", 0.1, "ok")
     out = tmp_path / "pacer.prom"
     metrics.write_textfile(out)
@@ -178,7 +183,7 @@ def test_spool_folder_counts_and_textfile(tmp_path: Path) -> None:
 
 
 def test_a_failing_snapshot_costs_the_scrape_nothing() -> None:
-    def broken() -> dict[str, Any]:
+    def broken() -> ServiceState:
         raise RuntimeError("dictionary changed size during iteration")
 
     metrics = Metrics(broken, process_metrics=False)
@@ -192,7 +197,8 @@ def test_a_failing_snapshot_costs_the_scrape_nothing() -> None:
 
 
 def test_separate_registries_and_stop_releases_the_port() -> None:
-    one, two = Metrics(lambda: state(limit=1)), Metrics(lambda: state(limit=2))
+    one, two = Metrics(lambda: snapshot(state(limit=1))), Metrics(
+        lambda: snapshot(state(limit=2)))
     one.start("127.0.0.1:0")
     try:
         port = one.port
@@ -218,3 +224,15 @@ def test_observe_attempt_is_cheap() -> None:
         metrics.observe_attempt("a", 0.001 * (i % 500), "ok")
     per_call = (time.perf_counter() - start) / n
     assert per_call < 50e-6, per_call
+
+
+def test_a_failing_snapshot_is_logged() -> None:
+    # Was: the scrape swallowed any error of the snapshot without a word.
+    def broken() -> ServiceState:
+        raise RuntimeError("dictionary changed size during iteration")
+
+    metrics = Metrics(broken, process_metrics=False)
+    with structlog.testing.capture_logs() as logs:
+        metrics.render()
+    failed = [e for e in logs if e["event"] == "metrics.snapshot_failed"]
+    assert len(failed) == 1 and "dictionary changed size" in failed[0]["error"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -374,4 +375,55 @@ def test_part_file_mode(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(jr.part).st_mode & 0o777 == 0o640 & ~umask
+    jr.close()
+
+
+async def test_a_writer_arriving_during_a_failing_flush_still_wakes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Was: a writer that arrived while a flush was failing (ENOSPC) waited on an
+    # event that the failed flush threw away; its line reached the file with the
+    # next flush, but the writer never woke (the job never completed).
+    real = results_mod._write_batch
+    gate = threading.Event()
+    calls = [0]
+
+    def failing_once(batch: dict[JobResults, list[bytes]]) -> int | OSError:
+        calls[0] += 1
+        if calls[0] == 1:
+            gate.wait(5)  # slow: the second writer arrives meanwhile
+            return OSError(errno.ENOSPC, "No space left on device")
+        return real(batch)
+
+    monkeypatch.setattr(results_mod, "_write_batch", failing_once)
+    jr = JobResults(tmp_path, "job")
+    jr.open()
+    writer = ResultWriter(flush_interval=10, flush_max_lines=100)
+    woke: list[str] = []
+
+    async def write(custom_id: str) -> None:
+        await writer.write(jr, result_line(custom_id, "u", 1, status=200))
+        woke.append(custom_id)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write, "a")
+            await trio.testing.wait_all_tasks_blocked()
+            failing = trio.Event()
+
+            async def first_flush() -> None:
+                assert not await writer.flush()
+                failing.set()
+
+            nursery.start_soon(first_flush)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(write, "b")  # arrives while the failing batch is written
+            await trio.testing.wait_all_tasks_blocked()
+            gate.set()
+            await failing.wait()
+            assert await writer.flush()
+            await trio.testing.wait_all_tasks_blocked()
+            assert lines_of(jr) == ["a", "b"]
+            assert sorted(woke) == ["a", "b"]
+            nursery.cancel_scope.cancel()
     jr.close()

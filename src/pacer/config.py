@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pacer.spool.jobs import header_problem
+from pacer.checks import header_problem, parse_listen
 
 
 class ConfigError(Exception):
@@ -288,8 +288,6 @@ def parse_config(raw: Mapping[str, Any], cfg_path: Path) -> Config:
 
     metrics = MetricsConfig(**r.section(get("metrics"), "metrics", MetricsConfig))
     if metrics.listen:
-        from pacer.service.metrics import parse_listen
-
         try:
             parse_listen(metrics.listen)
         except ValueError as exc:

@@ -4,6 +4,11 @@ Starts ``pacer mock-api`` with a hidden concurrency cap, submits single-request
 jobs, runs ``pacer run --drain`` until the spool is empty, and prints a summary:
 jobs, requests, done, failed, 429s, elapsed, and the limit pacer learned next to
 the mock's hidden cap (which pacer was never told).
+
+Everything goes under ``--dir`` (default ``demo-run`` in the current folder): the
+demo's config (unless ``--config`` names one), its spool and pacer's log. It only
+ever deletes a spool that a previous demo created (marked with :data:`MARKER`);
+any other spool with files in it is left alone and the demo refuses to run.
 """
 
 from __future__ import annotations
@@ -19,10 +24,70 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pacer.config import load_config
-from pacer.spool.folders import Spool
+from pacer.config import Config, load_config
+from pacer.spool.folders import FOLDERS, Spool
 
-REPO = Path(__file__).resolve().parents[3]
+MARKER = ".pacer-demo"
+"""A file in the root of a spool the demo created: only such a spool is ever removed."""
+
+DEMO_CONFIG = """\
+# The demo's config (written by the demo). pacer is NOT told the mock API's hidden
+# cap: it starts at one request in flight and learns the pace by itself.
+[spool]
+dir = "spool"
+
+[results]
+flush_interval = 0.05
+
+[daemon]
+drain_timeout = 10
+
+[upstreams.default]
+base_url = "http://127.0.0.1:8765"
+initial_limit = 1
+max_limit = 256
+max_attempts = 8
+timeout = 30
+"""
+
+
+class DemoRefused(Exception):
+    """The demo would have to delete or reuse something that is not its own."""
+
+
+def _empty_spool(root: Path) -> bool:
+    """Nothing in ``root`` but empty spool folders (and the daemon's own files)."""
+    for entry in root.iterdir():
+        if entry.name in (".lock", "state.json") and entry.is_file():
+            continue
+        if entry.name not in FOLDERS or entry.is_symlink() or not entry.is_dir():
+            return False
+        if any(entry.iterdir()):
+            return False
+    return True
+
+
+def prepare(run_dir: Path, config_path: Path | None) -> tuple[Path, Config, Spool]:
+    """The config to use (the demo's own, written under ``run_dir``, unless one is
+    given) and a fresh, empty spool for it, marked as the demo's."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config_path is None:
+        config_path = run_dir / "demo.toml"
+        config_path.write_text(DEMO_CONFIG, encoding="utf-8")
+    config = load_config(config_path)
+    root = config.spool.dir
+    if root.exists():
+        if (root / MARKER).exists():
+            shutil.rmtree(root)  # a previous demo's
+        elif not _empty_spool(root):
+            raise DemoRefused(
+                f"the spool {root} holds files and was not made by the demo: it is left "
+                "alone. Give the demo a config whose spool is empty or its own (--config), "
+                "or none at all (it then writes its own under --dir)")
+    spool = Spool(root)
+    spool.ensure()
+    (root / MARKER).write_text("made by pacer's demo; it may delete this spool\n")
+    return config_path, config, spool
 
 
 def _wait_listening(proc: subprocess.Popen[str], timeout: float = 10.0) -> dict[str, Any]:
@@ -59,21 +124,23 @@ def _limit_history(log_path: Path) -> tuple[list[int], int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="scripts/demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", type=Path, default=REPO / "config" / "demo.toml")
+    ap.add_argument("--dir", type=Path, default=Path("demo-run"),
+                    help="folder for the demo's config, spool and log (default: %(default)s)")
+    ap.add_argument("--config", type=Path, default=None,
+                    help="a config to use instead of the demo's own; its spool must be "
+                    "empty or a previous demo's")
     ap.add_argument("--jobs", type=int, default=500)
     ap.add_argument("--cap", type=int, default=16, help="the mock API's hidden concurrency cap")
     ap.add_argument("--latency", type=float, default=0.1)
     ap.add_argument("--jitter", type=float, default=0.02)
     args = ap.parse_args(argv)
 
-    config = load_config(args.config)
-    spool_root = config.spool.dir
-    if spool_root.exists():
-        shutil.rmtree(spool_root)
-    run_dir = spool_root.parent
-    run_dir.mkdir(parents=True, exist_ok=True)
-    spool = Spool(spool_root)
-    spool.ensure()
+    try:
+        config_path, config, spool = prepare(args.dir, args.config)
+    except DemoRefused as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    run_dir = args.dir
     base = urlsplit(config.upstreams["default"].base_url)
 
     mock = subprocess.Popen(
@@ -95,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         with open(log_path, "w", encoding="utf-8") as log:
             rc = subprocess.call([sys.executable, "-m", "pacer", "run", "--config",
-                                  str(args.config), "--drain"], stdout=log)
+                                  str(config_path), "--drain"], stdout=log)
         elapsed = time.monotonic() - started
         with urllib.request.urlopen(f"http://{base.netloc}/_mock/stats", timeout=5) as resp:
             stats = json.load(resp)

@@ -14,6 +14,7 @@ Where ``/proc/locks`` cannot be read, a live pid plus a fresh state file decide.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -29,6 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pacer.config import Config
+from pacer.service.state import ServiceState, UpstreamState
 from pacer.spool.folders import Spool
 
 # The daemon rewrites the state file every state_interval; this much extra delay
@@ -90,27 +92,21 @@ def lock_holder(
     return inode_only
 
 
-def _read_state(spool: Spool) -> dict[str, Any] | None:
+def _read_state(spool: Spool) -> ServiceState | None:
     try:
         state = json.loads(spool.state_path.read_bytes())
     except (OSError, ValueError):
         return None
-    return state if isinstance(state, dict) else None
-
-
-def _num(value: Any, default: float = 0.0) -> float:
-    return (
-        float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
-    )
+    return ServiceState.from_json(state) if isinstance(state, dict) else None
 
 
 def _daemon_info(
-    spool: Spool, state: dict[str, Any] | None, now: float, state_interval: float
+    spool: Spool, state: ServiceState | None, now: float, state_interval: float
 ) -> dict[str, Any]:
-    st = state or {}
-    pid = st.get("pid") if isinstance(st.get("pid"), int) else None
-    updated = _num(st.get("updated_at"))
-    fresh = bool(st) and now - updated < STALE_AFTER_S + state_interval
+    st = state or ServiceState()
+    pid = st.pid or None
+    updated = st.updated_at
+    fresh = state is not None and now - updated < STALE_AFTER_S + state_interval
     holder = lock_holder(spool.root / ".lock", hint_pid=pid)
     if holder == UNKNOWN:  # cannot see locks: trust a live pid with a fresh state
         running = pid is not None and _pid_alive(pid) and fresh
@@ -120,21 +116,21 @@ def _daemon_info(
         # A holder in another pid namespace shows as 0: take the state file's word.
         holder_pid = (holder or pid) if running else None
     # Live numbers: the state file was written by the daemon that holds the lock.
-    live = running and bool(st) and holder_pid == pid
+    live = running and state is not None and holder_pid == pid
     return {
         "running": running,
         "live": live,
         "pid": holder_pid if running else pid,
-        "version": st.get("version"),
-        "started_at": st.get("started_at") if live else None,
+        "version": st.version or None,
+        "started_at": st.started_at if live else None,
         "last_seen": updated or None,
         # running: since it started; not running: since it was last seen.
-        "since": st.get("started_at") if live else (None if running else updated or None),
+        "since": st.started_at if live else (None if running else updated or None),
         "stale_pid": not running and pid is not None,
-        "state_age_s": round(now - updated, 1) if st else None,
+        "state_age_s": round(now - updated, 1) if state is not None else None,
         "state_fresh": live and fresh,
-        "stopping": bool(st.get("stopping")) if live else False,
-        "drain": bool(st.get("drain")) if live else False,
+        "stopping": st.stopping if live else False,
+        "drain": st.drain if live else False,
     }
 
 
@@ -192,20 +188,23 @@ def incoming_requests(spool: Spool, budget: int = COUNT_BUDGET_BYTES) -> dict[st
 
 # -- collect -------------------------------------------------------------------------------
 
+def _upstream_json(u: UpstreamState) -> dict[str, Any]:
+    return dataclasses.asdict(u)
+
+
 LIVE_KEYS = ("limit", "inflight", "waiting", "queued", "breaker", "last_minute")
 TOTAL_KEYS = ("done", "failed", "attempts", "retries", "rate_limited")
 
 
 def _upstreams(
-    config: Config, state: dict[str, Any] | None, live: bool, eta_all: float | None
+    config: Config, state: ServiceState | None, live: bool, eta_all: float | None
 ) -> dict[str, dict[str, Any]]:
-    raw = state.get("upstreams") if state else None
-    raw = raw if isinstance(raw, dict) else {}
+    raw = state.upstreams if state else {}
     names = list(config.upstreams) + [n for n in raw if n not in config.upstreams]
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         found = raw.get(name)
-        u: dict[str, Any] = found if isinstance(found, dict) else {}
+        u = _upstream_json(found) if found is not None else {}
         ucfg = config.upstreams.get(name)
         entry: dict[str, Any] = {
             "configured": ucfg is not None,
@@ -219,10 +218,9 @@ def _upstreams(
         for key in TOTAL_KEYS:
             entry[key] = u.get(key)
         fleet = u.get("fleet") if live else None  # fleet: this node's view of it
-        entry["fleet"] = fleet if isinstance(fleet, dict) else None
-        lm = u.get("last_minute") if live else None
-        lm = lm if isinstance(lm, dict) else {}
-        rate = _num(lm.get("throughput_rps"))
+        entry["fleet"] = ({**fleet, "nodes": list(fleet.get("nodes") or ())}
+                          if isinstance(fleet, dict) else None)
+        rate = found.last_minute.throughput_rps if live and found is not None else 0.0
         queued = u.get("queued")
         if not live:
             entry["eta_s"] = None
@@ -246,24 +244,13 @@ def collect(config: Config, *, now: float | None = None) -> dict[str, Any]:
     # wrote them (a fresh daemon may not have written its first state yet).
     live = bool(daemon["live"])
     waiting = incoming_requests(spool)
-    jobs = state.get("jobs") if live and state and isinstance(state.get("jobs"), dict) else None
-    ups_raw = state.get("upstreams") if live and state else None
-    ups_raw = ups_raw if isinstance(ups_raw, dict) else {}
-    rate = sum(
-        _num((u.get("last_minute") or {}).get("throughput_rps"))
-        for u in ups_raw.values()
-        if isinstance(u, dict)
-    )
-    in_active = int(_num(jobs.get("remaining_requests"))) if jobs else 0
+    jobs = dataclasses.asdict(state.jobs) if live and state else None
+    ups_raw = state.upstreams if live and state else {}
+    rate = sum(u.last_minute.throughput_rps for u in ups_raw.values())
+    in_active = state.jobs.remaining_requests if live and state else 0
     left = in_active + int(waiting["requests"])
     eta = round(left / rate, 1) if live and rate > 0 and left else None
-    completed = int(
-        sum(
-            _num(u.get("done")) + _num(u.get("failed"))
-            for u in ups_raw.values()
-            if isinstance(u, dict)
-        )
-    )
+    completed = sum(u.done + u.failed for u in ups_raw.values())
     return {
         "spool": str(spool.root),
         "checked_at": now,
@@ -271,7 +258,7 @@ def collect(config: Config, *, now: float | None = None) -> dict[str, Any]:
         "folders": spool.counts(),
         "queue": {
             "jobs_waiting": waiting["jobs"],
-            "jobs_active": int(_num(jobs.get("active"))) if jobs else None,
+            "jobs_active": state.jobs.active if live and state else None,
             "requests_waiting": waiting["requests"],
             "requests_waiting_estimated": waiting["estimated"],
             "requests_in_active_jobs": in_active if jobs else None,

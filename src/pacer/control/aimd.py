@@ -222,6 +222,9 @@ class AimdLimit:
     def subscribe(self, hook: LimitHook) -> None:
         self._hooks.subscribe(hook)
 
+    def unsubscribe(self, hook: LimitHook) -> None:
+        self._hooks.unsubscribe(hook)
+
     def on_sample(self, sample: Sample) -> int:
         now = sample.start + sample.rtt
         if sample.outcome is Outcome.SUCCESS:

@@ -68,6 +68,10 @@ class Limit(Protocol):
         """Call ``hook`` with a :class:`LimitChange` after every change of the limit."""
         ...
 
+    def unsubscribe(self, hook: LimitHook) -> None:
+        """Stop calling ``hook`` (one that was subscribed)."""
+        ...
+
 
 class HookList:
     """The change-hook plumbing every limit shares."""
@@ -77,6 +81,9 @@ class HookList:
 
     def subscribe(self, hook: LimitHook) -> None:
         self._hooks.append(hook)
+
+    def unsubscribe(self, hook: LimitHook) -> None:
+        self._hooks.remove(hook)
 
     def emit(self, change: LimitChange) -> None:
         for hook in self._hooks:
@@ -101,6 +108,9 @@ class FixedLimit:
 
     def subscribe(self, hook: LimitHook) -> None:
         self._hooks.subscribe(hook)
+
+    def unsubscribe(self, hook: LimitHook) -> None:
+        self._hooks.unsubscribe(hook)
 
     def set(self, value: int, at: float, reason: str = "set") -> None:
         """Move the limit by hand (an operator, or a benchmark's oracle that knows

@@ -2,9 +2,6 @@
 
 ``store`` talks to Redis (coredis, Lua ``scripts``), ``member`` bridges one
 upstream's limiter to the shared controller, ``degraded`` is the safe local share
-while Redis is away, and :class:`Fleet` runs all of a node's members.
+while Redis is away, ``state`` what the state file says of it, and
+:class:`pacer.fleet.fleet.Fleet` runs all of a node's members.
 """
-
-from pacer.fleet.fleet import Fleet
-
-__all__ = ["Fleet"]

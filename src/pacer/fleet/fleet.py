@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
 from pacer.config import FleetConfig
 from pacer.fleet.degraded import DegradedSettings
 from pacer.fleet.member import FleetMember, MemberSettings
+from pacer.fleet.state import FleetState
 from pacer.fleet.store import Bounds, FleetStore
 
 if TYPE_CHECKING:
@@ -78,5 +79,5 @@ class Fleet:
             finally:
                 stop.set()
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> dict[str, FleetState]:
         return {name: m.state() for name, m in self.members.items()}

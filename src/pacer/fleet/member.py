@@ -17,7 +17,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
@@ -28,6 +28,7 @@ from pacer.control.limit import Outcome, Sample
 from pacer.control.pacing import PauseEvent
 from pacer.fleet.degraded import DegradedSettings, DegradedShare
 from pacer.fleet.shared_limit import SharedLimit
+from pacer.fleet.state import FleetNodeState, FleetState
 from pacer.fleet.store import REDIS_DOWN, UNREACHABLE, Bounds, FleetStore, FleetView, Grant, Report
 
 if TYPE_CHECKING:
@@ -226,18 +227,16 @@ class FleetMember:
                  released=released)
         self.joined = False
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> FleetState:
         """This upstream's fleet, for the state file and ``pacer status``."""
         view = self.view
-        return {
-            "fleet_key": self.key,
-            "node": self.node,
-            "limit": None if self.grant is None else round(self.grant.limit, 2),
-            "epoch": self.epoch,
-            "share": self.held if self.degraded is None else self.upstream.limiter.cap,
-            "degraded": self.degraded is not None,
-            "fleet_inflight": None if self.grant is None else self.grant.fleet_inflight,
-            "nodes": [] if view is None else [
-                {"node": n.node, "share": n.held, "inflight": n.in_use, "demand": n.demand}
-                for n in view.nodes],
-        }
+        return FleetState(
+            fleet_key=self.key, node=self.node,
+            limit=None if self.grant is None else round(self.grant.limit, 2),
+            epoch=self.epoch,
+            share=self.held if self.degraded is None else self.upstream.limiter.cap,
+            degraded=self.degraded is not None,
+            fleet_inflight=None if self.grant is None else self.grant.fleet_inflight,
+            nodes=() if view is None else tuple(
+                FleetNodeState(n.node, n.held, n.in_use, n.demand) for n in view.nodes),
+        )

@@ -28,6 +28,9 @@ class SharedLimit:
     def subscribe(self, hook: LimitHook) -> None:
         self._hooks.subscribe(hook)
 
+    def unsubscribe(self, hook: LimitHook) -> None:
+        self._hooks.unsubscribe(hook)
+
     def set(self, value: int, at: float, reason: str, inflight: int = 0) -> None:
         value = max(1, value)
         old, self._limit = self._limit, value

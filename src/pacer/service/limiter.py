@@ -81,13 +81,12 @@ class Limiter:
 
     def retarget(self, limit: Limit) -> None:
         """Follow another limit from now on (a reload changed the algorithm's bounds)."""
+        self.limit.unsubscribe(self._follow)
         self.limit = limit
         limit.subscribe(self._follow)
         self._capacity.total_tokens = self._tokens()
 
     def _follow(self, change: LimitChange) -> None:
-        if change.new_limit != self.limit.limit:
-            return  # a change hook of a limit this limiter no longer follows
         self._capacity.total_tokens = self._tokens()
 
     def set_cap(self, cap: int | None) -> None:

@@ -2,10 +2,11 @@
 
 The hot path costs one histogram observation per attempt and nothing else:
 gauges and counters are not updated as things happen but read at scrape time
-from a *snapshot* callable (the dict the daemon writes to ``state.json``), by a
-custom collector. The HTTP server is prometheus_client's WSGI server in a daemon
-thread, beside Trio; it serves a registry of its own, never the global one (tests
-and embedders may create several :class:`Metrics`).
+from a *snapshot* callable (the daemon's typed :class:`ServiceState`, the one it
+writes to ``state.json``), by a custom collector. The HTTP server is
+prometheus_client's WSGI server in a daemon thread, beside Trio; it serves a
+registry of its own, never the global one (tests and embedders may create several
+:class:`Metrics`).
 
 Names follow the Prometheus conventions: ``pacer_`` prefix, base units
 (``_seconds``), ``_total`` for counters.
@@ -16,10 +17,9 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
-from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIServer
 
+import structlog
 from prometheus_client import (
     CollectorRegistry,
     Histogram,
@@ -34,9 +34,12 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
+from pacer.checks import parse_listen
+from pacer.service.state import ServiceState, UpstreamState
+
 __all__ = ["LATENCY_BUCKETS", "Metrics", "StateCollector", "parse_listen"]
 
-Snapshot = Callable[[], Mapping[str, Any] | None]
+Snapshot = Callable[[], ServiceState | None]
 FolderCounts = Callable[[], Mapping[str, int]]
 
 # From fast APIs (~10 ms) to LLM calls of minutes: past the default 60 s timeout,
@@ -60,39 +63,9 @@ LATENCY_BUCKETS = (
 )
 BREAKER_STATES = ("closed", "open", "half_open")
 
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``"127.0.0.1:9464"``, ``"[::1]:9464"``, ``":9464"`` (all addresses) -> (host, port).
-
-    Raises ValueError with a message for a person (usable for config validation)."""
-    text = listen.strip()
-    try:
-        parts = urlsplit(f"//{text}")
-        port = parts.port
-    except ValueError:
-        port = None
-        parts = urlsplit("")
-    if port is None or not text or "@" in text or parts.path or parts.query or parts.fragment:
-        raise ValueError(
-            f"metrics listen address {listen!r} must be HOST:PORT "
-            "(e.g. 127.0.0.1:9464, [::1]:9464, or :9464 for all addresses)"
-        )
-    host = parts.hostname or ""
-    if not host:
-        host = "0.0.0.0" if text.startswith(":") else ""
-    if not host:
-        raise ValueError(f"metrics listen address {listen!r} has no host")
-    return host, port
+log = structlog.get_logger("pacer.service.metrics")
 
 
-def _num(value: Any) -> float | None:
-    """A number from the snapshot, or None for anything else (a field may be missing
-    in a state written by another pacer version: skip it rather than fail the scrape)."""
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, int | float):
-        return float(value)
-    return None
 
 
 class StateCollector:
@@ -108,48 +81,42 @@ class StateCollector:
 
     def collect(self) -> Iterable[Metric]:
         try:
-            state = self.snapshot() or {}
-        except Exception:  # a scrape must never take the daemon down
-            state = {}
-        yield from self._upstreams(state.get("upstreams") or {})
+            state = self.snapshot() or ServiceState()
+        except Exception as exc:  # a scrape must never take the daemon down
+            log.exception("metrics.snapshot_failed", error=f"{type(exc).__name__}: {exc}")
+            state = ServiceState()
+        yield from self._upstreams(state.upstreams)
         yield from self._jobs(state)
         yield from self._spool(state)
 
-    def _upstreams(self, ups: Mapping[str, Any]) -> Iterable[Metric]:
-        def gauge(name: str, doc: str, key: str) -> GaugeMetricFamily:
-            fam = GaugeMetricFamily(name, doc, labels=["upstream"])
+    def _upstreams(self, ups: Mapping[str, UpstreamState]) -> Iterable[Metric]:
+        def family(kind: type[GaugeMetricFamily] | type[CounterMetricFamily], name: str,
+                   doc: str, value: Callable[[UpstreamState], float]) -> Metric:
+            fam = kind(name, doc, labels=["upstream"])
             for up, u in ups.items():
-                if (v := _num(u.get(key))) is not None:
-                    fam.add_metric([up], v)
+                fam.add_metric([up], float(value(u)))
             return fam
 
-        def counter(name: str, doc: str, key: str) -> CounterMetricFamily:
-            fam = CounterMetricFamily(name, doc, labels=["upstream"])
-            for up, u in ups.items():
-                if (v := _num(u.get(key))) is not None:
-                    fam.add_metric([up], v)
-            return fam
-
-        yield gauge("pacer_upstream_limit", "Current concurrency limit.", "limit")
-        yield gauge("pacer_upstream_inflight", "Attempts in flight.", "inflight")
-        yield gauge(
-            "pacer_upstream_waiting", "Requests waiting for a slot under the limit.", "waiting"
-        )
-        yield gauge(
-            "pacer_upstream_queued_requests",
-            "Requests read from job files and not answered yet.",
-            "queued",
-        )
+        gauge, counter = GaugeMetricFamily, CounterMetricFamily
+        yield family(gauge, "pacer_upstream_limit", "Current concurrency limit.",
+                     lambda u: u.limit)
+        yield family(gauge, "pacer_upstream_inflight", "Attempts in flight.",
+                     lambda u: u.inflight)
+        yield family(gauge, "pacer_upstream_waiting",
+                     "Requests waiting for a slot under the limit.", lambda u: u.waiting)
+        yield family(gauge, "pacer_upstream_queued_requests",
+                     "Requests read from job files and not answered yet.", lambda u: u.queued)
+        yield family(gauge, "pacer_upstream_jobs_waiting",
+                     "Jobs with requests waiting for their fair share of this upstream.",
+                     lambda u: u.jobs_waiting)
         breaker = GaugeMetricFamily(
             "pacer_upstream_breaker_state",
             "Circuit breaker state: 1 for the current state, 0 for the others.",
             labels=["upstream", "state"],
         )
         for up, u in ups.items():
-            current = u.get("breaker")
-            if isinstance(current, str):
-                for st in BREAKER_STATES:
-                    breaker.add_metric([up, st], 1.0 if current == st else 0.0)
+            for st in BREAKER_STATES:
+                breaker.add_metric([up, st], 1.0 if u.breaker == st else 0.0)
         yield breaker
         requests = CounterMetricFamily(
             "pacer_upstream_requests",
@@ -157,91 +124,72 @@ class StateCollector:
             labels=["upstream", "outcome"],
         )
         for up, u in ups.items():
-            for outcome, key in (("succeeded", "done"), ("failed", "failed")):
-                if (v := _num(u.get(key))) is not None:
-                    requests.add_metric([up, outcome], v)
+            requests.add_metric([up, "succeeded"], float(u.done))
+            requests.add_metric([up, "failed"], float(u.failed))
         yield requests
-        yield counter(
-            "pacer_upstream_attempts", "HTTP attempts made (retries included).", "attempts"
-        )
-        yield counter("pacer_upstream_retries", "Attempts that were retried.", "retries")
-        yield counter(
-            "pacer_upstream_rate_limited",
-            "Attempts answered with 429 Too Many Requests.",
-            "rate_limited",
-        )
-        yield counter(
-            "pacer_upstream_pauses",
-            "Times sending was paused because the circuit breaker opened.",
-            "pauses",
-        )
+        yield family(counter, "pacer_upstream_attempts",
+                     "HTTP attempts made (retries included).", lambda u: u.attempts)
+        yield family(counter, "pacer_upstream_retries", "Attempts that were retried.",
+                     lambda u: u.retries)
+        yield family(counter, "pacer_upstream_rate_limited",
+                     "Attempts answered with 429 Too Many Requests.", lambda u: u.rate_limited)
+        yield family(counter, "pacer_upstream_pauses",
+                     "Times sending was paused because the circuit breaker opened.",
+                     lambda u: u.pauses)
 
-    def _jobs(self, state: Mapping[str, Any]) -> Iterable[Metric]:
-        jobs = state.get("jobs") or {}
+    def _jobs(self, state: ServiceState) -> Iterable[Metric]:
+        jobs = state.jobs
         done = CounterMetricFamily(
             "pacer_jobs", "Jobs finished since the daemon started.", labels=["outcome"]
         )
-        for outcome in ("done", "failed", "rejected"):
-            if (v := _num(jobs.get(outcome))) is not None:
-                done.add_metric([outcome], v)
+        done.add_metric(["done"], float(jobs.done))
+        done.add_metric(["failed"], float(jobs.failed))
+        done.add_metric(["rejected"], float(jobs.rejected))
         yield done
-        for name, key, doc in (
-            ("pacer_jobs_active", "active", "Jobs claimed and running."),
-            ("pacer_jobs_pending", "pending_incoming", "Jobs seen in incoming/, not claimed yet."),
-            (
-                "pacer_requests_queued",
-                "queued_requests",
-                "Requests read from active jobs and not answered yet.",
-            ),
-            (
-                "pacer_requests_remaining",
-                "remaining_requests",
-                "Requests of active jobs not answered yet (read or not).",
-            ),
+        for name, v, doc in (
+            ("pacer_jobs_active", jobs.active, "Jobs claimed and running."),
+            ("pacer_jobs_pending", jobs.pending_incoming,
+             "Jobs seen in incoming/, not claimed yet."),
+            ("pacer_requests_queued", jobs.queued_requests,
+             "Requests read from active jobs and not answered yet."),
+            ("pacer_requests_remaining", jobs.remaining_requests,
+             "Requests of active jobs not answered yet (read or not)."),
         ):
-            if (v := _num(jobs.get(key))) is not None:
-                yield GaugeMetricFamily(name, doc, value=v)
-        if (v := _num(state.get("started_at"))) is not None:
+            yield GaugeMetricFamily(name, doc, value=float(v))
+        if state.started_at:
             yield GaugeMetricFamily(
                 "pacer_start_time_seconds",
                 "When the daemon started, in seconds since the epoch.",
-                value=v,
+                value=state.started_at,
             )
-        if (v := _num(state.get("stopping"))) is not None:
-            yield GaugeMetricFamily("pacer_stopping", "1 while the daemon drains to stop.", value=v)
-        if isinstance(version := state.get("version"), str):
+        yield GaugeMetricFamily("pacer_stopping", "1 while the daemon drains to stop.",
+                                value=float(state.stopping))
+        if state.version:
             info = GaugeMetricFamily("pacer_build_info", "pacer's version.", labels=["version"])
-            info.add_metric([version], 1.0)
+            info.add_metric([state.version], 1.0)
             yield info
 
-    def _spool(self, state: Mapping[str, Any]) -> Iterable[Metric]:
-        counts: Mapping[str, Any] | None = state.get("folders")
+    def _spool(self, state: ServiceState) -> Iterable[Metric]:
+        counts: Mapping[str, int] | None = None
         if self.folders is not None:
             try:
                 counts = self.folders()
-            except OSError:
-                counts = None
+            except OSError as exc:
+                log.warning("metrics.folders_failed", error=f"{type(exc).__name__}: {exc}")
         if counts:
             fam = GaugeMetricFamily(
                 "pacer_spool_files", "Job files in each spool folder.", labels=["folder"]
             )
             for folder, n in counts.items():
-                if (v := _num(n)) is not None:
-                    fam.add_metric([folder], v)
+                fam.add_metric([folder], float(n))
             yield fam
         errors = CounterMetricFamily(
             "pacer_spool_errors",
             "Spool problems since the daemon started, by kind.",
             labels=["kind"],
         )
-        kinds = state.get("spool_errors")
-        if isinstance(kinds, Mapping):
-            for kind, n in kinds.items():
-                if (v := _num(n)) is not None:
-                    errors.add_metric([str(kind)], v)
-        elif (v := _num((state.get("jobs") or {}).get("rejected"))) is not None:
-            # Older state files: rejected job files are the spool errors we know of.
-            errors.add_metric(["rejected"], v)
+        for kind, n in state.spool_errors.items():
+            errors.add_metric([kind], float(n))
         yield errors
 
 
@@ -252,7 +200,7 @@ class Metrics:
     be safe to call from another thread: return a dict that is not mutated
     afterwards (e.g. the last one the state loop built), not a live view.
     ``folders`` (optional, e.g. ``Spool.counts``) is called there too, to count
-    the spool folders; without it a ``"folders"`` key of the snapshot is used.
+    the spool folders.
     """
 
     def __init__(

@@ -68,7 +68,7 @@ class Notifier:
         self._address = address
         self._watchdog_usec = watchdog_usec
         self._watchdog_pid = watchdog_pid
-        self._on_error = on_error
+        self.on_error = on_error
         self._timeout = timeout
         self._sock: socket.socket | None = None
         self._closed = False
@@ -127,10 +127,10 @@ class Notifier:
             self._sock.sendto(payload, self._address)
         except OSError as exc:
             self.errors += 1
-            if self.errors == 1 and self._on_error is not None:
+            if self.errors == 1 and self.on_error is not None:
                 # A broken reporter must not break the daemon either.
                 with contextlib.suppress(Exception):
-                    self._on_error(exc)
+                    self.on_error(exc)
             return False
         return True
 

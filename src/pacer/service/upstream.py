@@ -153,6 +153,7 @@ class Upstream:
 
     def use_limit(self, limit: Limit) -> None:
         """Follow ``limit`` from now on (a reload's new bounds; fleet: the shared one)."""
+        self.limit.unsubscribe(self._on_limit_change)
         self.limit = limit
         limit.subscribe(self._on_limit_change)
         self.limiter.retarget(limit)

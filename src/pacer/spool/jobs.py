@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 from urllib.parse import unquote, urlsplit
+
+from pacer.checks import header_problem
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 REQUEST_KEYS = frozenset({"custom_id", "method", "url", "body", "headers", "upstream"})
@@ -30,24 +31,6 @@ _MAX_DEPTH = 64
 MAX_CUSTOM_ID = 512
 # JSON's own whitespace: a line holding anything else is not blank.
 _JSON_WS = " \t\r\n"
-# RFC 9110 field names are tokens; values are visible ASCII, space and tab
-# (httpx encodes header values as ASCII, and h11 refuses control characters).
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_FIELD_VALUE = re.compile(r"[\t\x20-\x7e]*")
-
-
-def header_problem(name: str, value: str) -> str | None:
-    """Why ``name: value`` cannot be sent as an HTTP header, or None if it can.
-
-    The message never quotes the value (it could be a secret)."""
-    if not _TOKEN.fullmatch(name):
-        return f"header name {name!r} is not a valid HTTP token"
-    if not _FIELD_VALUE.fullmatch(value):
-        return (f"the value of header {name!r} has a line break, a control character "
-                "or a non-ASCII character")
-    if value != value.strip(" \t"):  # h11 refuses it when sending
-        return f"the value of header {name!r} starts or ends with whitespace"
-    return None
 
 
 class JobFileError(Exception):

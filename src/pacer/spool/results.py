@@ -204,6 +204,9 @@ class ResultWriter:
         self._pending: dict[JobResults, list[bytes]] = {}
         self._count = 0
         self._done = trio.Event()  # set when the pending batch is durable
+        # Events of writers whose lines a failed flush put back: set with the next
+        # successful one (the writers that came meanwhile wait on ``_done``).
+        self._carried: list[trio.Event] = []
         self._wake = trio.Event()
         self._full = trio.Event()
         # One batch at a time: the final flush at shutdown must not write a job's
@@ -237,6 +240,7 @@ class ResultWriter:
         async with self._flush_lock:
             batch, self._pending, self._count = self._pending, {}, 0
             done, self._done = self._done, trio.Event()
+            carried, self._carried = self._carried, []
             self._wake, self._full = trio.Event(), trio.Event()
             if batch:
                 written = await trio.to_thread.run_sync(_write_batch, batch)
@@ -246,7 +250,9 @@ class ResultWriter:
                         batch.setdefault(job, []).extend(lines)
                     self._pending = batch
                     self._count = sum(len(v) for v in batch.values())
-                    self._done = done
+                    # Both the batch's writers and those that came meanwhile wait
+                    # for the next successful flush.
+                    self._carried = [*carried, done, *self._carried]
                     if self.trouble is None and self.on_trouble is not None:
                         self.on_trouble(written)
                     self.trouble = written
@@ -258,6 +264,8 @@ class ResultWriter:
                 if self.on_trouble is not None:
                     self.on_trouble(None)
             done.set()
+            for event in carried:
+                event.set()
             return True
 
 

@@ -1,0 +1,145 @@
+"""The intake: finds job files in ``incoming/`` and claims them into ``active/``.
+
+New files are seen through inotify (watchfiles) within about 0.1 s; a periodic full
+rescan is the safety net (inotify can overflow) and also moves what is not a job
+file (a symlink, a FIFO, a folder) to ``rejected/``. At start, jobs a previous run
+left in ``active/`` are resumed first. Claims stop while ``max_active_jobs`` run or
+the disk is in trouble.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+
+import structlog
+import trio
+
+from pacer.config import Config
+from pacer.service.disk import DISK_TROUBLE, DiskTrouble
+from pacer.service.summary import RunSummary
+from pacer.spool.folders import Spool, job_stem
+
+log = structlog.get_logger("pacer.service.intake")
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Intake:
+    def __init__(self, spool: Spool, config: Callable[[], Config], summary: RunSummary,
+                 disk: DiskTrouble, *, drain: bool) -> None:
+        self.spool = spool
+        self.config = config
+        self.summary = summary
+        self.disk = disk
+        self.drain = drain
+        self.pending: deque[str] = deque()  # names seen in incoming/, not claimed yet
+        self.stopping = False
+        self._wake = trio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, start_job: Callable[[str], None], active: Callable[[], int],
+                  running: Callable[[str], bool]) -> None:
+        """Claim jobs and start them with ``start_job(name)`` until stopping (or, when
+        draining, until the spool is empty and no job runs); ``active()`` counts the
+        jobs running, ``running(name)`` says whether that one runs."""
+        # First what a previous run left claimed: resume, do not repeat.
+        leftovers, _ = await trio.to_thread.run_sync(self.spool.scan, "active")
+        for cand in leftovers:
+            log.info("job.resumed", job=cand.name)
+            start_job(cand.name)
+        while not self.stopping:
+            if self.disk.deferred and self.disk.error is None:
+                name = self.disk.deferred.popleft()
+                if not running(name):
+                    log.info("job.resumed", job=name)
+                    start_job(name)
+                continue
+            if self.pending and self._wants_more_work(active()):
+                claimed = await self._claim(self.pending.popleft())
+                if claimed is not None:
+                    start_job(claimed)
+                continue
+            if self.drain and not self.pending and not active() and not self.disk.deferred:
+                await self.rescan()
+                if not self.pending:
+                    return
+                continue
+            self._wake = trio.Event()
+            await self._wake.wait()
+
+    def _wants_more_work(self, active: int) -> bool:
+        # Each active job holds only a short queue of requests in memory (the fair
+        # scheduler reads lazily), so the number of jobs is what bounds memory.
+        return self.disk.error is None and active < self.config().spool.max_active_jobs
+
+    async def _claim(self, name: str) -> str | None:
+        try:
+            claimed = await trio.to_thread.run_sync(self.spool.claim, name)
+        except OSError as exc:  # the next rescan tries again
+            self.summary.count_error("claim_failed")
+            log.error("job.claim_failed", job=name, error=f"{type(exc).__name__}: {exc}")
+            if exc.errno in DISK_TROUBLE:
+                self.disk.failed(exc, "claim")
+            return None
+        if claimed is not None and claimed != name:
+            log.warning("job.renamed", job=claimed, original=name,
+                        reason="a job or results with this name already exist")
+        return claimed
+
+    async def rescan(self) -> None:
+        candidates, skipped = await trio.to_thread.run_sync(self.spool.scan, "incoming")
+        self.pending = deque(c.name for c in candidates)
+        for entry in skipped:
+            await self._reject_entry(entry.name, entry.reason)
+        self._wake.set()
+
+    async def _reject_entry(self, name: str, reason: str) -> None:
+        info = {"job": name, "code": "not_a_job_file", "message": f"{name!r}: {reason}",
+                "rejected_at": now_iso()}
+        try:
+            target = await trio.to_thread.run_sync(self.spool.reject_from_incoming, name, info)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            self.summary.count_error("reject_failed")
+            log.error("spool.reject_failed", job=name, error=f"{type(exc).__name__}: {exc}")
+            return
+        self.summary.jobs_rejected += 1
+        log.warning("job.rejected", job=target, reason=info["message"], code=info["code"])
+
+    async def rescan_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config().spool.rescan_interval)
+            try:
+                await self.rescan()
+            except OSError as exc:  # e.g. incoming/ removed by hand: say so, keep going
+                self.summary.count_error("scan_failed")
+                log.error("spool.scan_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def watch(self, stop: trio.Event) -> None:
+        """inotify via watchfiles: new files are seen within ~0.1 s. The periodic
+        rescan remains the safety net (inotify can overflow)."""
+        from watchfiles import Change, awatch
+
+        incoming = str(self.spool.folder("incoming"))
+        try:
+            async for changes in awatch(incoming, debounce=50, step=10, recursive=False,
+                                        rust_timeout=500, stop_event=stop):
+                queued = set(self.pending)
+                for change, path in sorted(changes, key=lambda c: c[1]):
+                    name = os.path.basename(path)
+                    # Only job names: anything else is for the rescan to reject.
+                    if (change == Change.added and job_stem(name) is not None
+                            and not name.startswith(".") and name not in queued):
+                        self.pending.append(name)
+                self._wake.set()
+        except Exception as exc:  # the rescan still finds everything
+            self.summary.count_error("watch_failed")
+            log.warning("spool.watch_failed", error=f"{type(exc).__name__}: {exc}")
