@@ -329,6 +329,19 @@ def _peak(run: Run, a: float, b: float) -> int:
     return max(per_second.values(), default=0)
 
 
+def _caps_reach(run: Run, since: float, dead: str, need: int) -> float | None:
+    """Seconds after ``since`` until the nodes other than ``dead`` hold ``need`` slots
+    between them (from each node's ``bench.cap`` lines)."""
+    changes = sorted((t, n, int(e["cap"] or 0)) for n, t, e in _events(run, "bench.cap")
+                     if n != dead)
+    caps: dict[str, int] = {}
+    for t, n, cap in changes:
+        caps[n] = cap
+        if t >= since and sum(caps.values()) >= need:
+            return round(t - since, 2)
+    return None
+
+
 def _failed(run: Run) -> int | None:
     summaries = _events(run, "bench.node_summary")
     return sum(int(e["failed"]) for _, _, e in summaries) if summaries else None
@@ -359,6 +372,8 @@ def analyse(run: Run) -> dict[str, Any]:
             t += POLL
         out["back_at_95pct_after_s"] = None if back is None else round(back, 2)
         out["goodput_after_recovery"] = round(_goodput(run, k + LEASE_TTL + 1, end), 4)
+        for need in (CAP - 1, CAP):
+            out[f"survivors_hold_{need}_after_s"] = _caps_reach(run, k, "n0", need)
         out["failed"] = None  # the killed node never reports; the survivors' is below
         out["failed_survivors"] = sum(int(e["failed"]) for n, _, e in
                                       _events(run, "bench.node_summary") if n != "n0")

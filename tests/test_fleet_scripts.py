@@ -156,6 +156,14 @@ async def test_after_a_cut_it_returns_to_the_plateau_and_probes_above_it_rarely(
         assert g.limit == 12  # held at the plateau...
         g = await tick(store, report("a", demand=40, in_use=12, oks=12, rtt=0.3), b, skew=5.1)
         assert g.limit == 13  # ...until the probe interval has passed
+        # A refused probe goes back to the plateau (not 10% below: nothing fell)...
+        g = await tick(store, report("a", demand=40, in_use=13, drops=1, epoch=g.epoch), b,
+                       skew=5.5)
+        assert g.cut and g.limit == 12 and g.plateau == 12
+        # ...and a drop at the plateau itself lowers both.
+        g = await tick(store, report("a", demand=40, in_use=12, drops=1, epoch=g.epoch), b,
+                       skew=6.0)
+        assert g.cut and g.limit == 10 and g.plateau == 11
 
 
 async def test_a_fleet_that_lost_its_state_starts_from_what_a_node_knew(

@@ -136,8 +136,12 @@ if drops > 0 and seen_epoch == epoch and now - last_decrease >= math.max(rtt_nol
   -- in-use counts are up to a tick old), never above the limit.
   local busy = math.max(used, redis.call('ZCARD', leases))
   local point = math.max(1, math.min(math.floor(limit), busy))
-  plateau = math.max(lo, point - 1)
-  limit = math.max(lo, math.min(math.floor(limit * decrease), point - 1))
+  if probe_at > 0 and plateau > 0 and math.floor(limit) > plateau then
+    limit = plateau  -- the probe above the plateau was refused: back to the plateau
+  else
+    plateau = math.max(lo, point - 1)
+    limit = math.max(lo, math.min(math.floor(limit * decrease), point - 1))
+  end
   epoch = epoch + 1
   last_decrease = now
   next_probe = now + probe_every
