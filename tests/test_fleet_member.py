@@ -316,3 +316,11 @@ def test_status_shows_the_fleet(make_config: MakeConfig, spool: SpoolHelper) -> 
         assert "Redis unreachable" in render_text(collect(config))
     finally:
         held.unlock()
+
+
+async def test_a_fixed_limit_is_shared_as_it_is(redis: RedisServer) -> None:
+    up = Upstream(UpstreamConfig(name="api", base_url=BASE_URL, initial_limit=3,
+                                 adaptive=False), ok_client())
+    fleet = Fleet(FleetConfig(redis=redis.url, node="n1"))
+    joined = fleet.join(up)
+    assert (joined.bounds.min_limit, joined.bounds.max_limit) == (3, 3)

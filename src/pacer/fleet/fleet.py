@@ -40,8 +40,11 @@ class Fleet:
     def join(self, up: Upstream) -> FleetMember:
         """Share ``up``'s limits from now on (its fleet key, default its name)."""
         ucfg = up.cfg
-        bounds = Bounds(initial_limit=ucfg.initial_limit, min_limit=ucfg.min_limit,
-                        max_limit=ucfg.max_limit, lease_ttl=self.cfg.lease_ttl,
+        # adaptive = false: the fleet holds initial_limit (a fixed limit, shared).
+        lo, hi = ((ucfg.min_limit, ucfg.max_limit) if ucfg.adaptive
+                  else (ucfg.initial_limit, ucfg.initial_limit))
+        bounds = Bounds(initial_limit=ucfg.initial_limit, min_limit=lo,
+                        max_limit=hi, lease_ttl=self.cfg.lease_ttl,
                         probe_interval=self.cfg.probe_interval, node_ttl=self.cfg.node_ttl)
         member = FleetMember(self.store, ucfg.fleet_key or ucfg.name, self.node, up, bounds,
                              self.settings)
