@@ -276,7 +276,8 @@ def make_limit(contender: str, scn: Scenario) -> Limit:
 
 class OpenGate:
     """A pacing gate that never holds anything back: the part of
-    :class:`pacer.control.pacing.PacingGate` that :class:`~pacer.service.upstream.Upstream` uses
+    :class:`~pacer.service.pacing_gate.PacingGate` that
+    :class:`~pacer.service.upstream.Upstream` uses
     (loosely typed: that interface is still moving)."""
 
     waiting = 0

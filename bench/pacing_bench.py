@@ -53,7 +53,7 @@ Mock and client settings, and why
   defaults): the claim "an outage shorter than give_up_after fails no request" is
   about the configuration users get.
 * A request body of known token cost: ``max_tokens`` 84 + 64 characters of prompt =
-  100 tokens, by both pacer's :func:`~pacer.control.pacing.estimate_tokens` and the mock's
+  100 tokens, by both pacer's :func:`~pacer.control.tokens.estimate_tokens` and the mock's
   :func:`~pacer.mockapi.token_cost` (checked at import).
 
 Scenarios (``--quick`` halves every time except tpm's, which needs its minute)
@@ -158,7 +158,7 @@ from pacer.config import UpstreamConfig
 from pacer.control.aimd import AimdLimit, AimdSettings
 from pacer.control.breaker import BreakerTransition
 from pacer.control.limit import FixedLimit, Limit
-from pacer.control.pacing import estimate_tokens
+from pacer.control.tokens import estimate_tokens
 from pacer.logs import configure_logging
 from pacer.mockapi import token_cost
 from pacer.service.upstream import Upstream
@@ -286,7 +286,8 @@ def scenarios(scale: float) -> dict[str, Scenario]:
 class RateGate:
     """The oracle's gate: a client-side rate limiter at ``rate`` starts per second,
     evenly spaced, FIFO, no burst credit. Has the part of
-    :class:`pacer.control.pacing.PacingGate` that :class:`~pacer.service.upstream.Upstream` uses."""
+    :class:`~pacer.service.pacing_gate.PacingGate` that
+    :class:`~pacer.service.upstream.Upstream` uses."""
 
     def __init__(self, rate: float) -> None:
         self.rate = rate

@@ -727,3 +727,27 @@ def test_fuzz_header_check_agrees_with_h11(name: str, value: str) -> None:
         return
     headers = httpx.Headers({name: value})  # encodes as httpx does
     normalize_and_validate(headers.raw, _parsed=False)
+
+
+def test_nesting_at_the_limit_and_just_past_it() -> None:
+    """Lines with fewer brackets than the depth limit skip the depth walk: the
+    last depth that passes, and the first that does not, are told apart exactly."""
+    from pacer.spool.jobs import _MAX_DEPTH
+
+    def nested(lists: int) -> bytes:
+        # Depth: the request object 1, each list 1, the number inside 1.
+        inner = "[" * lists + "1" + "]" * lists
+        return f'{{"url": "/x", "body": {inner}}}'.encode()
+
+    assert isinstance(one(nested(_MAX_DEPTH - 2)), Request)  # 63 brackets: no walk
+    assert bad(nested(_MAX_DEPTH - 1)).code == "invalid_json"  # depth 65: refused
+
+
+def test_a_cached_url_check_still_refuses_every_time() -> None:
+    base = "http://127.0.0.1:8000"
+    for _ in range(3):
+        assert relative_url("/v1/chat/completions", base) == "/v1/chat/completions"
+        with pytest.raises(Exception, match="segments"):
+            relative_url("/v1/../admin", base)
+    long_path = "/v1/" + "a" * 5000
+    assert relative_url(long_path, base) == long_path  # not cached, same answer

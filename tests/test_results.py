@@ -427,3 +427,52 @@ async def test_a_writer_arriving_during_a_failing_flush_still_wakes(
             assert sorted(woke) == ["a", "b"]
             nursery.cancel_scope.cancel()
     jr.close()
+
+
+async def test_new_part_files_folder_is_fsynced_once_per_batch_before_acknowledging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part file's name must be on disk before its first line counts as durable;
+    one folder fsync covers every new part file of the batch."""
+    events: list[str] = []
+    real_fsync_dir = results_mod.fsync_dir
+    fail_next = [True]
+
+    def fsync_dir(path: Path) -> None:
+        if fail_next[0]:
+            fail_next[0] = False
+            raise OSError(errno.EIO, "Input/output error")
+        events.append(f"fsync {Path(path).name}")
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(results_mod, "fsync_dir", fsync_dir)
+    jobs = [JobResults(tmp_path, f"job{i}") for i in range(5)]
+    for jr in jobs:
+        jr.open()
+    assert events == []  # opening defers the folder's fsync to the writer
+    writer = ResultWriter(flush_interval=10, flush_max_lines=1000)
+    acknowledged: list[str] = []
+
+    async def write(jr: JobResults) -> None:
+        await writer.write(jr, result_line(jr.stem, "u", 1, status=200))
+        acknowledged.append(jr.stem)
+
+    async with trio.open_nursery() as nursery:
+        for jr in jobs:
+            nursery.start_soon(write, jr)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not await writer.flush()  # the folder's fsync failed: nobody is told done
+        await trio.testing.wait_all_tasks_blocked()
+        assert acknowledged == []
+        assert await writer.flush()
+    assert events == [f"fsync {tmp_path.name}"]  # once, for five new part files
+    assert sorted(acknowledged) == [jr.stem for jr in jobs]
+    for jr in jobs:
+        assert lines_of(jr) == [jr.stem]
+        assert jr.entry_durable
+        jr.close()
+    # A resumed part file (already on disk) needs no folder fsync.
+    again = JobResults(tmp_path, "job0")
+    again.open()
+    assert again.entry_durable
+    again.close()

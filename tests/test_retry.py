@@ -10,15 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pacer.control.ratelimit_headers import Quota, RateLimitInfo
 from pacer.control.retry import (
     RetryBudget,
     RetrySettings,
     backoff_delay,
     has_attempts_left,
-    is_rate_limited,
-    is_retryable_status,
-    stops_upstream,
 )
 
 DEFAULT = RetrySettings()
@@ -185,25 +181,6 @@ def test_budget_bound(outcomes: list[bool], max_attempts: int) -> None:
             ok = nxt
     assert budget.granted <= 5 + 0.1 * successes + 1e-9
     assert 0.0 <= budget.tokens <= 10.0
-
-
-# --- statuses ------------------------------------------------------------------------
-
-
-def test_statuses() -> None:
-    retryable = {s for s in range(100, 600) if is_retryable_status(s)}
-    assert retryable == {408, 425, 429, 500, 502, 503, 504}
-    assert {s for s in range(100, 600) if stops_upstream(s)} == {401, 403}
-
-
-def test_github_style_403_is_a_rate_limit_not_auth() -> None:
-    empty = RateLimitInfo()
-    assert is_rate_limited(429, empty)
-    assert not is_rate_limited(403, empty)
-    assert is_rate_limited(403, RateLimitInfo(retry_after=60.0))
-    assert is_rate_limited(403, RateLimitInfo(requests=Quota(5000, 0, 100.0)))
-    assert not is_rate_limited(403, RateLimitInfo(requests=Quota(5000, 12, 100.0)))
-    assert not is_rate_limited(503, RateLimitInfo(retry_after=1.0))
 
 
 @pytest.mark.parametrize(

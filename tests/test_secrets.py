@@ -198,3 +198,21 @@ def test_tracebacks_are_rendered_without_locals(
     assert '"exception"' in done.stdout
     assert '"locals"' not in done.stdout
     assert key not in done.stdout + done.stderr
+
+
+def test_console_tracebacks_are_rendered_without_locals(
+        tmp_path: Path, mock_api: Callable[..., MockAPI],
+        run_pacer: Callable[..., Any]) -> None:
+    """The same crash with ``--log-format console``: rich's traceback shows local
+    variables unless told not to, and it used to render after the redaction
+    processor had run, so no local variable may be shown, nor the key."""
+    key = f"sk-pacer-test-{secrets.token_hex(16)}"
+    api = mock_api("--auth-key", key)
+    cfg = write_config(tmp_path / "crash.toml", api.base_url,
+                       metrics={"listen": f"127.0.0.1:{api.port}"})
+    done = run_pacer("run", "--config", cfg, "--drain", "--log-format", "console",
+                     env=subprocess_env(**{KEY_VAR: key, WRONG_VAR: "x" * 8}))
+    assert done.returncode == 1
+    assert "Traceback" in done.stdout
+    assert " locals " not in done.stdout  # rich's panel of local variables
+    assert key not in done.stdout + done.stderr

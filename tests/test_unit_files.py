@@ -159,6 +159,7 @@ COMMON = {
     "NotifyAccess": "main",
     "ExecReload": "/bin/kill -HUP $MAINPID",
     "Restart": "on-failure",
+    "RestartPreventExitStatus": "2",
     "WatchdogSec": "30",
     "User": "pacer",
     "Group": "pacer",

@@ -38,8 +38,8 @@ class SpoolConfig:
     max_line_bytes: int = 8 * 1024 * 1024
     # Full rescan of incoming/ as a safety net under the inotify watcher.
     rescan_interval: float = 5.0
-    # Jobs claimed at once (each holds up to two open files). More are claimed only
-    # while the requests read from them run short of what the upstreams can take.
+    # Jobs claimed at once (each holds up to two open files and a short queue of
+    # requests read ahead); they share each upstream fairly.
     max_active_jobs: int = 256
 
 
@@ -57,8 +57,8 @@ class DaemonConfig:
     log_level: str = "info"
     # The state file `pacer status` reads, rewritten about once a second.
     state_interval: float = 1.0
-    # Requests read from job files and not yet answered, across all jobs: bounds
-    # memory however many requests wait in the spool.
+    # Requests handed to the upstreams and not yet answered, across all jobs (each
+    # job also holds a few dozen read ahead, waiting for their turn).
     max_pending_requests: int = 10000
 
 

@@ -7,6 +7,7 @@ Context such as ``job``, ``custom_id`` and ``upstream`` is bound with
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import sys
@@ -14,7 +15,7 @@ from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
-from structlog.typing import EventDict, Processor, WrappedLogger
+from structlog.typing import EventDict, ExcInfo, Processor, WrappedLogger
 
 # Keys whose values are never logged, whatever they hold.
 SECRET_KEYS = frozenset(
@@ -62,6 +63,13 @@ def redact_secrets(_logger: WrappedLogger, _name: str, event_dict: EventDict) ->
     return event_dict
 
 
+def _console_traceback(exc_info: ExcInfo) -> str:
+    out = io.StringIO()
+    structlog.dev.RichTracebackFormatter(show_locals=False, color_system=None,
+                                         width=100)(out, exc_info)
+    return out.getvalue().rstrip("\n")
+
+
 def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
     """Configure structlog for the process (call again to change level or format)."""
     stream = stream or sys.stdout
@@ -72,8 +80,12 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if fmt == "console":
+        # The traceback becomes text before redaction (the renderer would draw it
+        # after), without local variables (rich shows them by default, and one may
+        # hold a key) and without colour codes (they could split a secret).
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
-        processors += [redact_secrets, renderer]
+        processors += [structlog.processors.ExceptionRenderer(_console_traceback),
+                       redact_secrets, renderer]
     else:
         # Tracebacks as data, without local variables (they could hold a key).
         processors += [

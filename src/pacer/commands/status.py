@@ -192,7 +192,7 @@ def _upstream_json(u: UpstreamState) -> dict[str, Any]:
     return dataclasses.asdict(u)
 
 
-LIVE_KEYS = ("limit", "inflight", "waiting", "queued", "breaker", "last_minute")
+LIVE_KEYS = ("limit", "inflight", "waiting", "queued", "jobs_waiting", "breaker", "last_minute")
 TOTAL_KEYS = ("done", "failed", "attempts", "retries", "rate_limited")
 
 

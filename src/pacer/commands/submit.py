@@ -2,18 +2,24 @@
 
 Each file is written under ``tmp/``, fsynced, then linked into ``incoming/``
 under a name nobody has (``os.link`` fails rather than replace), so the daemon
-never sees half a file and no earlier job is overwritten.
+never sees half a file and no earlier job is overwritten. The file is handed to the
+spool's group (mode 0640) so that the daemon can read it; a job it could not read is
+refused here, with a non-zero exit, never accepted and rejected later.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import uuid
 from pathlib import Path
 
 from pacer.config import Config
+from pacer.spool.access import NotReadableByService, group_name
 from pacer.spool.folders import Spool, job_stem
+
+EXIT_REFUSED = 2
 
 
 def _with_upstream(data: bytes, name: str, upstream: str) -> bytes:
@@ -46,11 +52,32 @@ def _stdin_name(data: bytes) -> str:
     return f"stdin-{uuid.uuid4().hex[:12]}{suffix}"
 
 
+def _no_access(spool: Spool, exc: PermissionError) -> str:
+    """Why a submitter may not write into the spool, and what to do about it."""
+    where = exc.filename or spool.root
+    group = "GROUP"
+    # The spool itself may be out of sight (inside another 0750 folder, as an instance's
+    # spool is): its nearest visible ancestor shows the group.
+    for path in (spool.root, *spool.root.parents):
+        try:
+            group = group_name(os.stat(path).st_gid)
+            break
+        except OSError:
+            continue
+    return (f"pacer submit: cannot write into the spool ({where}: permission denied): "
+            f"jobs are submitted by root or by members of the spool's group, {group} "
+            f"(usermod -aG {group} USER, then log in again)")
+
+
 def submit(config: Config, paths: list[str], *, upstream: str | None = None,
            name: str | None = None) -> int:
     spool = Spool(config.spool.dir)
-    if not spool.folder("incoming").is_dir():
-        spool.ensure()
+    try:
+        if not spool.folder("incoming").is_dir():
+            spool.ensure()
+    except PermissionError as exc:
+        print(_no_access(spool, exc), file=sys.stderr)
+        return EXIT_REFUSED
     if upstream is not None and upstream not in config.upstreams:
         print(f"pacer submit: unknown upstream {upstream!r} "
               f"(configured: {', '.join(sorted(config.upstreams))})", file=sys.stderr)
@@ -80,5 +107,13 @@ def submit(config: Config, paths: list[str], *, upstream: str | None = None,
             except UnicodeDecodeError:
                 print(f"pacer submit: {job_name}: not UTF-8", file=sys.stderr)
                 return 2
-        print(spool.submit(data, job_name))
+        try:
+            given = spool.submit(data, job_name)
+        except NotReadableByService as exc:
+            print(f"pacer submit: {job_name}: refused: {exc.strerror}", file=sys.stderr)
+            return EXIT_REFUSED
+        except PermissionError as exc:
+            print(_no_access(spool, exc), file=sys.stderr)
+            return EXIT_REFUSED
+        print(given)
     return 0

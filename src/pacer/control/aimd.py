@@ -32,8 +32,10 @@ It learns the fastest safe concurrency of an upstream that never says its limit.
    round trips needed before the next; a probe is still due every
    ``max_probe_interval`` seconds (but never before ``probe_rounds`` round trips), so
    a capacity rise is found within seconds. A probe that ran a clean, used round trip
-   means the capacity rose: slow start resumes until the next congestion point.
-   Growth that ends no higher than one above the old plateau counts as a failed probe.
+   means the capacity rose: that limit becomes the plateau and the next probe, at
+   once, steps twice as far (1, 2, 4, ... but at most half the plateau), until one
+   fails and the limit falls back to the last plateau that ran clean. (Resuming
+   slow start instead overshot by up to 2x and fell back far below: 17 -> 58 -> 17.)
 5. **Latency.** Successes sent after the last decrease feed an EWMA of the rtt
    (weight ``rtt_smoothing``, a plain mean until it is warm), so each decrease is
    judged on its own round trips. The no-load rtt is the minimum, over the last
@@ -95,6 +97,22 @@ _STEADY_QUEUED_ROUNDS: Final = 2
 # the baseline when the old minimum expires, and the baseline would creep up.
 _RATE_SPAN: Final = 2.0
 _RATE_WINDOWS: Final = 3
+# Drops that say the upstream failed, not that this concurrency was refused.
+_FAILURE_REASONS: Final = frozenset({"server_error", "timeout", "connection"})
+# Of those, the ones an outage gives at once (a timeout may be a dropped request
+# past a concurrency cap: a capacity signal, not an outage).
+_OUTAGE_REASONS: Final = frozenset({"server_error", "connection"})
+# Slow start's full-pipe test: a round must serve this much more concurrency than
+# the best before it, or it is a stall; this many stalls in a row end slow start.
+_PIPE_GROWTH: Final = 1.25
+_PIPE_STALLS: Final = 3
+# A latency signal must clear its noise by this many standard deviations.
+_NOISE_Z: Final = 2.0
+# A mean absolute deviation is about 0.8 standard deviations (normal): sd = 1.25 x it.
+_DEV_TO_SD: Final = 1.25
+# A probe fails when its round's rtt grew by more than this share of the relative
+# concurrency it added (a pure queue: the whole share; no queue: none).
+_PROBE_RTT_SHARE: Final = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +137,7 @@ class AimdSettings:
     min_limit: int = 1
     max_limit: int = 256
     backoff_ratio: float = 0.9
-    latency_tolerance: float | None = 1.5
+    latency_tolerance: float | None = 1.25
     rtt_smoothing: float = 0.1
     min_rtt_window: float = 30.0
     probe_rounds: int = 3
@@ -151,6 +169,32 @@ class AimdSettings:
             raise ValueError(f"probe_rounds must be >= 1, got {self.probe_rounds}")
         if not (math.isfinite(self.max_probe_interval) and self.max_probe_interval > 0.0):
             raise ValueError(f"max_probe_interval must be > 0, got {self.max_probe_interval}")
+
+
+class _Moments:
+    """Count, mean and standard error of the mean of some values."""
+
+    __slots__ = ("count", "squares", "total")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.squares = 0.0
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.squares += value * value
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count
+
+    @property
+    def stderr(self) -> float:
+        n = self.count
+        variance = max(0.0, (self.squares - self.total * self.total / n) / (n - 1))
+        return math.sqrt(variance / n)
 
 
 def _memory(weight: float) -> int:
@@ -186,13 +230,30 @@ class AimdLimit:
         # once a smoothed rtt has passed.
         self._round_start = -math.inf
         self._round_max_inflight = 0
+        self._round_done = 0  # successes within this round
+        self._round_rtt_sum = 0.0  # ... and their rtts
+        self._round_fresh = _Moments()  # ... of those sent since the last decrease
+        self._round_limit = s.initial_limit
+        self._ss_best_rate = 0.0  # the best delivered rate of a slow-start round
+        self._ss_min_rtt = math.inf  # the lowest round-mean rtt in slow start
+        self._ss_stalls = 0
+        # rtts of the successes sent since the last probe step began
+        self._probe_rtts = _Moments()
+        self._probe_started_at = -math.inf
+        # A limit that ran clean before failures cut it: probes double back to it.
+        self._regrow_to = 0
+        self._rttdev = 0.0  # mean deviation of the rtt samples (EWMA)
+        self._probe_ref_rtt: float | None = None  # the plateau's srtt as probes began
         self._clean_rounds = 0
         self._probe_wait = s.probe_rounds
         self._plateau_since = -math.inf
-        # The plateau a successful probe grew from (None: cold start or none).
-        self._grown_from: int | None = None
+        # The step of the next probe: 1, doubled after each probe that ran clean.
+        self._probe_step = 1
+        # The plateau the current series of probes started from.
+        self._probe_base = s.initial_limit
         self._changed_at: float | None = None  # when the limit last moved
         self._slow_start_left_at = -math.inf
+        self._seed_min_rtt: float | None = None  # a remembered no-load rtt (resume)
 
     @classmethod
     def from_values(
@@ -236,6 +297,23 @@ class AimdLimit:
             self._congestion(sample.reason, sample, now, refused_at)
         return self._limit
 
+    def resume(self, limit: int, at: float, min_rtt: float | None = None) -> None:
+        """Start from a limit learned before (a restart): hold it as the plateau and
+        probe above it, rather than slow-start from it (which would overshoot a cap
+        it had already found). ``min_rtt`` seeds the no-load rtt until this run has
+        its own. Call before the first sample; the change (reason ``resumed``) goes
+        to the hooks like any other."""
+        s = self.settings
+        old = self._limit
+        self._limit = self._plateau = max(s.min_limit, min(limit, s.max_limit))
+        self._phase = "steady"
+        self._probe_wait = s.probe_rounds
+        self._plateau_since = at
+        self._seed_min_rtt = min_rtt
+        if self._limit != old:
+            self._changed_at = at
+            self._hooks.emit(LimitChange(old, self._limit, "resumed", 0, None, at))
+
     # ---- introspection, for status
 
     @property
@@ -255,8 +333,14 @@ class AimdLimit:
 
     @property
     def min_rtt(self) -> float | None:
-        """The no-load rtt: minimum of the slow EWMA over the last ``min_rtt_window`` s."""
-        return self._baseline[0][1] if self._baseline else None
+        """The no-load rtt: minimum of the slow EWMA over the last ``min_rtt_window`` s
+        (before it has one: slow start's lowest round-mean rtt, else the one
+        remembered from an earlier run, if any)."""
+        if self._baseline:
+            return self._baseline[0][1]
+        if math.isfinite(self._ss_min_rtt):
+            return self._ss_min_rtt
+        return self._seed_min_rtt
 
     @property
     def smoothed_rtt(self) -> float | None:
@@ -300,34 +384,54 @@ class AimdLimit:
             horizon = now - (_RATE_SPAN + _RATE_WINDOWS) * self._srtt
             while self._completions[0] < horizon:
                 self._completions.popleft()
-        if sample.start >= self._round_start:
+        if sample.start >= self._round_start and sample.reason != PACED:
+            # (The pace held a paced one back: it does not show the limit used.)
             self._round_max_inflight = max(self._round_max_inflight, sample.inflight)
-        if self._phase == "slow_start" and fresh:
+        self._round_done += 1
+        self._round_rtt_sum += sample.rtt
+        if fresh:
+            self._round_fresh.add(sample.rtt)
+        if (self._phase == "probe" and sample.start >= self._probe_started_at
+                and sample.inflight >= self._limit):
+            self._probe_rtts.add(sample.rtt)  # it ran at the probe's concurrency
+        if self._phase == "slow_start" and fresh and self._queueing():
             # Growth outruns a round-end check: test the queueing on every sample.
-            if self._queueing():
-                self._congestion("latency", sample, now, self._limit)
-                return
-            if (2 * sample.inflight >= self._limit and self._limit < self.settings.max_limit
-                    and sample.reason != PACED):
-                self._change(self._limit + 1, "slow_start", sample, now)
+            self._congestion("latency", sample, now, self._limit)
+            return
         # A round trip: an attempt sent after the round began is back, and (when rtts
         # vary a lot) the first one back is not just the fastest.
+        before = self._limit
         if sample.start >= self._round_start and (
             self._srtt is None or now - self._round_start >= self._srtt
         ):
             self._end_round(sample, now)
+        if (self._phase == "slow_start" and fresh and self._limit == before
+                and 2 * sample.inflight >= self._limit
+                and self._limit < self.settings.max_limit and sample.reason != PACED):
+            self._change(self._limit + 1, "slow_start", sample, now)
 
     def _observe_rtt(self, rtt: float) -> None:
         # A plain mean until warm, then an EWMA: no bias toward the first sample.
         self._srtt_count += 1
         weight = max(self.settings.rtt_smoothing, 1.0 / self._srtt_count)
-        self._srtt = rtt if self._srtt is None else self._srtt + weight * (rtt - self._srtt)
+        if self._srtt is None:
+            self._srtt, self._rttdev = rtt, 0.0
+        else:
+            # The mean deviation (TCP's rttvar, Vector's deviation) sizes the noise.
+            self._rttdev += weight * (abs(rtt - self._srtt) - self._rttdev)
+            self._srtt += weight * (rtt - self._srtt)
         weight = max(self._brtt_weight, 1.0 / self._srtt_count)
         self._brtt = rtt if self._brtt is None else self._brtt + weight * (rtt - self._brtt)
 
     def _end_round(self, sample: Sample, now: float) -> None:
         s = self.settings
         used = self._round_max_inflight >= self._limit
+        if self._phase == "slow_start" and self._pipe_full(now):
+            # The delivered rate stopped growing while the limit doubled: whatever
+            # lies past it (drops that only time out later, a link or a knee that
+            # only gets slower) gives nothing more.
+            self._congestion("saturated", sample, now, self._limit)
+            return
         needed = _FIRST_BASELINE_SAMPLES if self._phase == "slow_start" else self._brtt_warm_count
         if self._brtt is not None and self._srtt_count >= needed:
             self._record_baseline(now, self._brtt)
@@ -337,31 +441,81 @@ class AimdLimit:
             return
         if self._phase == "steady" and used:
             self._clean_rounds += 1
-            due = self._clean_rounds >= self._probe_wait or (
+            regrow = self._regrow_to > self._limit
+            due = regrow or self._clean_rounds >= self._probe_wait or (
                 now - self._plateau_since >= s.max_probe_interval
             )
-            if due and self._clean_rounds >= s.probe_rounds and self._limit < s.max_limit:
-                self._plateau = self._limit
+            if due and (regrow or self._clean_rounds >= s.probe_rounds) and (
+                    self._limit < s.max_limit):
+                self._plateau = self._probe_base = self._limit
+                # The plateau's own rtt: the mean of its last round's attempts sent
+                # under it (the smoothed rtt may still carry a higher limit's).
+                fresh = self._round_fresh
+                self._probe_ref_rtt = fresh.mean if fresh.count else self._srtt
                 self._phase = "probe"
+                self._probe_step = self._next_step(1)
                 self._new_round(now)
-                self._change(self._limit + 1, "probe", sample, now)
+                self._change(self._limit + self._probe_step, "probe", sample, now)
                 return
         elif self._phase == "probe" and used:
+            if self._probe_rtts.count < self._limit:
+                return  # judge the step on a full window of its attempts
+            if self._probe_only_queued():
+                # More concurrency, proportionally more latency: past a knee, or a
+                # link whose latency grows with load. Not capacity: back down.
+                self._congestion("latency", sample, now, self._limit)
+                return
             # A round trip at the probe limit without congestion: the capacity rose.
-            self._phase = "slow_start"
-            self._grown_from = self._plateau
+            # Hold what ran clean, and step further at once.
+            self._plateau = self._limit
+            self._probe_step = self._next_step(min(2 * self._probe_step,
+                                                   max(1, self._limit // 2)))
+            self._new_round(now)
+            if self._limit < s.max_limit:
+                self._change(self._limit + self._probe_step, "probe", sample, now)
+            return
         self._new_round(now)
+
+    def _next_step(self, step: int) -> int:
+        """The next probe step: ``step``, or, while regrowing toward a level that ran
+        clean before failures cut it (an outage), up to a doubling toward it."""
+        if self._regrow_to > self._limit:
+            return max(step, min(self._limit, self._regrow_to - self._limit))
+        self._regrow_to = 0
+        return step
 
     def _warm(self) -> bool:
         return self._srtt is not None and self._srtt_count >= self._warm_count
 
     def _queueing(self) -> bool:
-        """Is the smoothed rtt past the tolerance over the no-load rtt?"""
+        """Is the smoothed rtt past the tolerance over the no-load rtt, by more than
+        its own noise? (When service times vary 10x from request to request, as LLM
+        answers do, a smoothed rtt over a windowed minimum reads variance as
+        queueing; the noise term keeps it from cutting for that.)"""
         tolerance, base = self.settings.latency_tolerance, self.min_rtt
         if tolerance is None or base is None or not self._warm():
             return False
         assert self._srtt is not None
-        return self._srtt > tolerance * base
+        return self._srtt > tolerance * base + _NOISE_Z * self._srtt_noise()
+
+    def _srtt_noise(self) -> float:
+        """Standard deviation of the smoothed rtt: an EWMA of weight w has the
+        variance of its samples times w / (2 - w); a mean deviation is ~0.8 sd."""
+        w = self.settings.rtt_smoothing
+        return _DEV_TO_SD * self._rttdev * math.sqrt(w / (2.0 - w))
+
+    def _probe_only_queued(self) -> bool:
+        """Did the probe step's attempts take longer in proportion to the concurrency
+        it added? Their mean rtt against the plateau's smoothed rtt when the probes
+        began: growth past ``_PROBE_RTT_SHARE`` of the relative step, by more than
+        twice the round mean's standard error, means the extra attempts only
+        queued (the goodput did not grow with them)."""
+        ref, rtts = self._probe_ref_rtt, self._probe_rtts
+        if self.settings.latency_tolerance is None or ref is None or rtts.count < 2:
+            return False
+        step = (self._limit - self._probe_base) / self._probe_base
+        allowed = ref * (1.0 + _PROBE_RTT_SHARE * step)
+        return rtts.mean > allowed + _NOISE_Z * rtts.stderr
 
     def _record_baseline(self, now: float, rtt: float) -> None:
         window = self._baseline
@@ -400,37 +554,50 @@ class AimdLimit:
         old = self._limit
         cut = math.floor(old * s.backoff_ratio)
         if self._phase == "probe":
-            # The probe failed: back to the plateau, and wait longer before the next.
+            # The probe failed: back to the last plateau that ran clean. Probes that
+            # found nothing wait longer before the next; a series that gained
+            # capacity probes again soon.
             new = self._plateau
-            self._probe_wait = min(2 * self._probe_wait, _MAX_PROBE_WAIT)
+            gained = self._plateau > self._probe_base
+            self._probe_wait = (s.probe_rounds if gained
+                                else min(2 * self._probe_wait, _MAX_PROBE_WAIT))
         else:
             # Within a round trip of leaving slow start, a first drop says that it
             # left a little too high (the in-flight counts are blurred by answers
             # in transit), not that the capacity fell.
             ramped = now - self._slow_start_left_at < (self._srtt or 0.0)
             self._slow_start_left_at = -math.inf
-            if reason == "latency":
+            if reason == "saturated":
+                # The concurrency that delivers the best rate without a queue.
+                new = max(1, math.floor(self._ss_best_rate * self._ss_min_rtt + 0.5))
+            elif reason == "latency":
                 new = min(cut, self._unqueued_concurrency(now))
             elif self._phase == "slow_start" or ramped:
                 # Everything below the refused concurrency was just accepted.
                 new = max(refused_at - 1, old // 2)
             else:
-                # The capacity fell: size the cut by what the upstream still served.
+                # The capacity fell: size the cut by what the upstream still served,
+                # but never below half at once: in-flight and delivered counts are
+                # blurred (refusals that come a service time late, answers in
+                # transit), and a cut by a misread count went 5 -> 2. A real drop
+                # to a quarter is reached in two round trips.
                 new = min(cut, refused_at - 1)
                 delivered = self._delivered(now)
                 if delivered is not None:
                     new = min(new, delivered)
+                new = max(new, old // 2)
         new = max(s.min_limit, min(new, old, s.max_limit))
         if self._phase == "slow_start":
             self._slow_start_left_at = now
         if self._phase != "probe":
-            # Growth that found no more than the old plateau counts as a failed probe;
-            # anything else (new capacity, a capacity drop) calls for quick probes.
-            gained = self._grown_from is None or new > self._grown_from + 1
-            self._probe_wait = (
-                s.probe_rounds if gained else min(2 * self._probe_wait, _MAX_PROBE_WAIT)
-            )
-        self._grown_from = None
+            # A capacity found or fallen: probe soon.
+            self._probe_wait = s.probe_rounds
+        if reason in _OUTAGE_REASONS and self._phase == "steady":
+            # Failures at a limit that ran clean (an outage, errors that do not
+            # measure the capacity): come back to it fast once answers are clean.
+            self._regrow_to = max(self._regrow_to, old)
+        elif reason not in _OUTAGE_REASONS:
+            self._regrow_to = 0  # the capacity itself spoke
         self._ceiling = refused_at
         self._plateau = new
         self._phase = "steady"
@@ -446,11 +613,40 @@ class AimdLimit:
     def _new_round(self, now: float) -> None:
         self._round_start = now
         self._round_max_inflight = 0
+        self._round_done = 0
+        self._round_rtt_sum = 0.0
+        self._round_fresh = _Moments()
+        self._round_limit = self._limit
+
+    def _pipe_full(self, now: float) -> bool:
+        """In slow start, at the end of a round the limit was used in (half of it in
+        flight, as growth needs): did the delivered rate (successes per second over
+        the round) stop growing? Each round that adds less than ``_PIPE_GROWTH``
+        over the best rate so far is a stall; ``_PIPE_STALLS`` in a row fill the
+        pipe (BBR's full-pipe test). The lowest round-mean rtt seen stands for the
+        unloaded rtt (slow start's first rounds ran nearly alone)."""
+        span = now - self._round_start
+        if (not math.isfinite(span) or span <= 0 or self._round_done == 0
+                or 2 * self._round_max_inflight < self._round_limit
+                or self._limit <= self._round_limit):
+            return False  # not used, or the limit did not grow: no test of the pipe
+        self._ss_min_rtt = min(self._ss_min_rtt, self._round_rtt_sum / self._round_done)
+        rate = self._round_done / span
+        if rate >= _PIPE_GROWTH * self._ss_best_rate:
+            self._ss_best_rate = rate
+            self._ss_stalls = 0
+            return False
+        self._ss_best_rate = max(self._ss_best_rate, rate)
+        self._ss_stalls += 1
+        return self._ss_stalls >= _PIPE_STALLS
 
     def _change(self, new: int, reason: str, sample: Sample, now: float) -> None:
         old = self._limit
         if new == old:
             return
+        if reason == "probe":
+            self._probe_started_at = now
+            self._probe_rtts = _Moments()
         self._limit = new
         self._changed_at = now
         self._hooks.emit(

@@ -24,6 +24,7 @@ each subscribed hook as a :class:`BreakerTransition`.
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections import deque
 from collections.abc import Callable
@@ -109,6 +110,7 @@ class Breaker:
         self._hooks: list[BreakerHook] = []
         self._state = BreakerState.CLOSED
         self._consecutive_failures = 0
+        self._last_success_start = -math.inf
         self._outcomes: deque[bool] = deque(maxlen=self.settings.window)  # True = failure
         self._open_until: float | None = None
         self._openings = 0  # openings in a row without a close: the growth exponent
@@ -162,7 +164,11 @@ class Breaker:
             return True
         return False
 
-    def on_success(self, now: float) -> None:
+    def on_success(self, now: float, started: float | None = None) -> None:
+        """A success; ``started``: when its attempt started (failures of attempts
+        started before it then say nothing about the upstream now)."""
+        if started is not None:
+            self._last_success_start = max(self._last_success_start, started)
         if self._state is BreakerState.CLOSED:
             self._consecutive_failures = 0
             self._outcomes.append(False)
@@ -172,7 +178,14 @@ class Breaker:
             if self._probe_successes >= self.settings.success_to_close:
                 self._close(now)
 
-    def on_failure(self, now: float, reason: str) -> None:
+    def on_failure(self, now: float, reason: str, started: float | None = None) -> None:
+        """A failure; ``started``: when its attempt started. One that started before
+        an attempt that has since succeeded is stale (a timeout that lands after
+        the upstream answered later requests): it is not counted."""
+        if started is not None and started < self._last_success_start:
+            if self._state is BreakerState.HALF_OPEN and self._probes_out > 0:
+                self._probes_out -= 1
+            return
         if self._state is BreakerState.CLOSED:
             self._consecutive_failures += 1
             self._outcomes.append(True)

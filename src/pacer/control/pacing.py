@@ -1,15 +1,16 @@
 """The pacing gate of one upstream: decides *when* the next attempt may start.
 
 The concurrency limit (:mod:`pacer.control.limit`, :mod:`pacer.service.limiter`) bounds how many
-attempts are in flight; this module bounds how fast they *start*. Two parts:
+attempts are in flight; this module bounds how fast they *start*.
 
-- :class:`Pacer`, a pure core: no I/O, no clock of its own, every call takes ``now``
-  (seconds on a monotonic clock). It is fed what responses say and answers with the
-  earliest time the next start may happen (:meth:`Pacer.next_start`), which the
-  caller then takes (:meth:`Pacer.commit`).
-- :class:`PacingGate`, a thin Trio wrapper: ``await gate.wait(tokens)`` sleeps until
-  the pacer allows a start and takes it, releasing waiting tasks one at a time, in
-  FIFO order.
+:class:`Pacer` is pure: no I/O, no clock of its own, every call takes ``now``
+(seconds on a monotonic clock). It is fed what responses say and answers with the
+earliest time the next start may happen (:meth:`Pacer.next_start`), which the caller
+then takes (:meth:`Pacer.commit`). Its single-purpose parts live in their own modules:
+the token buckets (:mod:`pacer.control.bucket`), the header quota windows
+(:mod:`pacer.control.quota`) and the token estimates (:mod:`pacer.control.tokens`);
+its Trio face, which sleeps until a start is allowed, is
+:class:`pacer.service.pacing_gate.PacingGate`.
 
 The pace is the tightest of these constraints:
 
@@ -89,32 +90,27 @@ from __future__ import annotations
 import heapq
 import math
 import random
-import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
-import trio
-
-from pacer.control.ratelimit_headers import Quota, RateLimitInfo, parse_rate_limit_headers
+from pacer.control.bucket import TokenBucket
+from pacer.control.quota import QuotaWindow, quota_window
+from pacer.control.ratelimit_headers import Quota, RateLimitInfo
 
 __all__ = [
     "Cause",
     "Pacer",
     "PacerSettings",
     "PacerStatus",
-    "PacingGate",
     "PauseEvent",
     "PauseHook",
     "RateChange",
     "RateHook",
-    "estimate_tokens",
-    "tokens_used",
 ]
 
 _EPS = 1e-9
-_MAX_DEPTH = 16  # nesting levels of a body that estimate_tokens looks into
 # Statuses whose Retry-After pauses the whole upstream.
 PAUSE_STATUSES = frozenset({429, 503})
 
@@ -269,7 +265,7 @@ class PacerSettings:
     concurrency_slack: int = 1
     rate_evidence: int = 2
     rate_evidence_window: float = 10.0
-    settle_share: float = 0.75
+    settle_share: float = 1.5
     resume_jitter: float = 0.1
     max_resume_jitter: float = 5.0
     ramp_step: float = 0.5
@@ -321,152 +317,6 @@ class PacerSettings:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
-# ------------------------------------------------------------- token estimates
-
-
-def _text_chars(value: object) -> int:
-    """Characters of text in a message content / prompt / input value, in any shape
-    the chat, completions, responses and Anthropic APIs use (a string, a list of
-    strings or parts, parts with ``text`` or nested ``content``). Iterative, and
-    deaf below ``_MAX_DEPTH`` levels, so that no body can exhaust the stack."""
-    total = 0
-    stack: list[tuple[object, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            total += len(item)
-        elif depth >= _MAX_DEPTH:
-            continue
-        elif isinstance(item, list):
-            stack.extend((sub, depth + 1) for sub in item)
-        elif isinstance(item, Mapping):
-            stack.extend((item[key], depth + 1) for key in ("content", "text") if key in item)
-    return total
-
-
-def estimate_tokens(body: object, *, default_max_tokens: int = 0) -> int:
-    """A request's token cost, estimated from its JSON body.
-
-    ``max_tokens`` (or ``max_completion_tokens`` / ``max_output_tokens``;
-    ``default_max_tokens`` when none is given) plus the prompt size: the characters of
-    the message contents, ``prompt``, ``input``, ``system`` and ``instructions``,
-    divided by 4 and rounded up. At least 1.
-    """
-    if not isinstance(body, Mapping):
-        return max(1, default_max_tokens)
-    completion = max(0, default_max_tokens)
-    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-        value = body.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if math.isfinite(value) and value >= 0:
-                completion = math.ceil(value)
-            break
-    chars = 0
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        chars += sum(_text_chars(m.get("content")) for m in messages if isinstance(m, dict))
-    for key in ("prompt", "input", "system", "instructions"):
-        chars += _text_chars(body.get(key))
-    return max(1, completion + math.ceil(chars / 4))
-
-
-def tokens_used(body: object) -> int | None:
-    """The tokens a response body reports as used (OpenAI ``usage.total_tokens``, or
-    Anthropic ``input_tokens + output_tokens``); ``None`` when it says nothing."""
-    if not isinstance(body, Mapping):
-        return None
-    usage = body.get("usage")
-    if not isinstance(usage, Mapping):
-        return None
-    total = usage.get("total_tokens")
-    if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
-        return total
-    parts = [usage.get(k) for k in ("input_tokens", "output_tokens", "prompt_tokens",
-                                     "completion_tokens")]
-    counts = [p for p in parts if isinstance(p, int) and not isinstance(p, bool) and p >= 0]
-    return sum(counts) if counts else None
-
-
-# ----------------------------------------------------------------- the buckets
-
-
-class _Bucket:
-    """A token bucket whose rate may change (``None`` = unlimited).
-
-    ``level`` is the credit in units (starts or tokens), at most ``cap``; it may go
-    negative (debt) when a start costs more than the credit. ``stamp`` is the time the
-    level refers to; it may lie in the future after :meth:`restart` (a resume).
-    """
-
-    __slots__ = ("cap", "level", "rate", "stamp")
-
-    def __init__(self, cap: float) -> None:
-        self.cap = cap
-        self.rate: float | None = None
-        self.level = cap
-        self.stamp = -math.inf
-
-    def advance(self, t: float) -> None:
-        if t <= self.stamp:
-            return
-        if self.rate is None:
-            self.level = self.cap
-        else:
-            self.level = min(self.cap, self.level + (t - self.stamp) * self.rate)
-        self.stamp = t
-
-    def set_rate(self, t: float, rate: float | None) -> None:
-        self.advance(t)
-        self.rate = rate
-
-    def restart(self, t: float, level: float) -> None:
-        """Start over at ``t`` (future allowed) with ``level`` credit."""
-        self.stamp = t
-        self.level = min(self.cap, level)
-
-    def earliest(self, t: float, cost: float) -> float:
-        """Earliest time >= ``t`` at which a start of ``cost`` may go, at this rate."""
-        if self.rate is None or cost <= 0:
-            return t
-        base = max(t, self.stamp)
-        level = self.level
-        if base > self.stamp:
-            level = min(self.cap, level + (base - self.stamp) * self.rate)
-        need = min(cost, self.cap)
-        if level >= need - _EPS:
-            return base
-        return base + (need - level) / self.rate
-
-    def take(self, t: float, cost: float) -> None:
-        self.advance(t)
-        if self.rate is not None:
-            self.level -= cost
-
-    def credit(self, t: float) -> float | None:
-        if self.rate is None:
-            return None
-        if t <= self.stamp:
-            return self.level
-        return min(self.cap, self.level + (t - self.stamp) * self.rate)
-
-
-@dataclass(slots=True)
-class _Window:
-    """What one response's quota headers allow until their reset."""
-
-    remaining: float
-    reset_at: float
-    rate: float | None  # margin × remaining / reset; None: nothing to spread
-    limit: int | None
-    used: float = 0.0
-
-    def active(self, t: float) -> bool:
-        return t < self.reset_at
-
-    def left(self) -> float:
-        return max(0.0, self.remaining - self.used)
-
-
 @dataclass(frozen=True, slots=True)
 class _Verdict:
     """What a 429 was put down to; ``evidence``: it is new evidence of a rate cap;
@@ -487,17 +337,15 @@ class Pacer:
     not go backwards between calls.
     """
 
-    estimate_tokens = staticmethod(estimate_tokens)
-
     def __init__(self, settings: PacerSettings | None = None,
                  rng: random.Random | None = None) -> None:
         self.settings = settings if settings is not None else PacerSettings()
         self._rng = rng if rng is not None else random.Random()
         s = self.settings
-        self._req_bucket = _Bucket(s.burst)
-        self._tok_bucket = _Bucket(1.0)
-        self._req_window: _Window | None = None
-        self._tok_window: _Window | None = None
+        self._req_bucket = TokenBucket(s.burst)
+        self._tok_bucket = TokenBucket(1.0)
+        self._req_window: QuotaWindow | None = None
+        self._tok_window: QuotaWindow | None = None
         self._learned: float | None = None
         self._learned_base = 0.0  # the rate set at the last decrease
         self._searching = False  # growing multiplicatively until the second decrease
@@ -536,6 +384,15 @@ class Pacer:
     def subscribe_rate(self, hook: RateHook) -> None:
         """Call ``hook`` with a :class:`RateChange` for every change of the learned rate."""
         self._rate_hooks.subscribe(hook)
+
+    def resume_rate(self, now: float, rate: float) -> None:
+        """Start from a request rate learned before (a restart). It is searched
+        upward again, as a first estimate is, in case the capacity rose meanwhile."""
+        rate = max(self.settings.min_rate, rate)
+        self._learned = self._learned_base = rate
+        self._searching = True
+        self._ai_mark = now
+        self._set_rates(now)
 
     # ---- introspection
 
@@ -766,20 +623,10 @@ class Pacer:
         self._set_rates(now)
         return cause
 
-    def _window(self, now: float, q: Quota, retry_after: float | None) -> _Window | None:
+    def _window(self, now: float, q: Quota, retry_after: float | None) -> QuotaWindow | None:
         s = self.settings
-        remaining = q.remaining
-        assert remaining is not None
-        reset = q.reset
-        if reset is None:
-            if remaining > 0:
-                return None  # nothing to spread it over
-            reset = retry_after if retry_after is not None else s.default_hold
-        reset = min(reset, s.max_reset)
-        if reset <= 0:
-            return None  # the window has just reset
-        rate = s.margin * remaining / reset if remaining > 0 else None
-        return _Window(float(remaining), now + reset, rate, q.limit)
+        return quota_window(now, q, retry_after, margin=s.margin,
+                            default_hold=s.default_hold, max_reset=s.max_reset)
 
     def _prune(self, now: float) -> None:
         s = self.settings
@@ -862,23 +709,42 @@ class Pacer:
         recent = now - s.success_window
         successes = sum(1 for t, _, _ in self._successes if t >= recent)
         rejections = pending + sum(1 for t in self._rejections if t >= recent)
-        if rejections > max(s.concurrency_429s, s.concurrency_429_ratio * successes):
-            return _Verdict("rate", hold=True)  # a flood: no concurrency probe does that
-        if self._run_429s + pending > max(s.concurrency_429s, inflight):
-            return _Verdict("rate", hold=True)  # more refused in a row than in flight
-        if not any(t >= now - s.concurrency_window for t, _, _ in self._successes):
-            return _Verdict("rate", hold=True)  # nothing to go by: do as told
+        # Whether its Retry-After binds the whole upstream: a flood (no concurrency
+        # probe does that), more refused in a row than in flight, or nothing to go
+        # by. That alone is no evidence of a *rate* cap, though: a slow start that
+        # overshot a concurrency cap gets such a burst too, and a rate learned from
+        # it held the upstream far below its capacity.
+        # And it binds the whole upstream only while the upstream serves no one: no
+        # success for a typical service time, or twice the refusals in a row that
+        # make a storm (a proxy that refuses its sixth concurrent request with
+        # "retry-after: 60" keeps serving the other five).
+        last_success = max((t for t, _, _ in self._successes), default=-math.inf)
+        run = self._run_429s + pending
+        starving = (now - last_success > self._typical_rtt(now)
+                    or run > 2 * max(s.concurrency_429s, inflight))
+        burst = (rejections > max(s.concurrency_429s, s.concurrency_429_ratio * successes)
+                 or run > max(s.concurrency_429s, inflight))
+        hold = (burst and starving) or not any(
+            t >= now - s.concurrency_window for t, _, _ in self._successes)
         # Evidence of a rate cap (point 4 of the module docstring): refused well below
-        # the concurrency that successes sent since the last evidence ran at...
-        proof = self.proven_concurrency(now, self._last_evidence)
+        # the concurrency that successes sent since the last evidence, and since the
+        # limit last moved, ran at (before a move, when refusals come a service time
+        # late, the in-flight counts of successes include the refused)...
+        since = self._last_evidence
+        if limit_changed_at is not None:
+            since = max(since, limit_changed_at)
+        proof = self.proven_concurrency(now, since)
         below = proof is not None and inflight <= proof - max(
             s.concurrency_slack, math.ceil(s.concurrency_margin * proof))
         # ...or sent well after the concurrency limit last moved: over a concurrency
         # cap the refusals come at once after a rise (a probe, or a slow start that
         # went too far), and a limit that has held for a while is not refused at
         # all; over a rate cap they come once the burst the upstream allows is spent.
+        # (Not at a new peak, though: a concurrency cap that answers after the
+        # service time refuses a probe's extra attempt as late as a rate cap would.)
+        at_peak = proof is not None and inflight > proof
         settled = (limit_changed_at is not None and started is not None
-                   and started > self._last_evidence
+                   and started > self._last_evidence and not at_peak
                    and started - limit_changed_at >= s.settle_share * self._typical_rtt(now))
         if self._learned is not None:
             # A rate cap is known: this 429 is its doing if it is evidence as above,
@@ -887,14 +753,16 @@ class Pacer:
             # lowers the rate but holds nothing.
             if below or settled or held or self._binding_at(now if started is None
                                                              else started):
-                return _Verdict("rate", evidence=below or settled)
-            return _Verdict("concurrency")
+                return _Verdict("rate", evidence=below or settled, hold=hold)
+            return _Verdict("concurrency", hold=hold)
         if not (below or settled):
-            return _Verdict("concurrency")  # a new peak: the concurrency limit's probe
+            # A new peak: the concurrency limit's probe (or slow start's overshoot).
+            return _Verdict("concurrency", hold=hold)
         # A rate cap, or a capacity that fell (which the concurrency limit finds within
         # a round trip or two): only when it recurs is it a rate.
         evidence = 1 + sum(1 for t in self._evidence if t >= now - s.rate_evidence_window)
-        return _Verdict("rate" if evidence >= s.rate_evidence else "concurrency", evidence=True)
+        return _Verdict("rate" if evidence >= s.rate_evidence else "concurrency",
+                        evidence=True, hold=hold)
 
     def _on_rate_limited(self, now: float, started: float | None = None) -> None:
         s = self.settings
@@ -992,93 +860,3 @@ class Pacer:
         event = PauseEvent(cause, seconds, until, resume_at, now)
         self._pause_hooks.emit(event)
         return event
-
-
-# -------------------------------------------------------------- the Trio gate
-
-
-class PacingGate:
-    """The Trio face of a :class:`Pacer`.
-
-    ``await gate.wait(tokens)`` returns when this start may happen, and takes it.
-    Waiting tasks are served strictly in arrival order (a FIFO :class:`trio.Lock`),
-    one at a time, so a crowd never bursts through; the head re-checks whenever the
-    pacer learns something (a pause, new headers) and when its time comes.
-    Cancelling a waiting task takes nothing.
-    """
-
-    def __init__(self, pacer: Pacer | None = None,
-                 clock: Callable[[], float] = trio.current_time,
-                 wall_clock: Callable[[], float] = time.time) -> None:
-        self.pacer = pacer if pacer is not None else Pacer()
-        self.clock = clock
-        self.wall_clock = wall_clock
-        self._lock = trio.Lock()
-        self._changed = trio.Event()
-        self._waiting = 0
-
-    @property
-    def waiting(self) -> int:
-        """Tasks inside :meth:`wait` now."""
-        return self._waiting
-
-    def _poke(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait(self, tokens: float = 0.0) -> bool:
-        """Sleep until the pacer allows a start costing ``tokens``; take it. Returns
-        whether the pace held this start back (a pause, a quota, a rate): then the
-        pace, not the concurrency limit, is what binds."""
-        self._waiting += 1
-        held = False
-        try:
-            async with self._lock:
-                while True:
-                    now = self.clock()
-                    at = self.pacer.next_start(now, tokens)
-                    if at <= now:
-                        self.pacer.commit(now, tokens, held=held)
-                        return held
-                    held = True
-                    changed = self._changed
-                    with trio.move_on_at(at):
-                        await changed.wait()
-        finally:
-            self._waiting -= 1
-
-    def on_response(self, info: RateLimitInfo, status: int | None,
-                    tokens_used: float | None = None, *,
-                    inflight: int | None = None,
-                    started: float | None = None,
-                    limit_changed_at: float | None = None,
-                    held: bool = False) -> Cause | None:
-        """:meth:`Pacer.on_response` at the current time."""
-        cause = self.pacer.on_response(self.clock(), info, status, tokens_used,
-                                       inflight=inflight, started=started,
-                                       limit_changed_at=limit_changed_at, held=held)
-        self._poke()
-        return cause
-
-    def on_http_response(self, status: int | None, headers: Mapping[str, str] | None,
-                         tokens_used: float | None = None, *,
-                         inflight: int | None = None,
-                         started: float | None = None,
-                         limit_changed_at: float | None = None,
-                         held: bool = False) -> RateLimitInfo:
-        """Parse ``headers`` (with the wall clock, for absolute reset times) and feed
-        them; returns what was parsed."""
-        info = (parse_rate_limit_headers(headers, self.wall_clock())
-                if headers is not None else RateLimitInfo())
-        self.on_response(info, status, tokens_used, inflight=inflight, started=started,
-                         limit_changed_at=limit_changed_at, held=held)
-        return info
-
-    def pause(self, seconds: float, cause: str) -> PauseEvent | None:
-        """:meth:`Pacer.pause` at the current time."""
-        event = self.pacer.pause(self.clock(), seconds, cause)
-        self._poke()
-        return event
-
-    def status(self) -> PacerStatus:
-        return self.pacer.status(self.clock())

@@ -31,22 +31,12 @@ import math
 import random
 from dataclasses import dataclass
 
-from pacer.control.ratelimit_headers import RateLimitInfo
-
 __all__ = [
-    "RETRYABLE_STATUSES",
-    "STOP_UPSTREAM_STATUSES",
     "RetryBudget",
     "RetrySettings",
     "backoff_delay",
     "has_attempts_left",
-    "is_rate_limited",
-    "is_retryable_status",
-    "stops_upstream",
 ]
-
-RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-STOP_UPSTREAM_STATUSES = frozenset({401, 403})
 
 _SCALE = 1000  # tokens are counted in thousandths, as grpc-java does
 
@@ -149,26 +139,3 @@ class RetryBudget:
             return True
         self.denied += 1
         return False
-
-
-def is_retryable_status(status: int) -> bool:
-    """Statuses worth another attempt: timeouts, too early, rate limits, transient 5xx."""
-    return status in RETRYABLE_STATUSES
-
-
-def stops_upstream(status: int) -> bool:
-    """401/403: the credentials are wrong, so stop sending to this upstream at all
-    (check :func:`is_rate_limited` first: GitHub rate-limits with 403)."""
-    return status in STOP_UPSTREAM_STATUSES
-
-
-def is_rate_limited(status: int, info: RateLimitInfo) -> bool:
-    """A 429, or a 403 that carries rate-limit evidence (GitHub answers rate limits with
-    403 plus Retry-After or ``x-ratelimit-remaining: 0``)."""
-    if status == 429:
-        return True
-    if status != 403:
-        return False
-    return info.retry_after is not None or (
-        info.requests is not None and info.requests.remaining == 0
-    )

@@ -68,7 +68,10 @@ class FleetMember:
         self.joined = False
         self.grant: Grant | None = None
         self.held = 0  # leases held: this node's slots
-        self.known_limit = 0.0  # the fleet's limit as last seen (seeds a Redis that lost it)
+        # The fleet's limit as last seen: it seeds a Redis that has none (a new fleet,
+        # or one that lost its data); at first, a limit this node remembered.
+        remembered = upstream.limit.limit
+        self.known_limit = float(remembered) if remembered > bounds.initial_limit else 0.0
         self.degraded: DegradedShare | None = None
         self._rejoin_until = -math.inf
         self._rejoin_cap = 0

@@ -273,6 +273,12 @@ class MockUpstream:
                     wait = (cost - self._tpm_tokens) * TPM_WINDOW_S / tpm
         if reason is not None:
             stats.rate_limited += 1
+            action = {"concurrency": self.settings.cap_action,
+                      "rate": self.settings.rate_action}.get(reason, "429")
+            if action == "drop":
+                return MockResponse(0, [], b"", fault="hang")  # never answered
+            if action == "defer":
+                await trio.sleep(self._service_time(1))  # refused after the work
             return self._too_many(cap, request_id, reason, wait, cost)
         if self.settings.rate is not None:
             self._tokens = max(0.0, self._tokens - 1.0)
@@ -337,9 +343,17 @@ class MockUpstream:
         seconds = settings.latency
         if settings.jitter > 0:
             seconds += self._rng.uniform(-settings.jitter, settings.jitter)
+        if settings.lognormal is not None:
+            seconds *= self._rng.lognormvariate(0.0, settings.lognormal)
         seconds = max(0.0, seconds)
         if settings.knee is not None and in_service > settings.knee:
-            seconds *= 1.0 + settings.knee_slope * (in_service - settings.knee)
+            past = in_service - settings.knee
+            if settings.knee_exp is not None:
+                seconds *= settings.knee_exp ** past
+            else:
+                seconds *= 1.0 + settings.knee_slope * past
+        if settings.slow_link:
+            seconds *= max(1, in_service)
         return seconds
 
     def _too_many(

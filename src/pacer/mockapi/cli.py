@@ -14,6 +14,7 @@ import trio
 from pacer.mockapi.behaviour import MockUpstream
 from pacer.mockapi.server import _now_iso, serve
 from pacer.mockapi.settings import (
+    CAP_ACTIONS,
     HEADER_STYLES,
     MockSettings,
     parse_faults,
@@ -85,6 +86,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="latency × (1 + F × (in_service - K)) past the knee (default: %(default)s)",
     )
     add(
+        "--knee-exp",
+        type=float,
+        default=None,
+        metavar="X",
+        help="latency × X^(in_service - K) past the knee instead (Vector's knee)",
+    )
+    add("--slow-link", action="store_true",
+        help="latency × the requests in service (more concurrency only adds latency)")
+    add(
+        "--lognormal",
+        type=float,
+        default=None,
+        metavar="SIGMA",
+        help="service time = latency × lognormal(0, SIGMA): latency is the median",
+    )
+    add("--cap-action", choices=CAP_ACTIONS, default="429",
+        help="past the concurrency cap: a 429 at once, after a service time (defer), "
+        "or no answer at all (drop) (default: %(default)s)")
+    add("--rate-action", choices=CAP_ACTIONS, default="429",
+        help="past the rate cap: as --cap-action (default: %(default)s)")
+    add(
         "--header-style",
         choices=HEADER_STYLES,
         default="openai",
@@ -147,6 +169,11 @@ def settings_from_args(args: argparse.Namespace) -> MockSettings:
         schedule=schedule,
         knee=args.knee,
         knee_slope=args.knee_slope,
+        knee_exp=args.knee_exp,
+        slow_link=args.slow_link,
+        lognormal=args.lognormal,
+        cap_action=args.cap_action,
+        rate_action=args.rate_action,
         header_style=args.header_style,
         retry_after=args.retry_after,
         seed=args.seed,

@@ -84,6 +84,9 @@ def parse_schedule(text: str) -> tuple[tuple[float, int], ...]:
     return tuple(result)
 
 
+# What a request past a cap gets: a 429 at once, after a service time, or nothing.
+CAP_ACTIONS = ("429", "defer", "drop")
+
 @dataclass(frozen=True, slots=True)
 class Outage:
     """From ``start`` (inclusive) to ``end`` (exclusive) seconds after start, every
@@ -186,7 +189,14 @@ class MockSettings:
     ``schedule``: ``((t, cap), ...)``: from ``t`` after start the cap is ``cap``
     (before the first entry, ``concurrency`` applies).
     ``knee``/``knee_slope``: past ``knee`` requests in service, latency is
-    multiplied by ``1 + knee_slope * (in_service - knee)``; never a 429.
+    multiplied by ``1 + knee_slope * (in_service - knee)``; never a 429
+    (``knee_exp``: by ``knee_exp ** (in_service - knee)`` instead, Vector's knee).
+    ``slow_link``: latency is multiplied by the requests in service (more
+    concurrency only adds latency). ``lognormal``: the service time is ``latency x
+    lognormal(0, sigma)`` (``latency`` is then the median), as LLM answers vary.
+    ``cap_action``/``rate_action``: what a request past the concurrency (rate) cap
+    gets: ``429`` at once, ``defer`` (the 429 after a service time) or ``drop``
+    (never answered).
     ``header_style``: one of :data:`HEADER_STYLES`.
     ``retry_after``: the delay announced in ``Retry-After`` on a 429 of the
     concurrency or rate cap.
@@ -207,6 +217,11 @@ class MockSettings:
     schedule: tuple[tuple[float, int], ...] = ()
     knee: int | None = None
     knee_slope: float = 0.1
+    knee_exp: float | None = None
+    slow_link: bool = False
+    lognormal: float | None = None
+    cap_action: str = "429"
+    rate_action: str = "429"
     header_style: str = "openai"
     retry_after: float = 1.0
     seed: int | None = None
@@ -227,6 +242,15 @@ class MockSettings:
         finite_nonneg("latency", self.latency)
         finite_nonneg("jitter", self.jitter)
         finite_nonneg("knee_slope", self.knee_slope)
+        if self.knee_exp is not None and not (math.isfinite(self.knee_exp)
+                                              and self.knee_exp >= 1.0):
+            raise ValueError(f"knee_exp must be a finite number >= 1, got {self.knee_exp!r}")
+        if self.lognormal is not None:
+            finite_nonneg("lognormal", self.lognormal)
+        for name in ("cap_action", "rate_action"):
+            if getattr(self, name) not in CAP_ACTIONS:
+                raise ValueError(f"{name} must be one of {', '.join(CAP_ACTIONS)}, "
+                                 f"got {getattr(self, name)!r}")
         finite_nonneg("retry_after", self.retry_after)
         if not (0.0 <= self.error_rate <= 1.0):
             raise ValueError(f"error_rate must be between 0 and 1, got {self.error_rate!r}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import httpx
 import structlog
@@ -33,6 +33,7 @@ from pacer.logs import configure_logging
 from pacer.service.disk import DiskTrouble
 from pacer.service.intake import Intake
 from pacer.service.job_runner import Job, JobRunner
+from pacer.service.memory import LearnedStore
 from pacer.service.metrics import Metrics
 from pacer.service.pool import UpstreamPool
 from pacer.service.reporting import StateReporter
@@ -73,6 +74,7 @@ class Daemon:
         self.writer.on_trouble = self.disk.writer_changed
         self.intake = Intake(self.spool, lambda: self.config, self.summary, self.disk,
                              drain=drain)
+        self.memory = LearnedStore(self.spool.root)
         self.metrics = Metrics(lambda: self.reporter.last, folders=self.spool.counts)
         self.pool = UpstreamPool(clients, self.metrics.observe_attempt)
         self.scheduler = FairScheduler(self._send, self.pool.load,
@@ -102,8 +104,9 @@ class Daemon:
     def state(self) -> ServiceState:
         return self.reporter.state()
 
-    async def _send(self, queue: JobQueue, request: Request) -> None:
-        await self.runner.send(queue, request)
+    async def _send(self, queue: JobQueue, request: Request,
+                    answered: Callable[[], None]) -> None:
+        await self.runner.send(queue, request, answered)
 
     # -- entry point ------------------------------------------------------------
 
@@ -115,7 +118,8 @@ class Daemon:
             if removed:
                 log.info("spool.temps_removed", files=removed)
             self.pool.build(self.config)
-            if self.fleet is not None:  # fleet
+            self.memory.resume(self.upstreams)
+            if self.fleet is not None:  # fleet (after resume: a remembered limit seeds it)
                 for up in self.upstreams.values():
                     self.fleet.join(up)
             self.reporter.last = self.reporter.state()
@@ -129,6 +133,8 @@ class Daemon:
             async with trio.open_nursery() as services:
                 services.start_soon(self.writer.run)
                 services.start_soon(self.reporter.loop)
+                services.start_soon(self.memory.loop, self.upstreams,
+                                    lambda: self.config.daemon.state_interval)
                 services.start_soon(watchdog_loop, self.notifier)
                 services.start_soon(self._signal_loop)
                 if self.fleet is not None:  # fleet
@@ -146,6 +152,7 @@ class Daemon:
                 with trio.CancelScope(shield=True):
                     await self.writer.flush()
                     await self.reporter.write()
+                    await self.memory.write(self.upstreams)
                 services.cancel_scope.cancel()
         finally:
             await self.pool.aclose()

@@ -18,6 +18,7 @@ import structlog
 import trio
 
 from pacer.config import Config
+from pacer.service.closer import JobCloser
 from pacer.service.disk import DISK_TROUBLE, DiskTrouble
 from pacer.service.intake import now_iso
 from pacer.service.scheduler import FairScheduler, JobQueue
@@ -25,8 +26,9 @@ from pacer.service.summary import RunSummary
 from pacer.service.upstream import Answer, Upstream
 from pacer.spool import claimed as claimed_mod
 from pacer.spool.claimed import ClaimedJob
-from pacer.spool.folders import Spool, job_stem
+from pacer.spool.folders import Spool
 from pacer.spool.jobs import BadRequest, JobFileError, Request, UpstreamView
+from pacer.spool.names import job_stem, job_weight
 from pacer.spool.results import JobResults, ResultWriter, result_line
 
 log = structlog.get_logger("pacer.service.job_runner")
@@ -69,6 +71,7 @@ class JobRunner:
         self.on_job_end = on_job_end
         self.jobs: dict[str, Job] = {}
         self._queues: dict[Job, JobQueue] = {}
+        self.closer = JobCloser(spool)
 
     def start(self, nursery: trio.Nursery, name: str) -> None:
         stem = job_stem(name) or name
@@ -132,11 +135,12 @@ class JobRunner:
             answered = job.results.answered
             job.succeeded = sum(1 for err in answered.values() if not err)
             job.failed = len(answered) - job.succeeded
+            weight = job_weight(job.name)
+            extra = {"weight": weight} if weight != 1.0 else {}
             if answered:
-                log.info("job.claimed", requests=job.requests, already_answered=len(answered))
-            else:
-                log.info("job.claimed", requests=job.requests)
-            queue = self.scheduler.open_job(job.name)
+                extra["already_answered"] = len(answered)
+            log.info("job.claimed", requests=job.requests, **extra)
+            queue = self.scheduler.open_job(job.name, weight)
             self._queues[job] = queue
             try:
                 await self._feed(job, queue, claimed)
@@ -150,9 +154,8 @@ class JobRunner:
             log.info("job.interrupted", requests=job.requests,
                      answered=job.succeeded + job.failed)
             return
-        await trio.to_thread.run_sync(job.results.publish)
         folder = "failed" if job.failed else "done"
-        final = await trio.to_thread.run_sync(self.spool.finish, job.name, folder)
+        final = await self.closer.close(job.results, job.name, folder)
         if folder == "failed":
             self.summary.jobs_failed += 1
         else:
@@ -163,11 +166,14 @@ class JobRunner:
     async def _feed(self, job: Job, queue: JobQueue, claimed: ClaimedJob) -> None:
         """Read the requests lazily into the scheduler: at most READ_HIGH wait."""
         answered = job.results.answered
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not claimed.exhausted:
             if queue.count >= READ_LOW:
                 await queue.changed.wait()
                 continue
-            batch = await trio.to_thread.run_sync(claimed.read, READ_HIGH - queue.count)
+            if claimed.in_memory:  # a .json job: no thread hop for it
+                batch = claimed.read(READ_HIGH)
+            else:
+                batch = await trio.to_thread.run_sync(claimed.read, READ_HIGH - queue.count)
             if not batch:
                 break
             bad: list[BadRequest] = []
@@ -228,8 +234,10 @@ class JobRunner:
 
     # -- one request ----------------------------------------------------------------
 
-    async def send(self, queue: JobQueue, item: Request) -> None:
-        """The request task the scheduler starts: send, then write the result line."""
+    async def send(self, queue: JobQueue, item: Request,
+                   answered: Callable[[], None] = lambda: None) -> None:
+        """The request task the scheduler starts: send, say it is ``answered()``,
+        then write the result line."""
         job = self.jobs[queue.name]
         with structlog.contextvars.bound_contextvars(job=job.name):
             try:
@@ -244,6 +252,7 @@ class JobRunner:
                                         error_message=f"{type(exc).__name__} inside pacer")
                     if answer is None:
                         return  # stopping: left for the next run
+                    answered()
                     line = result_line(item.custom_id, item.upstream, answer.attempts,
                                        status=answer.status, body=answer.body,
                                        request_id=answer.request_id,

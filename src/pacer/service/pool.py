@@ -17,6 +17,7 @@ import trio
 from pacer.config import Config, UpstreamConfig, read_api_key
 from pacer.logs import register_secret
 from pacer.service.http import build_client
+from pacer.service.scheduler import UpstreamLoad
 from pacer.service.upstream import Upstream
 
 # What a client is built from: a change of any of these needs a new client.
@@ -38,10 +39,10 @@ class UpstreamPool:
                 client = self._client(ucfg, config)
             self.upstreams[name] = self._new(ucfg, client)
 
-    def load(self, name: str) -> tuple[int, int]:
-        """(limit, in flight) of one upstream, for the scheduler."""
+    def load(self, name: str) -> UpstreamLoad:
+        """How busy one upstream is, for the scheduler."""
         up = self.upstreams[name]
-        return up.limit.limit, up.limiter.inflight
+        return UpstreamLoad(up.limit.limit, up.limiter.inflight, up.limiter.waiting)
 
     def apply(self, old: Config, new: Config) -> tuple[list[str], list[str], list[str]]:
         """Take ``new``'s upstreams; (changed, added, removed) names. Raises

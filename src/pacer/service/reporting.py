@@ -21,7 +21,8 @@ from pacer.service.state import JobsState, LastMinute, ServiceState, UpstreamSta
 from pacer.service.summary import RunSummary
 from pacer.service.systemd import Notifier
 from pacer.service.upstream import Upstream
-from pacer.spool.folders import Spool, write_durable
+from pacer.spool.durable import write_durable
+from pacer.spool.folders import Spool
 
 
 def _round(value: float | None) -> float | None:

@@ -8,10 +8,13 @@ in credit and sends one request per credit, then goes to the back of the ring. A
 job that arrives later joins the ring at once, so a 5-request job dropped beside a
 3000-request one is served within a round or two, not after it.
 
-A lane dispatches only while few of its requests wait at the upstream (for a slot
-under the concurrency limit, the pacing gate, a breaker's cool-down or a retry's
-backoff): the order of service is decided here, by the ring, and not by a long
-first-come queue in front of the limiter.
+A lane dispatches only while few of its requests wait for a slot under the
+upstream's concurrency limit (about one limit's worth: enough that a raised limit
+fills at once and that the limit, not the lane, decides how many are in flight),
+and while it has not handed out more than twice the limit plus that headroom in
+all (requests in a retry's backoff or a breaker's cool-down count there). So the
+order of service is decided here, by the ring, and not by a long first-come queue
+in front of the limiter.
 """
 
 from __future__ import annotations
@@ -19,17 +22,25 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import trio
 
 from pacer.spool.jobs import Request
 
-# Dispatched requests allowed to wait at an upstream beyond those in flight: enough
-# to fill a raised limit at once, few enough that a new job waits only briefly.
-MIN_HEADROOM = 8
-# While a lane is blocked by its headroom, look again this often: a request waiting
-# at the upstream starts without telling the lane (e.g. after a retry's backoff).
+# Requests allowed to wait for a slot: max(MIN_HEADROOM, limit). Enough to fill a
+# doubled limit at once (slow start), few enough that a new job waits about one
+# round trip for its first turn.
+MIN_HEADROOM = 16
+# While a lane is blocked, look again this often: a request waiting at the upstream
+# takes a slot without telling the lane (e.g. when the limit rises).
 POLL_S = 0.05
+
+
+class UpstreamLoad(NamedTuple):
+    limit: int  # the concurrency limit now
+    inflight: int  # attempts holding a slot
+    waiting: int  # requests waiting for a slot
 
 
 @dataclass(eq=False)
@@ -53,8 +64,10 @@ class JobQueue:
         self.changed = trio.Event()
 
 
-Load = Callable[[], tuple[int, int]]  # -> (limit, in flight) of an upstream
-Send = Callable[[JobQueue, Request], Awaitable[None]]
+Load = Callable[[], UpstreamLoad]
+# send(queue, request, answered): answered() tells the lane the upstream is done
+# with the request (its result line may still be waiting to be made durable).
+Send = Callable[[JobQueue, Request, Callable[[], None]], Awaitable[None]]
 
 
 class Lane:
@@ -118,19 +131,21 @@ class Lane:
     def can_dispatch(self) -> bool:
         if not self.ring:
             return False
-        limit, inflight = self.load()
-        return self.dispatched - inflight < max(MIN_HEADROOM, limit // 2)
+        limit, _inflight, waiting = self.load()
+        headroom = max(MIN_HEADROOM, limit)
+        return waiting < headroom and self.dispatched < 2 * limit + headroom
 
 
 class FairScheduler:
     """The lanes of all upstreams, and their dispatcher tasks.
 
-    ``send(queue, request)`` runs in a task of its own per dispatched request; the
-    scheduler counts it as dispatched until it returns. ``slots`` bounds the
-    requests dispatched over all upstreams together.
+    ``send(queue, request, answered)`` runs in a task of its own per dispatched
+    request; the lane counts it as dispatched until it calls ``answered()`` (or
+    returns), the job and ``slots`` until it returns. ``slots`` bounds the requests
+    dispatched over all upstreams together.
     """
 
-    def __init__(self, send: Send, load: Callable[[str], tuple[int, int]],
+    def __init__(self, send: Send, load: Callable[[str], UpstreamLoad],
                  slots: int) -> None:
         self._send = send
         self._load = load
@@ -199,10 +214,22 @@ class FairScheduler:
                 await lane.wake.wait()
 
     async def _run_one(self, lane: Lane, queue: JobQueue, request: Request) -> None:
+        at_upstream = True
+
+        def answered() -> None:
+            # Only requests still at the upstream count against the lane's cap: one
+            # waiting for the result writer's fsync must not hold back the next
+            # (that capped a big job at ~380 requests/s with a 50 ms flush interval).
+            nonlocal at_upstream
+            if at_upstream:
+                at_upstream = False
+                lane.dispatched -= 1
+                lane.wake.set()
+
         try:
-            await self._send(queue, request)
+            await self._send(queue, request, answered)
         finally:
-            lane.dispatched -= 1
+            answered()
             queue.dispatched -= 1
             self._slots.release()
             queue.notify()

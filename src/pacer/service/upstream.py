@@ -2,9 +2,10 @@
 
 ``Upstream.send(request)`` runs one request to its final answer: it waits for the
 breaker, holds a slot of the limiter for each attempt, classifies the attempt
-once (:func:`pacer.control.outcome.classify`), feeds the limit and the breaker, and retries
-with full-jitter backoff while the outcome is retryable and attempts remain.
-HTTP exceptions are translated here, at the edge, into that classification.
+once (:func:`pacer.control.outcome.classify`, then :func:`~pacer.control.outcome.decide`
+with the pacing gate's view of a refusal), feeds the limit and the breaker, and retries
+with full-jitter backoff while the outcome is retryable and attempts remain. HTTP
+exceptions are translated at the edge (:mod:`pacer.service.http`).
 """
 
 from __future__ import annotations
@@ -21,22 +22,18 @@ import structlog
 import trio
 
 from pacer.config import UpstreamConfig
-from pacer.control.aimd import PACED, AimdLimit, AimdSettings
+from pacer.control.aimd import AimdLimit, AimdSettings
 from pacer.control.breaker import Breaker, BreakerSettings, BreakerTransition
-from pacer.control.limit import FixedLimit, Limit, LimitChange, Outcome
-from pacer.control.outcome import Verdict, classify
-from pacer.control.pacing import (
-    Pacer,
-    PacingGate,
-    PauseEvent,
-    RateChange,
-    estimate_tokens,
-    tokens_used,
-)
+from pacer.control.limit import FixedLimit, Limit, LimitChange
+from pacer.control.outcome import Decision, Verdict, classify, decide
+from pacer.control.pacing import Pacer, PauseEvent, RateChange
 from pacer.control.ratelimit_headers import RateLimitInfo, parse_rate_limit_headers
-from pacer.control.retry import RetryBudget, RetrySettings, backoff_delay, is_rate_limited
+from pacer.control.retry import RetryBudget, RetrySettings, backoff_delay
+from pacer.control.tokens import estimate_tokens, tokens_used
 from pacer.service.http import exchange
 from pacer.service.limiter import Limiter
+from pacer.service.memory import Learned, discounted
+from pacer.service.pacing_gate import PacingGate
 from pacer.service.stats import UpstreamStats
 from pacer.spool.jobs import Request
 
@@ -94,6 +91,9 @@ class Upstream:
         # Called after every attempt with (upstream, seconds, outcome): metrics.
         self.on_attempt: Callable[[str, float, str], None] | None = None
         self._limited_at_min = 0
+        # Set (and replaced) at every success: retries the budget held back wake on
+        # it, since recovery is shown by the upstream answering, not by a timer.
+        self._served = trio.Event()
         self.pacer = Pacer(rng=self.rng)
         self.gate = PacingGate(self.pacer, clock, wall_clock)
         self.pacer.subscribe_pause(self._on_pause)
@@ -158,6 +158,30 @@ class Upstream:
         limit.subscribe(self._on_limit_change)
         self.limiter.retarget(limit)
 
+    def learned(self, now_wall: float | None = None) -> Learned:
+        """What this upstream has learned, for :class:`~pacer.service.memory.LearnedStore`."""
+        min_rtt = self.limit.min_rtt if isinstance(self.limit, AimdLimit) else None
+        return Learned(limit=self.limit.limit, rate=self.pacer.learned_rate, min_rtt=min_rtt,
+                       saved_at=self.wall_clock() if now_wall is None else now_wall)
+
+    def resume(self, learned: Learned | None) -> None:
+        """Start from what an earlier run learned (discounted by its age) instead of
+        from ``initial_limit``; call before the first request. Only an adaptive
+        limit is resumed; a fixed one stays as configured."""
+        if learned is None:
+            return
+        now_wall = self.wall_clock()
+        still = discounted(learned, now_wall)
+        if still is None:
+            return
+        if isinstance(self.limit, AimdLimit) and still.limit > self.limit.limit:
+            self.limit.resume(still.limit, self.clock(), still.min_rtt)
+        if still.rate is not None:
+            self.pacer.resume_rate(self.clock(), still.rate)
+        log.info("upstream.resumed", upstream=self.name, limit=self.limit.limit,
+                 rate=None if still.rate is None else round(still.rate, 3),
+                 min_rtt=still.min_rtt, age_s=round(max(0.0, now_wall - learned.saved_at), 1))
+
     async def send(self, req: Request, stop: trio.Event | None = None) -> Answer | None:
         """Run ``req`` to its final answer; None if ``stop`` is set before that
         (the request is then left unanswered, for the next run).
@@ -189,7 +213,8 @@ class Upstream:
                 continue  # the breaker opened while it waited for its turn: ask again
             sent += 1
             last = tried
-            verdict = tried.verdict
+            decision = tried.decision
+            verdict = decision.verdict
             now = self.clock()
             if sent == 1 and self.cfg.give_up_after > 0:
                 give_up_at = now + self.cfg.give_up_after
@@ -198,24 +223,50 @@ class Upstream:
             if verdict.ok:
                 self.stats.record_done(ok=True)
                 return Answer(sent, tried.status, tried.body, _request_id(tried.headers))
-            retry = verdict.retry or verdict.stop_upstream
-            if verdict.failure and not verdict.ok:
+            if verdict.failure:
                 self.budget.on_failure()
-            if retry and sent < self.retry.max_attempts and now < give_up_at:
+            if decision.retry and sent < self.retry.max_attempts and now < give_up_at:
                 why = verdict.reason
-                delay = backoff_delay(sent, self.retry, self.rng, tried.info.retry_after)
-                if verdict.failure and not verdict.stop_upstream and not self.budget.try_spend():
-                    # Too many failures lately: hold this retry back as long as the
-                    # backoff's ceiling allows, so retries do not add to an overload.
-                    delay = max(delay, self.rng.uniform(0.5, 1.0) * self.retry.max_delay)
-                    why = f"{verdict.reason}, retry budget exhausted: deferred"
+                held_back = 0.0
+                if decision.requeue:
+                    # The concurrency cap's refusal while others are served: back to
+                    # the queue when the next slot frees (an answer comes back), or
+                    # after a plain backoff if none does, whatever Retry-After said
+                    # (it was not about the whole upstream).
+                    delay = 0.0
+                    held_back = backoff_delay(sent, self.retry, self.rng)
+                    why = f"{verdict.reason}, concurrency: requeued"
+                else:
+                    delay = backoff_delay(sent, self.retry, self.rng, tried.info.retry_after)
+                    if verdict.failure and not self.budget.try_spend():
+                        # Too many failures lately: hold this retry back until the
+                        # upstream serves again (a success anywhere), at most the
+                        # backoff's ceiling, so retries do not add to an overload but
+                        # follow a recovery.
+                        held_back = self.rng.uniform(0.5, 1.0) * self.retry.max_delay
+                        why = f"{verdict.reason}, retry budget exhausted: until a success"
                 self.stats.retries += 1
                 log.info("request.retry", custom_id=req.custom_id, attempt=sent,
-                         delay_s=round(delay, 3), reason=why, status=tried.status)
+                         delay_s=round(max(delay, held_back), 3), reason=why,
+                         status=tried.status)
                 with trio.move_on_after(delay):
                     await stop.wait()
+                if held_back > delay:
+                    await self._until_served(stop, held_back - delay)
                 continue
             return self._give_up(req, tried, sent)
+
+    async def _until_served(self, stop: trio.Event, seconds: float) -> None:
+        """Wait until an attempt succeeds, ``stop`` is set, or ``seconds`` pass."""
+        served = self._served
+        with trio.move_on_after(seconds):
+            async with trio.open_nursery() as nursery:
+                async def wake_on(event: trio.Event) -> None:
+                    await event.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(wake_on, stop)
+                nursery.start_soon(wake_on, served)
 
     def _give_up(self, req: Request, tried: _Tried, sent: int) -> Answer:
         """The request's final answer is its last error."""
@@ -227,12 +278,14 @@ class Upstream:
     def _feed_breaker(self, verdict: Verdict, tried: _Tried, now: float) -> None:
         """Tell the breaker (and the retry budget) how the attempt went."""
         if verdict.ok:
-            self.breaker.on_success(now)
+            self.breaker.on_success(now, tried.started)
             self.budget.on_success()
             self._limited_at_min = 0
+            self._served.set()
+            self._served = trio.Event()
             return
         if verdict.failure:
-            self.breaker.on_failure(now, verdict.reason)
+            self.breaker.on_failure(now, verdict.reason, tried.started)
         else:
             self.breaker.on_ignore(now)
         if verdict.stop_upstream:
@@ -271,38 +324,32 @@ class Upstream:
             slot.start = self.clock()  # the rtt leaves the pacing wait out
             # (fleet: shared_inflight counts the other nodes' attempts too)
             slot.inflight = max(1, self.limiter.shared_inflight - self.gate.waiting)
-            status, headers, body, error, message = await exchange(
+            status, headers, body, failure, message = await exchange(
                 self.client, req, self.cfg.timeout)
             info = (parse_rate_limit_headers(headers, self.wall_clock())
                     if headers is not None else RateLimitInfo())
-            if status == 403 and is_rate_limited(status, info):
-                status_for_verdict: int | None = 429  # GitHub says "rate limited" with 403
-            else:
-                status_for_verdict = status
-            verdict = error if isinstance(error, Verdict) else classify(status_for_verdict, error)
+            verdict = classify(status, info, failure)
+            # The pacing gate sees a rate-limiting 403 (GitHub's) as the 429 it means.
+            refused = verdict.reason == "rate_limited"
+            status_for_gate = 429 if refused else status
             # A success proves the upstream served the attempts in flight when it
             # started (later ones may not have arrived yet, e.g. on a new connection);
             # a 429 came with at least those in flight when it ended (they include any
             # sent later that overtook it).
             with_it = slot.inflight
-            if status_for_verdict == 429:
+            if refused:
                 with_it = max(with_it, self.limiter.shared_inflight - self.gate.waiting)
-            cause = self.gate.on_response(info, status_for_verdict, tokens_used(body),
+            cause = self.gate.on_response(info, status_for_gate, tokens_used(body),
                                           inflight=with_it, started=slot.start,
                                           limit_changed_at=getattr(self.limit, "changed_at",
                                                                    None),
                                           held=held)
-            outcome, reason = verdict.outcome, verdict.reason
-            if cause in ("rate", "quota"):
-                # A rate cap is the pacing gate's to handle: shrinking the
-                # concurrency for it would only make the limit oscillate.
-                outcome = Outcome.IGNORE
-            elif outcome is Outcome.SUCCESS and held:
-                reason = PACED  # the pace bound, not the limit: no growth from it
-            slot.record(outcome, reason)
+            decision = decide(verdict, cause, held=held,
+                              paused=self.pacer.paused(self.clock()))
+            slot.record(decision.limit_outcome, decision.limit_reason)
             if self.on_attempt is not None:
                 self.on_attempt(self.name, self.clock() - slot.start, verdict.reason)
-            return _Tried(status, headers, body, verdict, message, info)
+            return _Tried(status, headers, body, decision, message, info, slot.start)
 
 class _Revoked:
     """What ``_attempt`` answers when the breaker opened while the attempt waited."""
@@ -318,9 +365,14 @@ class _Tried:
     status: int | None
     headers: httpx.Headers | None
     body: Any
-    verdict: Verdict
+    decision: Decision
     message: str | None
     info: RateLimitInfo
+    started: float
+
+    @property
+    def verdict(self) -> Verdict:
+        return self.decision.verdict
 
 
 async def _unless_stopped(stop: trio.Event, fn: Callable[[float], Awaitable[None]],

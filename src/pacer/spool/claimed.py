@@ -18,6 +18,7 @@ from itertools import islice
 from pathlib import Path
 from typing import IO
 
+from pacer.spool.access import why_unreadable
 from pacer.spool.jobs import (
     BadRequest,
     Bounded,
@@ -37,6 +38,9 @@ def open_job_file(path: Path, max_bytes: int) -> tuple[IO[bytes], int]:
     raise :class:`JobFileError` unless it is a regular file of at most ``max_bytes``."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except PermissionError as exc:  # dropped by hand with the wrong owner or mode
+        raise JobFileError("unreadable", f"cannot open the job file: {exc.strerror}: "
+                           f"{why_unreadable(path)}") from None
     except OSError as exc:
         raise JobFileError("unreadable", f"cannot open the job file: {exc.strerror}") from None
     st = os.fstat(fd)
@@ -59,15 +63,25 @@ class ClaimedJob:
     _items: Iterator[Request | BadRequest] = field(default_factory=lambda: iter(()))
     _fh: IO[bytes] | None = None
     _jsonl: bool = False
+    exhausted: bool = False  # read through: nothing more will come
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether reading needs no I/O (a ``.json`` job is read whole at the claim)."""
+        return not self._jsonl
 
     def read(self, count: int) -> list[Request | BadRequest]:
         """The next ``count`` requests at most (fewer only at the end); in a ``.jsonl``
         each validated ``custom_id`` once: a file rewritten in place since validation
         must not send a line twice."""
         out: list[Request | BadRequest] = []
+        if not self._jsonl:  # one request, read whole at the claim
+            self.exhausted = True
+            return list(islice(self._items, count))
         while len(out) < count:
             batch = list(islice(self._items, count - len(out)))
             if not batch:
+                self.exhausted = True
                 break
             for item in batch:
                 if self._jsonl:
@@ -107,7 +121,7 @@ def claim_job_file(path: Path, stem: str, view: UpstreamView, *, max_bytes: int,
                               items, fh, _jsonl=True)
         single = read_single(fh.read(), stem, view)
         fh.close()  # read whole: no need to hold it open
-        return ClaimedJob(1, _items=iter([single]))
+        return ClaimedJob(1, _items=iter([single]))  # read() returns it, then nothing
     except BaseException:
         fh.close()
         raise

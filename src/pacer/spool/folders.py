@@ -14,7 +14,6 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import stat
 import uuid
 from collections.abc import Iterator
@@ -22,8 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pacer.spool.access import hand_over, spool_identity
+from pacer.spool.durable import TEMP_NAME, dumps_bytes, fsync_dir, write_durable
+from pacer.spool.names import JOB_SUFFIXES, job_stem, job_weight
+
+__all__ = [
+    "DEFAULT_DIR_MODE", "DIR_MODES", "FOLDERS", "JOB_SUFFIXES", "NAME_MAX", "STATE_FILE",
+    "Candidate", "Skipped", "Spool", "SpoolLocked", "dumps_bytes", "fsync_dir",
+    "iter_result_ids", "job_stem", "job_weight", "write_durable",
+]
+
 FOLDERS = ("incoming", "tmp", "active", "done", "failed", "rejected", "results")
-JOB_SUFFIXES = (".json", ".jsonl")
 STATE_FILE = "state.json"
 # Only the service user (and its group, for dropping jobs) may touch the spool;
 # sticky, so that submitters cannot remove each other's files.
@@ -32,55 +40,8 @@ DEFAULT_DIR_MODE = 0o750
 NAME_MAX = 255
 
 
-# write_durable's temp names: ".NAME.<8 hex>.tmp".
-_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
-
-
 class SpoolLocked(Exception):
     """Another daemon already runs on this spool."""
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durable(path: Path, data: bytes, mode: int = 0o640) -> None:
-    """Publish ``data`` at ``path`` atomically: temp file, fsync, rename, fsync folder."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def dumps_bytes(obj: Any, **kwargs: Any) -> bytes:
-    """``json.dumps(obj).encode()`` that cannot fail on a str holding a lone
-    surrogate (a file name that is not UTF-8, read through ``surrogateescape``):
-    such text is written with ``\\u`` escapes instead of crashing the caller."""
-    try:
-        return json.dumps(obj, ensure_ascii=False, **kwargs).encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(obj, ensure_ascii=True, **kwargs).encode("utf-8")
-
-
-def job_stem(name: str) -> str | None:
-    """``a.jsonl`` -> ``a``; None for names that are not job files."""
-    for suffix in JOB_SUFFIXES:
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +95,7 @@ class Spool:
         for folder in (self.root, self.folder("rejected"), self.folder("results")):
             with os.scandir(folder) as it:
                 for entry in it:
-                    if _TEMP_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                    if TEMP_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(entry.path)
                             removed.append(os.path.relpath(entry.path, self.root))
@@ -228,6 +189,38 @@ class Spool:
         Returns the active name, or None if the file vanished or is no longer a
         regular file (it is then left where it is).
         """
+        claimed, error = self.claim_many([name])
+        if error is not None:
+            raise error
+        return claimed[0]
+
+    def claim_many(self, names: list[str]) -> tuple[list[str | None], OSError | None]:
+        """Claim ``names`` in order as :meth:`claim` does, with one fsync of each
+        folder for all of them: a burst of small jobs must not cost two fsyncs each.
+
+        Returns the claims made (the active name, or None) and the error that
+        stopped the batch, if any: the names after it were not tried. Every claim
+        returned is durable; on a failed fsync none is returned (those files stay
+        in ``active/`` and are resumed at the next start, as a claim that failed
+        after its rename always was).
+        """
+        claimed: list[str | None] = []
+        error: OSError | None = None
+        for name in names:
+            try:
+                claimed.append(self._move_in(name))
+            except OSError as exc:
+                error = exc
+                break
+        if any(c is not None for c in claimed):
+            try:
+                fsync_dir(self.folder("active"))
+                fsync_dir(self.folder("incoming"))
+            except OSError as exc:
+                return [], exc
+        return claimed, error
+
+    def _move_in(self, name: str) -> str | None:
         src = self.folder("incoming") / name
         if job_stem(name) is None:
             return None
@@ -242,13 +235,19 @@ class Spool:
             os.rename(src, self.folder("active") / target)
         except FileNotFoundError:
             return None
-        fsync_dir(self.folder("active"))
-        fsync_dir(self.folder("incoming"))
         return target
 
     def finish(self, name: str, folder: str) -> str:
         """Move ``active/name`` into ``folder`` (done, failed or rejected), never
         replacing a file already there; returns the name it got."""
+        target = self.move_out(name, folder)
+        fsync_dir(self.folder(folder))
+        fsync_dir(self.folder("active"))
+        return target
+
+    def move_out(self, name: str, folder: str) -> str:
+        """:meth:`finish` without the fsyncs: the caller fsyncs ``folder`` and
+        ``active/`` before it counts on the move (once for many moves)."""
         dest = self.folder(folder)
         stem = job_stem(name) or name
         suffix = name[len(stem):]
@@ -264,8 +263,6 @@ class Spool:
             n += 1
             target = f"{stem}~{n}{suffix}"
         os.rename(self.folder("active") / name, dest / target)
-        fsync_dir(dest)
-        fsync_dir(self.folder("active"))
         return target
 
     def write_error(self, name: str, info: dict[str, Any]) -> None:
@@ -301,11 +298,9 @@ class Spool:
         tmp = self.folder("tmp") / f".{uuid.uuid4().hex}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
-            # The daemon reads the file through the spool's group: hand it over when
-            # the submitter is a member (the spool has no setgid bit to do it).
-            spool_gid = os.stat(self.folder("incoming")).st_gid
-            if spool_gid != os.getegid() and spool_gid in os.getgroups():
-                os.fchown(fd, -1, spool_gid)
+            # The daemon reads the file as the spool's owner and group (the spool has no
+            # setgid bit): hand it over, or refuse rather than publish what it cannot read.
+            hand_over(fd, spool_identity(self.folder("incoming")))
             with os.fdopen(fd, "wb") as fh:
                 fd = -1  # the file object owns it now
                 fh.write(data)

@@ -11,6 +11,7 @@ sees it and can ``requeue`` once fixed.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterator, Mapping
@@ -146,12 +147,27 @@ def loads_strict(text: str) -> Any:
     except ValueError:  # Python refuses to convert integers this long
         raise _BadLine("invalid_json", "a number has more than 4300 digits") from None
     # Only a \u escape can produce a lone surrogate from text that decoded as UTF-8.
-    if _depth(value, check_strings="\\u" in text) > _MAX_DEPTH:
+    # Nesting needs an opening bracket per level: with fewer brackets than the
+    # limit the walk cannot fail, and skipping it halves validation time.
+    check_strings = "\\u" in text
+    if ((check_strings or text.count("{") + text.count("[") >= _MAX_DEPTH)
+            and _depth(value, check_strings=check_strings) > _MAX_DEPTH):
         raise _BadLine("invalid_json", f"JSON nested deeper than {_MAX_DEPTH} levels")
     return value
 
 
 def relative_url(url: str, base_url: str) -> str:
+    """The request's URL as a path under ``base_url``; raise if it would leave it.
+    (A job's lines mostly share a few URLs: short ones are remembered.)"""
+    if len(url) <= _CACHED_URL_CHARS:
+        return _relative_url_cached(url, base_url)
+    return _relative_url(url, base_url)
+
+
+_CACHED_URL_CHARS = 512  # bounds the cache's memory: 1024 entries of this size
+
+
+def _relative_url(url: str, base_url: str) -> str:
     """The request's URL as a path under ``base_url``; raise if it would leave it.
 
     Absolute URLs are accepted only under ``base_url`` (same scheme, host, port and
@@ -193,6 +209,9 @@ def relative_url(url: str, base_url: str) -> str:
     if any(seg in (".", "..") for seg in decoded.split("/")):
         raise _BadLine("url_not_allowed", f"url {url!r} has '.' or '..' segments")
     return path + (f"?{parts.query}" if parts.query else "")
+
+
+_relative_url_cached = functools.lru_cache(maxsize=1024)(_relative_url)
 
 
 def parse_request(obj: Any, default_id: str, line: int, view: UpstreamView) -> Request:

@@ -22,7 +22,8 @@ from typing import IO, Any
 
 import trio
 
-from pacer.spool.folders import fsync_dir, iter_result_ids
+from pacer.spool.durable import fsync_dir
+from pacer.spool.folders import iter_result_ids
 
 
 def result_line(custom_id: str, upstream: str | None, attempts: int, *,
@@ -78,6 +79,10 @@ class JobResults:
     stem: str
     answered: dict[str, bool] = field(default_factory=dict)  # custom_id -> is_error
     _fh: IO[bytes] | None = None
+    # False while the part file's name may not be on disk yet: the result writer
+    # fsyncs the folder once per batch for all new part files, before it
+    # acknowledges their first lines (one folder fsync per job would cap files/s).
+    entry_durable: bool = True
 
     @property
     def part(self) -> Path:
@@ -103,7 +108,7 @@ class JobResults:
         fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         self._fh = os.fdopen(fd, "ab", buffering=0)
         if not self.answered:
-            fsync_dir(self.folder)
+            self.entry_durable = False
 
     def append(self, lines: list[bytes]) -> None:
         """Write and fsync ``lines``, all or nothing: on an error (disk full, I/O
@@ -124,14 +129,16 @@ class JobResults:
         finally:
             os.close(fd)
 
-    def publish(self) -> None:
-        """Make the results visible as ``STEM.jsonl`` (durably)."""
+    def publish(self, sync: bool = True) -> None:
+        """Make the results visible as ``STEM.jsonl`` (durably; with ``sync=False``
+        the caller fsyncs the folder, once for many jobs)."""
         if self._fh is None:
             return
         self._fh.close()
         self._fh = None
         os.rename(self.part, self.final)
-        fsync_dir(self.folder)
+        if sync:
+            fsync_dir(self.folder)
 
     def publish_partial(self) -> None:
         """Publish whatever the part file holds (a job that will not complete)."""
@@ -272,6 +279,15 @@ class ResultWriter:
 def _write_batch(batch: dict[JobResults, list[bytes]]) -> int | OSError:
     """Append each job's lines; jobs done are dropped from ``batch``, so that on an
     error what is left in it is exactly what still has to be written."""
+    try:
+        # New part files' names first, one fsync per folder: a line counts as
+        # durable only once its file can be found after a crash.
+        for folder in {job.folder for job in batch if not job.entry_durable}:
+            fsync_dir(folder)
+    except OSError as exc:
+        return exc
+    for job in batch:
+        job.entry_durable = True
     written = 0
     for job in list(batch):
         try:
