@@ -54,3 +54,24 @@ def test_an_empty_spool_of_a_given_config_is_used(
         (tmp_path / "spool" / folder).mkdir(parents=True)
     path, _, spool = demo.prepare(tmp_path / "run", config)
     assert path == config and (spool.root / demo.MARKER).exists()
+
+
+def test_a_spool_left_by_an_older_demo_is_made_fresh(
+        make_config: MakeConfig, tmp_path: Path) -> None:
+    # Older demos did not mark their spool; one holding only the demo's own files
+    # (jobs, results, error files) is still recognised as the demo's.
+    config = make_config()
+    for folder, name in (("done", "demo-0001.json"), ("results", "demo-0001.jsonl"),
+                         ("rejected", "demo-0002~2.json.error.json"),
+                         ("results", ".demo-0003.jsonl.part")):
+        (tmp_path / "spool" / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "spool" / folder / name).write_text("{}")
+    _, _, spool = demo.prepare(tmp_path / "run", config)
+    assert spool.counts()["done"] == 0
+    assert not (spool.root / "results" / "demo-0001.jsonl").exists()
+    (spool.root / demo.MARKER).unlink()
+    (spool.root / "done" / "demo-0001.json").write_text("{}")
+    (spool.root / "done" / "report.json").write_text("{}")  # not the demo's
+    with pytest.raises(demo.DemoRefused):
+        demo.prepare(tmp_path / "run", config)
+    assert (spool.root / "done" / "report.json").exists()

@@ -4,8 +4,11 @@ a hidden cap of 10 in flight, 0.1 s each)."""
 
 from __future__ import annotations
 
+import errno
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,6 +22,7 @@ from pacer.service.daemon import Daemon
 from pacer.service.job_runner import READ_HIGH
 from pacer.service.scheduler import MIN_HEADROOM, JobQueue, Lane, UpstreamLoad
 from pacer.service.systemd import Notifier
+from pacer.spool.claimed import ClaimedJob
 from pacer.spool.jobs import Request
 from pacer.spool.names import job_weight
 
@@ -198,3 +202,75 @@ async def test_a_weighted_job_gets_its_share(
         daemon.request_stop("test")
     # 3 to 1: when the heavy job's 300 are done, about 100 of the plain one's are.
     assert 70 <= plain_answered <= 140, plain_answered
+
+
+async def test_many_small_jobs_are_started_at_the_pace_they_are_answered(
+        virtual_clock: MockClock, make_config: MakeConfig, spool: SpoolHelper) -> None:
+    # 4 x the limit of 10 is below 64: at most 64 jobs run at once, not 256.
+    config = fair_config(make_config)
+    for i in range(150):
+        spool.drop(f"one-{i:03d}.json", req(f"one-{i}"))
+    daemon = Daemon(load_config(config), drain=True, notifier=Notifier(None),
+                    clients={"default": capped_client()})
+    most = 0
+
+    async def watch() -> None:
+        nonlocal most
+        while True:
+            most = max(most, len(daemon.jobs))
+            await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        with trio.fail_after(300):
+            assert await daemon.run() == 0
+        nursery.cancel_scope.cancel()
+    assert len(spool.jobs("done")) == 150
+    assert 10 < most <= 64, most
+
+
+async def test_a_job_deferred_by_the_disk_sends_nothing_twice(
+        virtual_clock: MockClock, make_config: MakeConfig, spool: SpoolHelper,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The job task ends on a disk error while its first requests are still out;
+    # started again once the disk works, it must not send those a second time.
+    real = ClaimedJob.read
+    reads = [0]
+
+    def read(self: ClaimedJob, count: int) -> list[Any]:
+        reads[0] += 1
+        if reads[0] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, count)
+
+    monkeypatch.setattr(ClaimedJob, "read", read)
+    seen: list[str] = []
+    mock = MockUpstream(MockSettings(latency=0.5))
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content)["tag"])
+        answer = await mock.handle(request.method, request.url.raw_path.decode(),
+                                   request.headers, request.content)
+        return httpx.Response(answer.status, headers=answer.headers, content=answer.body)
+
+    client = httpx.AsyncClient(base_url=BASE_URL, transport=httpx.MockTransport(handler))
+    config = fair_config(make_config)
+    spool.drop("big.jsonl", [req(f"b{i}", body={"tag": f"b{i}"}) for i in range(200)])
+    daemon = Daemon(load_config(config), drain=True, notifier=Notifier(None),
+                    clients={"default": client})
+
+    async def ticker() -> None:
+        # A near deadline at all times: while the daemon waits for a worker thread
+        # with no deadline of its own, virtual time must not jump to fail_after's.
+        while True:
+            await trio.sleep(0.05)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        with trio.fail_after(300):
+            assert await daemon.run() == 0
+        nursery.cancel_scope.cancel()
+    assert reads[0] > 2  # it did fail once, and was started again
+    assert sorted(seen) == sorted(f"b{i}" for i in range(200))
+    lines = spool.results("big")
+    assert sorted(line["custom_id"] for line in lines) == sorted(f"b{i}" for i in range(200))

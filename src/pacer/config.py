@@ -38,8 +38,9 @@ class SpoolConfig:
     max_line_bytes: int = 8 * 1024 * 1024
     # Full rescan of incoming/ as a safety net under the inotify watcher.
     rescan_interval: float = 5.0
-    # Jobs claimed at once (each holds up to two open files and a short queue of
-    # requests read ahead); they share each upstream fairly.
+    # Jobs claimed at once, at most (each holds up to two open files and a short
+    # queue of requests read ahead); they share each upstream fairly. Fewer run while
+    # the upstreams' limits are low: 4 x their sum, at least 64.
     max_active_jobs: int = 256
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -55,15 +56,23 @@ class DemoRefused(Exception):
     """The demo would have to delete or reuse something that is not its own."""
 
 
-def _empty_spool(root: Path) -> bool:
-    """Nothing in ``root`` but empty spool folders (and the daemon's own files)."""
+# What the demo puts in a spool: its jobs, their results and error files (and the
+# part files of an interrupted run). Demos before the marker left only these.
+_DEMO_FILE = re.compile(r"\.?demo-\d{4}(~\d+)?\.json(l|l\.part|\.error\.json)?")
+
+
+def _empty_or_demo_spool(root: Path, *, demo_files: bool) -> bool:
+    """Nothing in ``root`` but spool folders (and the daemon's own files), holding
+    nothing at all, or (``demo_files``) only what a demo writes."""
     for entry in root.iterdir():
         if entry.name in (".lock", "state.json") and entry.is_file():
             continue
         if entry.name not in FOLDERS or entry.is_symlink() or not entry.is_dir():
             return False
-        if any(entry.iterdir()):
-            return False
+        for item in entry.iterdir():
+            if not (demo_files and item.is_file() and not item.is_symlink()
+                    and _DEMO_FILE.fullmatch(item.name)):
+                return False
     return True
 
 
@@ -77,9 +86,9 @@ def prepare(run_dir: Path, config_path: Path | None) -> tuple[Path, Config, Spoo
     config = load_config(config_path)
     root = config.spool.dir
     if root.exists():
-        if (root / MARKER).exists():
-            shutil.rmtree(root)  # a previous demo's
-        elif not _empty_spool(root):
+        if (root / MARKER).exists() or _empty_or_demo_spool(root, demo_files=True):
+            shutil.rmtree(root)  # a previous demo's (or nothing at all)
+        elif not _empty_or_demo_spool(root, demo_files=False):
             raise DemoRefused(
                 f"the spool {root} holds files and was not made by the demo: it is left "
                 "alone. Give the demo a config whose spool is empty or its own (--config), "

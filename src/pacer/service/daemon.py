@@ -73,6 +73,7 @@ class Daemon:
                                 on_recovered=lambda: self.intake.wake())
         self.writer.on_trouble = self.disk.writer_changed
         self.intake = Intake(self.spool, lambda: self.config, self.summary, self.disk,
+                             lambda: sum(u.limit.limit for u in self.upstreams.values()),
                              drain=drain)
         self.memory = LearnedStore(self.spool.root)
         self.metrics = Metrics(lambda: self.reporter.last, folders=self.spool.counts)

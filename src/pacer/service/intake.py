@@ -3,8 +3,8 @@
 New files are seen through inotify (watchfiles) within about 0.1 s; a periodic full
 rescan is the safety net (inotify can overflow) and also moves what is not a job
 file (a symlink, a FIFO, a folder) to ``rejected/``. At start, jobs a previous run
-left in ``active/`` are resumed first. Claims stop while ``max_active_jobs`` run or
-the disk is in trouble.
+left in ``active/`` are resumed first. Claims stop while the disk is in trouble,
+and while as many jobs run as the upstreams could serve at once.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ def now_iso() -> str:
 
 class Intake:
     def __init__(self, spool: Spool, config: Callable[[], Config], summary: RunSummary,
-                 disk: DiskTrouble, *, drain: bool) -> None:
+                 disk: DiskTrouble, capacity: Callable[[], int], *, drain: bool) -> None:
         self.spool = spool
         self.config = config
+        self.capacity = capacity  # the sum of the upstreams' concurrency limits
         self.summary = summary
         self.disk = disk
         self.drain = drain
@@ -66,8 +67,7 @@ class Intake:
                     log.info("job.resumed", job=name)
                     start_job(name)
                 continue
-            if self.pending and self._wants_more_work(active()):
-                room = self.config().spool.max_active_jobs - active()
+            if self.pending and (room := self._room(active())) > 0:
                 names = [self.pending.popleft()
                          for _ in range(min(room, len(self.pending), CLAIM_BATCH))]
                 for claimed in await self._claim(names):
@@ -81,10 +81,16 @@ class Intake:
             self._wake = trio.Event()
             await self._wake.wait()
 
-    def _wants_more_work(self, active: int) -> bool:
-        # Each active job holds only a short queue of requests in memory (the fair
-        # scheduler reads lazily), so the number of jobs is what bounds memory.
-        return self.disk.error is None and active < self.config().spool.max_active_jobs
+    def _room(self, active: int) -> int:
+        """How many more jobs to claim: while fewer run than the upstreams could serve
+        at once (4 x their limits, at least 64; at most ``max_active_jobs``). Each
+        job holds only a short queue of requests (the scheduler reads lazily), and a
+        spool of many small jobs is started at the pace they are answered, not in
+        one burst that the limit would then have to absorb."""
+        if self.disk.error is not None:
+            return 0
+        most = min(self.config().spool.max_active_jobs, max(64, 4 * self.capacity()))
+        return most - active
 
     async def _claim(self, names: list[str]) -> list[str]:
         """Claim ``names`` in one thread hop (one fsync per folder for all); the

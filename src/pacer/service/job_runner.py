@@ -50,7 +50,8 @@ class Job:
     queued: int = 0  # requests read but not answered yet
     queued_by_upstream: dict[str, int] = field(default_factory=dict)
 
-    def _queue(self, upstream: str, n: int) -> None:
+    def count_queued(self, upstream: str, n: int) -> None:
+        """``n`` more (or fewer) requests read and not answered, for ``upstream``."""
         self.queued += n
         self.queued_by_upstream[upstream] = self.queued_by_upstream.get(upstream, 0) + n
 
@@ -147,7 +148,13 @@ class JobRunner:
                 await self._wait_answered(job, queue)
             finally:
                 self._withdraw(job, queue)
-                del self._queues[job]
+                try:
+                    # Whatever ends this task (a disk error, a bug) waits for the
+                    # requests handed out: a restarted job must not send them again.
+                    while queue.dispatched:
+                        await queue.changed.wait()
+                finally:
+                    del self._queues[job]
         finally:
             claimed.close()
         if job.succeeded + job.failed < job.requests:
@@ -183,7 +190,7 @@ class JobRunner:
                 if isinstance(item, BadRequest):
                     bad.append(item)
                 else:
-                    job._queue(item.upstream, 1)
+                    job.count_queued(item.upstream, 1)
                     self.scheduler.push(queue, item)
             await self._write_errors(job, bad)
         if not self.stop.is_set():
@@ -204,7 +211,7 @@ class JobRunner:
 
     def _withdraw(self, job: Job, queue: JobQueue) -> None:
         for upstream, n in self.scheduler.withdraw(queue).items():
-            job._queue(upstream, -n)
+            job.count_queued(upstream, -n)
 
     def stopping(self) -> None:
         """The daemon stops: every job task stops feeding and waits only for what
@@ -218,7 +225,7 @@ class JobRunner:
             return
         async with trio.open_nursery() as nursery:
             for item in bad:
-                job._queue(item.upstream or "", 1)
+                job.count_queued(item.upstream or "", 1)
                 nursery.start_soon(self._answer_bad, job, item)
 
     async def _answer_bad(self, job: Job, item: BadRequest) -> None:
@@ -230,7 +237,7 @@ class JobRunner:
                 await self.writer.write(job.results, line)
                 job.failed += 1
         finally:
-            job._queue(item.upstream or "", -1)
+            job.count_queued(item.upstream or "", -1)
 
     # -- one request ----------------------------------------------------------------
 
@@ -264,7 +271,7 @@ class JobRunner:
                     else:
                         job.failed += 1
             finally:
-                job._queue(item.upstream, -1)
+                job.count_queued(item.upstream, -1)
 
     # -- rejection ----------------------------------------------------------------------
 
