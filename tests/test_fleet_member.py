@@ -324,3 +324,17 @@ async def test_a_fixed_limit_is_shared_as_it_is(redis: RedisServer) -> None:
     fleet = Fleet(FleetConfig(redis=redis.url, node="n1"))
     joined = fleet.join(up)
     assert (joined.bounds.min_limit, joined.bounds.max_limit) == (3, 3)
+
+
+def test_the_fleet_state_survives_the_state_file() -> None:
+    from pacer.fleet.state import FleetNodeState, FleetState
+    from pacer.service.state import ServiceState, UpstreamState
+
+    fleet = FleetState(fleet_key="api", node="a", limit=12.0, epoch=3, share=4,
+                       degraded=False, fleet_inflight=12,
+                       nodes=(FleetNodeState("a", 4, 4, 9), FleetNodeState("b", 8, 7, 30)))
+    state = ServiceState(upstreams={"api": UpstreamState(fleet=fleet),
+                                    "alone": UpstreamState()})
+    back = ServiceState.from_json(json.loads(json.dumps(state.to_json())))
+    assert back.upstreams["api"].fleet == fleet
+    assert back.upstreams["alone"].fleet is None
