@@ -396,7 +396,6 @@ def analyse(run: Run) -> dict[str, Any]:
                 if n == f"n{NODES - 1}" and e["cap"]]
         if joined:
             out["joiner_started_at_limit"] = joined[0].get("limit")
-            out["joiner_fair_share"] = joined[0].get("fair_share")
         full = [t for t, c in caps if c >= CAP // NODES]
         out["joiner_holds_share_after_s"] = round(full[0], 2) if full else None
         out["goodput_after_join"] = round(_goodput(run, j + 2, end), 4)
