@@ -21,7 +21,10 @@ answers) in a process of its own, its CPU time from ``wait4``:
   100,000 lines: when the first request reached the server after the start, peak
   resident memory (``ru_maxrss``), requests/s;
 * ``pickup``: an idle daemon; 20 files renamed into ``incoming/`` one at a time: how
-  long until each request reached the server (median, max).
+  long until each request reached the server (median, max);
+* ``firstjsonl``, ``firstfiles``: the spools of ``bigjsonl`` and ``bigfiles``, but the
+  daemon (not draining) is stopped (SIGTERM) once its first request reached the
+  server: only the time to the first request, so that many runs are cheap.
 
 Every spool run checks that each request has exactly one result line.
 
@@ -90,7 +93,8 @@ SCENARIOS = {
 }
 CONTENDERS = ["httpx", "httpx-sharded", "httpx2", "aiohttp", "pacer"]
 SPOOL_SCENARIOS = {"files": ("json", 2000), "bigfiles": ("json", 100_000),
-                   "bigjsonl": ("jsonl", 100_000), "pickup": ("json", 20)}
+                   "bigjsonl": ("jsonl", 100_000), "pickup": ("json", 20),
+                   "firstjsonl": ("jsonl", 100_000), "firstfiles": ("json", 100_000)}
 SPOOL_LIMIT = 32
 
 
@@ -462,6 +466,28 @@ def run_drain(sc_name: str, url: str, root: Path) -> dict[str, Any]:
     }
 
 
+def run_first(sc_name: str, url: str, root: Path) -> dict[str, Any]:
+    """Start the daemon on a big spool; stop it once its first request arrived."""
+    kind, count = SPOOL_SCENARIOS[sc_name]
+    cfg = spool_config(root, url)
+    fill_spool(root / "spool", kind, count)
+    server_stats(url, reset=True)
+    with (root / "pacer.log").open("w") as out:
+        started = time.time()
+        proc = subprocess.Popen([*pacer_command(), "run", "--config", str(cfg)],
+                                stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = started + 60
+            while (first := server_stats(url)["first_at"]) is None and time.time() < deadline:
+                time.sleep(0.01)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+    # A stopped daemon answers no more: these runs check only the first request.
+    return {"requests": 0, "result_lines": 0, "distinct_ids": 0,
+            "first_request_after_s": first - started if first else None}
+
+
 def run_pickup(url: str, root: Path) -> dict[str, Any]:
     cfg = spool_config(root, url)
     spool = root / "spool"
@@ -511,6 +537,8 @@ def run_spool_scenario(name: str, runs: int) -> list[Run]:
             with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
                 root = Path(tmp)
                 run.result = (run_pickup(server.url, root) if name == "pickup"
+                              else run_first(name, server.url, root)
+                              if name.startswith("first")
                               else run_drain(name, server.url, root))
             r = run.result
             ok = r["result_lines"] == r["distinct_ids"] == r["requests"]

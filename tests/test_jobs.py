@@ -751,3 +751,29 @@ def test_a_cached_url_check_still_refuses_every_time() -> None:
             relative_url("/v1/../admin", base)
     long_path = "/v1/" + "a" * 5000
     assert relative_url(long_path, base) == long_path  # not cached, same answer
+
+
+def test_duplicate_custom_id_names_its_line_past_blank_and_bad_lines() -> None:
+    # The validation pass numbers lines as the sending pass does (blank lines count).
+    data = lines(req(custom_id="a"), b"", b"{not json", req(custom_id="a"))
+    with pytest.raises(JobFileError) as info:
+        validate_jsonl(io.BytesIO(data), "j", VIEW, MAX_LINE)
+    assert "line 4" in info.value.message
+
+
+def test_validation_and_sending_agree_line_by_line() -> None:
+    # Validation checks lines without building requests; it must judge as parsing does.
+    data = lines(req(custom_id="a"), req(custom_id="b", headers=None),
+                 req(custom_id="c", headers={}), b'{"custom_id": "d", "url": "/x"} []',
+                 b'\xef\xbb\xbf{"custom_id": "e", "url": "/x"}',
+                 b'{"custom_id": "f", "url": "/x", "body": {"k": [1, {"z": 1, "z": 2}]}}',
+                 req(custom_id="g\u00e9"), b'  {"custom_id": "h", "url": "/x"}\t')
+    summary = validate_jsonl(io.BytesIO(data), "j", VIEW, MAX_LINE)
+    items = parse(data, "j")
+    assert summary.requests == sum(isinstance(i, Request) for i in items) == 4
+    assert summary.bad == sum(isinstance(i, BadRequest) for i in items) == 4
+    assert summary.custom_ids == {i.custom_id for i in items}
+    codes = {i.custom_id: i.code for i in items if isinstance(i, BadRequest)}
+    # Lines 4 and 5 are not JSON at all: their custom_id cannot be read off them.
+    assert codes == {"b": "invalid_request", "j:4": "invalid_json", "j:5": "invalid_json",
+                     "f": "invalid_json"}

@@ -24,10 +24,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from pacer import mockapi
-    from pacer.commands import plot as plot_mod
-
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (``command`` given) one in which only that command's
+    options are defined in full: the mock API's and plot's definitions import Trio,
+    h11 and the mock, which other commands should not pay for at start-up."""
     parser = _Parser(prog="pacer", description="Send spooled HTTP jobs to rate-limited APIs "
                      "at the fastest safe pace, learned by itself.")
     parser.add_argument("--version", action="version", version=f"pacer {__version__}")
@@ -56,10 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", required=True, type=Path)
 
     mock = sub.add_parser("mock-api", help="a local rate-limited OpenAI-like API")
-    mockapi.add_arguments(mock)
+    if command in (None, "mock-api"):
+        from pacer.mockapi.cli import add_arguments as add_mock_arguments
+
+        add_mock_arguments(mock)
 
     plot = sub.add_parser("plot", help="plot limit, in flight and 429s from pacer's JSON logs")
-    plot_mod.add_arguments(plot)
+    if command in (None, "plot"):
+        from pacer.commands.plot import add_arguments as add_plot_arguments
+
+        add_plot_arguments(plot)
 
     requeue = sub.add_parser("requeue",
                              help="send the failed requests of a failed job again, as a new job")
@@ -71,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         if args.command == "mock-api":
             from pacer import mockapi

@@ -72,6 +72,31 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetConfig:
+    # fleet: "redis://HOST:PORT/DB" shared by every pacer of the fleet; empty: alone.
+    redis: str = ""
+    # This pacer's name in the fleet; empty: hostname and pid.
+    node: str = ""
+    # A slot (lease) of a node that died or was cut off is free after this long...
+    lease_ttl: float = 5.0
+    # ...or sooner: a node not heard from for this long is gone, its slots and its
+    # share go to the others.
+    node_ttl: float = 1.5
+    # One Redis call per upstream per tick: leases, renewals and samples together.
+    tick_interval: float = 0.05
+    # A Redis call slower than this counts as Redis being down.
+    redis_timeout: float = 0.5
+    # At its plateau, the shared limit probes one above it this often (each refused
+    # probe costs a 429 or two: at 40 requests/s, 10 s keeps them near 0.4 %).
+    probe_interval: float = 10.0
+    # Redis down: each node keeps its last share, decaying toward this floor...
+    degraded_floor: int = 1
+    # ...halving its distance to the floor every this many seconds.
+    degraded_half_life: float = 20.0
+    key_prefix: str = "pacer:fleet"
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     name: str
     base_url: str
@@ -97,6 +122,8 @@ class UpstreamConfig:
     # false: a fixed concurrency of initial_limit (no learning).
     adaptive: bool = True
     http2: bool = False
+    # fleet: the name this upstream's limits are shared under; empty: its name.
+    fleet_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +134,7 @@ class Config:
     daemon: DaemonConfig
     upstreams: Mapping[str, UpstreamConfig]
     metrics: MetricsConfig = MetricsConfig()
+    fleet: FleetConfig = FleetConfig()
 
     def default_upstream(self) -> str | None:
         """The upstream a request without ``"upstream"`` goes to."""
@@ -125,11 +153,13 @@ class Config:
             return value
 
         out: dict[str, Any] = {"config": str(self.path)}
-        for section in ("spool", "results", "daemon", "metrics"):
+        for section in ("spool", "results", "daemon", "metrics", "fleet"):
             out[section] = {
                 f.name: plain(getattr(getattr(self, section), f.name))
                 for f in dataclasses.fields(getattr(self, section))
             }
+        if "@" in self.fleet.redis:  # fleet: a password in the URL is never printed
+            out["fleet"]["redis"] = "(not shown: it holds credentials)"
         out["upstreams"] = {
             name: {f.name: plain(getattr(up, f.name)) for f in dataclasses.fields(up)}
             for name, up in self.upstreams.items()
@@ -224,7 +254,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 def parse_config(raw: Mapping[str, Any], cfg_path: Path) -> Config:
     r = _Reader(cfg_path)
     base = cfg_path.parent
-    known = {"spool", "results", "daemon", "upstreams", "metrics"}
+    known = {"spool", "results", "daemon", "upstreams", "metrics", "fleet"}
     for key in raw:
         if key not in known:
             r.problems.append(f"unknown section or key {key!r} (known: {', '.join(sorted(known))})")
@@ -267,6 +297,9 @@ def parse_config(raw: Mapping[str, Any], cfg_path: Path) -> Config:
     if metrics.textfile and not Path(metrics.textfile).is_absolute():
         metrics = MetricsConfig(metrics.listen, str(base / metrics.textfile))
 
+    fleet = FleetConfig(**r.section(get("fleet"), "fleet", FleetConfig))
+    _check_fleet(r, fleet)
+
     upstreams: dict[str, UpstreamConfig] = {}
     ups_raw = get("upstreams")
     r.require(bool(ups_raw), "at least one [upstreams.NAME] table is required")
@@ -284,7 +317,23 @@ def parse_config(raw: Mapping[str, Any], cfg_path: Path) -> Config:
         upstreams[name] = up
     if r.problems:
         raise ConfigError(cfg_path, r.problems)
-    return Config(cfg_path, spool, results, daemon, upstreams, metrics)
+    return Config(cfg_path, spool, results, daemon, upstreams, metrics, fleet)
+
+
+def _check_fleet(r: _Reader, fleet: FleetConfig) -> None:
+    if fleet.redis:
+        parts = urlsplit(fleet.redis)
+        r.require(parts.scheme in ("redis", "rediss", "unix"),
+                  "fleet.redis: must be a redis://, rediss:// or unix:// URL")
+    r.require(0 < fleet.lease_ttl <= 60, "fleet.lease_ttl: must be > 0 and <= 60")
+    r.require(0 < fleet.node_ttl <= fleet.lease_ttl, "fleet.node_ttl: must be > 0 and <= lease_ttl")
+    r.require(0 < fleet.tick_interval <= fleet.node_ttl / 4,
+              "fleet.tick_interval: must be > 0 and <= node_ttl / 4")
+    r.require(fleet.redis_timeout > 0, "fleet.redis_timeout: must be > 0")
+    r.require(fleet.probe_interval > 0, "fleet.probe_interval: must be > 0")
+    r.require(fleet.degraded_floor >= 0, "fleet.degraded_floor: must be >= 0")
+    r.require(fleet.degraded_half_life > 0, "fleet.degraded_half_life: must be > 0")
+    r.require(bool(fleet.key_prefix), "fleet.key_prefix: must not be empty")
 
 
 def _check_upstream(r: _Reader, where: str, up: UpstreamConfig, base: Path) -> None:

@@ -217,6 +217,9 @@ def _upstreams(
         # Totals of a stopped daemon are still true: they describe its last run.
         for key in TOTAL_KEYS:
             entry[key] = u.get(key)
+        fleet = u.get("fleet") if live else None  # fleet: this node's view of it
+        entry["fleet"] = ({**fleet, "nodes": list(fleet.get("nodes") or ())}
+                          if isinstance(fleet, dict) else None)
         rate = found.last_minute.throughput_rps if live and found is not None else 0.0
         queued = u.get("queued")
         if not live:
@@ -385,6 +388,31 @@ def _upstream_table(info: dict[str, Any]) -> Table:
     return table
 
 
+def _fleet(info: dict[str, Any]) -> RenderableType | None:
+    """fleet: per shared upstream, the shared limit and every live node's share."""
+    parts: list[RenderableType] = []
+    for name, u in info["upstreams"].items():
+        f = u.get("fleet")
+        if not f:
+            continue
+        nodes = f.get("nodes") or []
+        head = Text(f"fleet {f.get('fleet_key')} ({name}): shared limit {_cell(f.get('limit'))}, "
+                    f"{len(nodes)} nodes, {_cell(f.get('fleet_inflight'))} slots leased")
+        if f.get("degraded"):
+            head.append(f"; Redis unreachable: this node works on a safe share of "
+                        f"{_cell(f.get('share'))}", style="bold red")
+        table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 1, 0, 0))
+        for col in ("node", "share", "inflight", "wants"):
+            table.add_column(col, justify="left" if col == "node" else "right", no_wrap=True)
+        for n in nodes:
+            me = n.get("node") == f.get("node")
+            table.add_row(Text(f"{n.get('node')}{' (this one)' if me else ''}",
+                               style="bold" if me else ""),
+                          _cell(n.get("share")), _cell(n.get("inflight")), _cell(n.get("demand")))
+        parts += [head, table, Text("")]
+    return Group(*parts) if parts else None
+
+
 def _queue(info: dict[str, Any]) -> RenderableType:
     q = info["queue"]
     approx = "~" if q["requests_waiting_estimated"] else ""
@@ -424,8 +452,10 @@ def _queue(info: dict[str, Any]) -> RenderableType:
 
 def render(info: dict[str, Any]) -> RenderableType:
     """The text view of :func:`collect`'s dict, as one rich renderable."""
+    fleet = _fleet(info)  # fleet
     return Group(
-        _header(info), _folders(info), Text(""), _upstream_table(info), Text(""), _queue(info)
+        _header(info), _folders(info), Text(""), _upstream_table(info), Text(""),
+        *([fleet] if fleet is not None else []), _queue(info)
     )
 
 

@@ -277,6 +277,9 @@ class PacerSettings:
     max_reset: float = 86400.0
     default_hold: float = 1.0
     burst: float = 1.0
+    # fleet: False leaves 429s without quota headers to a shared concurrency limit
+    # (a node of a fleet sees only its share of the load: it cannot tell a rate cap).
+    learn_rate: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.margin <= 1.0:
@@ -610,7 +613,7 @@ class Pacer:
                 if verdict.evidence:
                     self._evidence.append(now)
                     self._last_evidence = now
-                if cause == "rate":
+                if cause == "rate" and self.settings.learn_rate:
                     self._on_rate_limited(now, started)
                 # A concurrency 429 is the retry delay of that request only; so is a
                 # lone refusal amid successes, which lowers the learned rate.

@@ -28,6 +28,7 @@ import trio
 
 from pacer import __version__
 from pacer.config import Config, ConfigError, load_config
+from pacer.fleet.fleet import Fleet
 from pacer.logs import configure_logging
 from pacer.service.disk import DiskTrouble
 from pacer.service.intake import Intake
@@ -89,7 +90,9 @@ class Daemon:
             upstreams=self.pool.upstreams, jobs=self.runner.jobs,
             pending=lambda: len(self.intake.pending), scheduler=self.scheduler,
             notifier=self.notifier, metrics=self.metrics, disk=self.disk, drain=drain,
-            stopping=lambda: self.stopping)
+            stopping=lambda: self.stopping, fleet=lambda: self.fleet)
+        # fleet: limits shared with other pacers through Redis ([fleet] redis).
+        self.fleet: Fleet | None = Fleet(config.fleet) if config.fleet.redis else None
 
     @property
     def upstreams(self) -> dict[str, Upstream]:
@@ -117,6 +120,9 @@ class Daemon:
                 log.info("spool.temps_removed", files=removed)
             self.pool.build(self.config)
             self.memory.resume(self.upstreams)
+            if self.fleet is not None:  # fleet (after resume: a remembered limit seeds it)
+                for up in self.upstreams.values():
+                    self.fleet.join(up)
             self.reporter.last = self.reporter.state()
             if self.config.metrics.listen:
                 self.metrics.start(self.config.metrics.listen)
@@ -132,6 +138,8 @@ class Daemon:
                                     lambda: self.config.daemon.state_interval)
                 services.start_soon(watchdog_loop, self.notifier)
                 services.start_soon(self._signal_loop)
+                if self.fleet is not None:  # fleet
+                    await services.start(self.fleet.run)
                 if not self.drain:
                     services.start_soon(self.intake.watch, self._stop_event)
                     services.start_soon(self.intake.rescan_loop)
@@ -218,11 +226,15 @@ class Daemon:
         if new.spool.dir != self.config.spool.dir:
             raise ConfigError(new.path, ["spool.dir cannot change on reload: restart pacer"])
         changed, added, removed = self.pool.apply(self.config, new)
+        if self.fleet is not None:  # fleet: a new upstream shares too
+            for name in added:
+                self.fleet.join(self.upstreams[name])
         # Settings read once at start: say so rather than ignore the change silently.
         restart_needed = [name for name, a, b in (
             ("metrics.listen", new.metrics.listen, self.config.metrics.listen),
             ("daemon.max_pending_requests", new.daemon.max_pending_requests,
              self.config.daemon.max_pending_requests),
+            ("fleet", new.fleet, self.config.fleet),  # fleet: joined once, at start
         ) if a != b]
         self.config = new
         self.writer.flush_interval = new.results.flush_interval

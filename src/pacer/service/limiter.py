@@ -49,15 +49,16 @@ class Attempt:
             return
         self._done = True
         now = self._limiter.clock()
-        self._limiter.limit.on_sample(
-            Sample(
-                start=self.start,
-                rtt=now - self.start,
-                inflight=self.inflight,
-                outcome=outcome,
-                reason=reason,
-            )
+        sample = Sample(
+            start=self.start,
+            rtt=now - self.start,
+            inflight=self.inflight,
+            outcome=outcome,
+            reason=reason,
         )
+        self._limiter.limit.on_sample(sample)
+        for listener in self._limiter.sample_listeners:  # fleet: the shared controller
+            listener(sample)
 
 
 class Limiter:
@@ -68,6 +69,14 @@ class Limiter:
         self.clock = clock
         self._capacity = trio.CapacityLimiter(limit.limit)
         self.inflight = 0
+        # fleet: a slot source outside this process (a fleet's leases) may bound the
+        # slots instead of the limit (``set_cap``); the limit still learns from every
+        # sample, and ``sample_listeners`` hear them too.
+        self._cap: int | None = None
+        self.sample_listeners: list[Callable[[Sample], None]] = []
+        # fleet: attempts in flight on the other nodes sharing the limit (as of the
+        # last exchange with them), so that 429s are judged against the fleet's load.
+        self.elsewhere = 0
         limit.subscribe(self._follow)
 
     def retarget(self, limit: Limit) -> None:
@@ -75,10 +84,28 @@ class Limiter:
         self.limit.unsubscribe(self._follow)
         self.limit = limit
         limit.subscribe(self._follow)
-        self._capacity.total_tokens = max(1, limit.limit)
+        self._capacity.total_tokens = self._tokens()
 
     def _follow(self, change: LimitChange) -> None:
-        self._capacity.total_tokens = max(1, change.new_limit)
+        self._capacity.total_tokens = self._tokens()
+
+    def set_cap(self, cap: int | None) -> None:
+        """fleet: hold at most ``cap`` slots (0 allowed: none now), whatever the
+        limit says; ``None`` gives the slots back to the limit."""
+        self._cap = cap
+        self._capacity.total_tokens = self._tokens()
+
+    @property
+    def cap(self) -> int | None:
+        return self._cap
+
+    def _tokens(self) -> int:
+        return max(1, self.limit.limit) if self._cap is None else max(0, self._cap)
+
+    @property
+    def shared_inflight(self) -> int:
+        """In flight here and (fleet) on the other nodes sharing the limit."""
+        return self.inflight + self.elsewhere
 
     @property
     def waiting(self) -> int:

@@ -12,6 +12,7 @@ import trio
 
 from pacer import __version__
 from pacer.config import Config
+from pacer.fleet.fleet import Fleet
 from pacer.service.disk import DiskTrouble
 from pacer.service.job_runner import Job
 from pacer.service.metrics import Metrics
@@ -33,7 +34,8 @@ class StateReporter:
                  upstreams: Mapping[str, Upstream], jobs: Mapping[str, Job],
                  pending: Callable[[], int], scheduler: FairScheduler, notifier: Notifier,
                  metrics: Metrics, disk: DiskTrouble, drain: bool,
-                 stopping: Callable[[], bool]) -> None:
+                 stopping: Callable[[], bool],
+                 fleet: Callable[[], Fleet | None] = lambda: None) -> None:
         self.spool = spool
         self.config = config
         self.summary = summary
@@ -46,6 +48,7 @@ class StateReporter:
         self.disk = disk
         self.drain = drain
         self.stopping = stopping
+        self.fleet = fleet  # fleet
         # The last snapshot, shared with the metrics thread: swapped, never mutated.
         self.last: ServiceState | None = None
 
@@ -55,6 +58,7 @@ class StateReporter:
             for name, n in job.queued_by_upstream.items():
                 queued[name] = queued.get(name, 0) + n
         ups = {}
+        fleet = self.fleet()  # fleet
         for name, up in self.upstreams.items():
             s = up.stats
             pacing = up.gate.status()
@@ -77,6 +81,8 @@ class StateReporter:
                 jobs_waiting=len(lane.ring) if lane is not None else 0,
                 last_minute=LastMinute(float(lm["throughput_rps"]),
                                        float(lm["rate_limited_share"]), int(lm["attempts"])),
+                fleet=fleet.members[name].state()
+                if fleet is not None and name in fleet.members else None,
             )
         jobs = self.jobs.values()
         return ServiceState(

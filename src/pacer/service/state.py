@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pacer.fleet.state import FleetState
+
 
 def _int(value: Any, default: int = 0) -> int:
     if isinstance(value, bool):
@@ -77,6 +79,7 @@ class UpstreamState:
     paused_for_s: float | None = None
     jobs_waiting: int = 0  # jobs with requests waiting for this upstream (fair share)
     last_minute: LastMinute = field(default_factory=LastMinute)
+    fleet: FleetState | None = None  # fleet: shared through Redis ([fleet] redis)
 
     @classmethod
     def from_json(cls, data: Any) -> UpstreamState:
@@ -93,6 +96,7 @@ class UpstreamState:
             paused_for_s=_opt_float(d.get("paused_for_s")),
             jobs_waiting=_int(d.get("jobs_waiting")),
             last_minute=LastMinute.from_json(d.get("last_minute")),
+            fleet=FleetState.from_json(d.get("fleet")),
         )
 
 

@@ -153,9 +153,14 @@ class Upstream:
         if any(getattr(old, k) != getattr(cfg, k) for k in bounds):
             # A new algorithm with the new bounds, starting from what was learned.
             learned = min(max(self.limit.limit, cfg.min_limit), cfg.max_limit)
-            self.limit = make_limit(replace(cfg, initial_limit=learned))
-            self.limit.subscribe(self._on_limit_change)
-            self.limiter.retarget(self.limit)
+            self.use_limit(make_limit(replace(cfg, initial_limit=learned)))
+
+    def use_limit(self, limit: Limit) -> None:
+        """Follow ``limit`` from now on (a reload's new bounds; fleet: the shared one)."""
+        self.limit.unsubscribe(self._on_limit_change)
+        self.limit = limit
+        limit.subscribe(self._on_limit_change)
+        self.limiter.retarget(limit)
 
     def learned(self, now_wall: float | None = None) -> Learned:
         """What this upstream has learned, for :class:`~pacer.service.memory.LearnedStore`."""
@@ -323,8 +328,9 @@ class Upstream:
             slot.start = self.clock()  # the rtt leaves the pacing wait out
             # The limit's concurrency leaves out only tasks the pace holds back (see
             # PacingGate.held_back); the gate's own 429 attribution keeps its count.
-            slot.inflight = max(1, self.limiter.inflight - self.gate.held_back)
-            gate_inflight = max(1, self.limiter.inflight - self.gate.waiting)
+            # (fleet: shared_inflight counts the other nodes' attempts too)
+            slot.inflight = max(1, self.limiter.shared_inflight - self.gate.held_back)
+            gate_inflight = max(1, self.limiter.shared_inflight - self.gate.waiting)
             status, headers, body, failure, message = await exchange(
                 self.client, req, self.cfg.timeout)
             info = (parse_rate_limit_headers(headers, self.wall_clock())
@@ -339,7 +345,7 @@ class Upstream:
             # sent later that overtook it).
             with_it = gate_inflight
             if refused:
-                with_it = max(with_it, self.limiter.inflight - self.gate.waiting)
+                with_it = max(with_it, self.limiter.shared_inflight - self.gate.waiting)
             cause = self.gate.on_response(info, status_for_gate, tokens_used(body),
                                           inflight=with_it, started=slot.start,
                                           limit_changed_at=getattr(self.limit, "changed_at",

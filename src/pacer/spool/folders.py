@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import operator
 import os
 import stat
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pacer.spool.access import hand_over, spool_identity
 from pacer.spool.durable import TEMP_NAME, dumps_bytes, fsync_dir, write_durable
@@ -44,9 +45,9 @@ class SpoolLocked(Exception):
     """Another daemon already runs on this spool."""
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A file in incoming/ that looks like a job, as scanned."""
+class Candidate(NamedTuple):
+    """A file in incoming/ that looks like a job, as scanned. (A tuple: a scan of
+    100,000 files makes one each, and a frozen dataclass costs 4x more to make.)"""
 
     name: str
     mtime_ns: int
@@ -141,7 +142,7 @@ class Spool:
                                            "end in .json or .jsonl"))
                 else:
                     jobs.append(Candidate(entry.name, st.st_mtime_ns, st.st_size))
-        jobs.sort(key=lambda c: (c.mtime_ns, c.name))
+        jobs.sort(key=operator.itemgetter(1, 0))  # oldest first, then by name
         return jobs, skipped
 
     def counts(self) -> dict[str, int]:

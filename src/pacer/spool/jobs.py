@@ -14,9 +14,9 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, cast
 from urllib.parse import unquote, urlsplit
 
 from pacer.checks import header_problem
@@ -82,11 +82,13 @@ class _BadLine(Exception):
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _BadLine("invalid_json", f"duplicate key {key!r} in a JSON object")
-        out[key] = value
+    out = dict(pairs)  # in C; only a shorter dict sends us looking for the key
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise _BadLine("invalid_json", f"duplicate key {key!r} in a JSON object")
+            seen.add(key)
     return out
 
 
@@ -131,13 +133,28 @@ def _depth(value: Any, limit: int = _MAX_DEPTH, check_strings: bool = False) -> 
     return deepest
 
 
+# One decoder for every line: json.loads with hooks builds a new one per call.
+_STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates,
+                                   parse_constant=_no_constants, parse_float=_finite_float)
+# The C scanner decode() runs (not in the type stubs): (value, end), or StopIteration.
+_scan_once: Callable[[str, int], tuple[Any, int]] = _STRICT_DECODER.scan_once  # type: ignore[attr-defined]
+
+
 def loads_strict(text: str) -> Any:
     """JSON as the RFC has it: no NaN/Infinity (nor numbers that overflow to it),
     no duplicate keys, no lone surrogates (they cannot be written back as UTF-8),
     bounded depth."""
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
-                           parse_float=_finite_float)
+        text = text.strip(_JSON_WS)
+        if text.startswith("\ufeff"):  # as json.loads: a BOM inside the text is not JSON
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM", text, 0)
+        # scan_once is what decode() calls after its two whitespace regexes.
+        try:
+            value, end = _scan_once(text, 0)
+        except StopIteration as stop:
+            raise json.JSONDecodeError("Expecting value", text, stop.value) from None
+        if end != len(text):
+            raise json.JSONDecodeError("Extra data", text, end)
     except _BadLine:
         raise
     except RecursionError:
@@ -216,14 +233,23 @@ _relative_url_cached = functools.lru_cache(maxsize=1024)(_relative_url)
 
 def parse_request(obj: Any, default_id: str, line: int, view: UpstreamView) -> Request:
     """Validate one decoded request object."""
+    custom_id, method, path, upstream, headers = _checked(obj, default_id, view)
+    return Request(custom_id=custom_id, method=method, url=path, upstream=upstream,
+                   body=obj.get("body"), headers=headers, line=line)
+
+
+def _checked(obj: Any, default_id: str, view: UpstreamView,
+             ) -> tuple[str, str, str, str, dict[str, str]]:
+    """Validate one decoded request object: its custom_id, method, path, upstream
+    and headers (the validation pass needs no Request built)."""
     if not isinstance(obj, dict):
         raise _BadLine("invalid_request", "a request must be a JSON object")
     custom_id = obj.get("custom_id", default_id)
     if not _valid_id(custom_id):
         raise _BadLine("invalid_request",
                        f"custom_id must be a non-empty string (<= {MAX_CUSTOM_ID} chars)")
-    unknown = sorted(set(obj) - REQUEST_KEYS)
-    if unknown:
+    if not REQUEST_KEYS.issuperset(obj):
+        unknown = sorted(set(obj) - REQUEST_KEYS)
         raise _BadLine("invalid_request",
                        f"unknown key(s) {', '.join(map(repr, unknown))}; "
                        f"known: {', '.join(sorted(REQUEST_KEYS))}", custom_id)
@@ -247,7 +273,9 @@ def parse_request(obj: Any, default_id: str, line: int, view: UpstreamView) -> R
     except _BadLine as exc:
         exc.custom_id = custom_id
         raise
-    headers = obj.get("headers", {})
+    if "headers" not in obj:
+        return custom_id, method.upper(), path, upstream, {}
+    headers = obj["headers"]
     if not isinstance(headers, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
     ):
@@ -260,8 +288,7 @@ def parse_request(obj: Any, default_id: str, line: int, view: UpstreamView) -> R
         problem = header_problem(name, value)
         if problem:
             raise _BadLine("invalid_request", problem, custom_id)
-    return Request(custom_id=custom_id, method=method.upper(), url=path, upstream=upstream,
-                   body=obj.get("body"), headers=dict(headers), line=line)
+    return custom_id, method.upper(), path, upstream, dict(headers)
 
 
 def _decode(raw: bytes) -> str:
@@ -272,7 +299,8 @@ def _decode(raw: bytes) -> str:
 
 
 def _valid_id(cid: Any) -> bool:
-    return (isinstance(cid, str) and 0 < len(cid) <= MAX_CUSTOM_ID and _encodable(cid))
+    return (isinstance(cid, str) and 0 < len(cid) <= MAX_CUSTOM_ID
+            and (cid.isascii() or _encodable(cid)))
 
 
 def _guess(text: str, view: UpstreamView) -> tuple[str | None, str | None]:
@@ -297,6 +325,13 @@ class LineReader(Protocol):
 def iter_jsonl(fh: LineReader, stem: str, view: UpstreamView, max_line: int,
                ) -> Iterator[Request | BadRequest]:
     """Stream a ``.jsonl`` job: one Request or BadRequest per non-blank line."""
+    return cast(Iterator[Request | BadRequest], _scan_jsonl(fh, stem, view, max_line, True))
+
+
+def _scan_jsonl(fh: LineReader, stem: str, view: UpstreamView, max_line: int, build: bool,
+                ) -> Iterator[Request | BadRequest | tuple[str, int]]:
+    """One Request (with ``build``; else only its custom_id and line) or BadRequest
+    per non-blank line."""
     line_no = 0
     while True:
         raw = fh.readline(max_line + 1)
@@ -317,13 +352,16 @@ def iter_jsonl(fh: LineReader, stem: str, view: UpstreamView, max_line: int,
             text = _decode(raw).strip(_JSON_WS)
             if not text:
                 continue
-            request = parse_request(loads_strict(text), default_id, line_no, view)
+            obj = loads_strict(text)
+            item: Request | tuple[str, int] = (
+                parse_request(obj, default_id, line_no, view) if build
+                else (_checked(obj, default_id, view)[0], line_no))
         except _BadLine as exc:
             guessed_id, upstream = _guess(text, view) if text else (None, None)
             cid = exc.custom_id or guessed_id or default_id
             yield BadRequest(cid, line_no, exc.code, f"line {line_no}: {exc.message}", upstream)
             continue
-        yield request
+        yield item
 
 
 def read_single(data: bytes, stem: str, view: UpstreamView) -> Request:
@@ -372,18 +410,25 @@ def validate_jsonl(fh: IO[bytes], stem: str, view: UpstreamView, max_line: int) 
     """First pass over a ``.jsonl``: count, and reject what must be rejected whole."""
     summary = JobSummary()
     seen = summary.custom_ids
-    for item in iter_jsonl(fh, stem, view, max_line):
+    for item in _scan_jsonl(fh, stem, view, max_line, False):
+        if isinstance(item, tuple):  # a valid line's custom_id and line number
+            cid, line_no = item
+            if cid in seen:
+                raise JobFileError("duplicate_custom_id",
+                                   f"custom_id {cid!r} appears more than once "
+                                   f"(again on line {line_no})")
+            seen.add(cid)
+            summary.requests += 1
+            continue
+        assert isinstance(item, BadRequest)  # without build, no Request is made
         if item.custom_id in seen:
             raise JobFileError("duplicate_custom_id",
                                f"custom_id {item.custom_id!r} appears more than once "
                                f"(again on line {item.line})")
         seen.add(item.custom_id)
-        if isinstance(item, BadRequest):
-            summary.bad += 1
-            if len(summary.first_errors) < 5:
-                summary.first_errors.append(item.message)
-        else:
-            summary.requests += 1
+        summary.bad += 1
+        if len(summary.first_errors) < 5:
+            summary.first_errors.append(item.message)
     summary.end = fh.tell()
     if summary.requests == 0 and summary.bad == 0:
         raise JobFileError("empty", "the job file has no requests")

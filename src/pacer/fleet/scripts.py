@@ -1,0 +1,259 @@
+"""The fleet's Lua scripts: every step of the shared controller runs atomically in
+Redis, on one clock (Redis ``TIME``, plus a skew that only tests set).
+
+Keys of one fleet key ``K`` (all under the hash tag ``{K}``, so a cluster keeps them
+on one shard):
+
+- ``ctl``    hash: ``limit`` (float, as text), ``epoch``, ``last_decrease``,
+  ``next_probe``, ``probe_at``, ``plateau``, ``rtt_noload`` (ms), ``pause_until``,
+  ``breaker_until``, ``seq`` (lease ids);
+- ``leases`` sorted set: one member per in-flight slot, ``NODE#SEQ``, scored by its
+  expiry (ms); never a counter, so a slot cannot leak: it expires;
+- ``nodes``  sorted set: node name scored by its heartbeat's expiry;
+- ``info``   hash: node name -> ``"demand in_use held"``;
+- ``node:NAME`` set: the lease ids that node holds (so it renews and releases exactly
+  its own); it expires with the node.
+"""
+
+from __future__ import annotations
+
+# One tick of one node: renew, reap, feed the controller, share, grant, pause.
+#
+# KEYS: ctl, leases, nodes, info, mine
+# ARGV: node, demand, in_use, seen_epoch, drops, successes, min_rtt_ms (-1: none),
+#       pause_ms, breaker_ms, ttl_ms, initial_limit, min_limit, max_limit,
+#       seed_limit (0: none), skew_ms, probe_every_ms, state_ttl_ms, decrease,
+#       node_key_prefix (a node's lease set is this plus its name), node_ttl_ms
+# Returns: held, limit (text), epoch, share (-1: all demand met), pause_left_ms,
+#          breaker_left_ms, fleet_inflight (leases), live_nodes, plateau,
+#          rtt_noload (text), cut, used (slots in use over the live nodes)
+TICK = r"""
+local ctl, leases, nodes, info, mine = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local node = ARGV[1]
+local demand = tonumber(ARGV[2])
+local in_use = tonumber(ARGV[3])
+local seen_epoch = tonumber(ARGV[4])
+local drops = tonumber(ARGV[5])
+local oks = tonumber(ARGV[6])
+local rtt = tonumber(ARGV[7])
+local pause_ms = tonumber(ARGV[8])
+local breaker_ms = tonumber(ARGV[9])
+local ttl = tonumber(ARGV[10])
+local lo = tonumber(ARGV[12])
+local hi = tonumber(ARGV[13])
+local seed = tonumber(ARGV[14])
+local probe_every = tonumber(ARGV[16])
+local state_ttl = tonumber(ARGV[17])
+local decrease = tonumber(ARGV[18])
+local node_prefix = ARGV[19]
+local node_ttl = tonumber(ARGV[20])
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[15])
+
+local st = redis.call('HMGET', ctl, 'limit', 'epoch', 'last_decrease', 'next_probe',
+                      'probe_at', 'plateau', 'rtt_noload', 'pause_until', 'breaker_until')
+local limit = tonumber(st[1])
+if not limit then
+  -- A new fleet, or a Redis that lost its data: start from what this node knew.
+  if seed > 0 then limit = seed else limit = tonumber(ARGV[11]) end
+end
+limit = math.min(hi, math.max(lo, limit))
+local epoch = tonumber(st[2]) or 0
+local last_decrease = tonumber(st[3]) or 0
+local next_probe = tonumber(st[4]) or 0
+local probe_at = tonumber(st[5]) or 0
+local plateau = tonumber(st[6]) or 0
+if plateau == 0 and seed > 0 and not tonumber(st[1]) then plateau = math.floor(limit) end
+local rtt_noload = tonumber(st[7]) or -1
+local pause_until = tonumber(st[8]) or 0
+local breaker_until = tonumber(st[9]) or 0
+
+-- The clock went back: no stamp may lie in the future, nothing may stay paused for
+-- longer than it could have been asked for.
+if last_decrease > now then last_decrease = now end
+if probe_at > now then probe_at = now end
+if next_probe > now + probe_every then next_probe = now + probe_every end
+pause_until = math.min(pause_until, now + 600000)
+breaker_until = math.min(breaker_until, now + 600000)
+
+-- Reap expired leases and nodes; none may expire later than one TTL from now.
+redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', leases, '(' .. (now + ttl), '+inf')) do
+  redis.call('ZADD', leases, 'XX', now + ttl, m)
+end
+-- A node not heard from for node_ttl is gone: its leases are freed at once (they
+-- would expire within the lease TTL anyway) and its share goes to the others.
+local gone = redis.call('ZRANGEBYSCORE', nodes, '-inf', now)
+if #gone > 0 then
+  redis.call('ZREMRANGEBYSCORE', nodes, '-inf', now)
+  redis.call('HDEL', info, unpack(gone))
+  for _, g in ipairs(gone) do
+    local theirs = node_prefix .. g
+    for _, m in ipairs(redis.call('SMEMBERS', theirs)) do redis.call('ZREM', leases, m) end
+    redis.call('DEL', theirs)
+  end
+end
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', nodes, '(' .. (now + node_ttl), '+inf')) do
+  redis.call('ZADD', nodes, 'XX', now + node_ttl, m)
+end
+
+-- This node's live leases: one that expired (reaped or not) is not renewed.
+local held = {}
+for _, m in ipairs(redis.call('SMEMBERS', mine)) do
+  local exp = redis.call('ZSCORE', leases, m)
+  if exp and tonumber(exp) > now then
+    held[#held + 1] = m
+  else
+    redis.call('ZREM', leases, m)
+    redis.call('SREM', mine, m)
+  end
+end
+-- Every live node's demand and slots in use, this node's as of now.
+redis.call('ZADD', nodes, now + node_ttl, node)
+redis.call('HSET', info, node, demand .. ' ' .. in_use .. ' ' .. #held)
+local all = redis.call('HGETALL', info)
+local demands = {}
+local used = 0
+for i = 1, #all, 2 do
+  local d, u = string.match(all[i + 1], '^(%d+) (%d+)')
+  demands[#demands + 1] = {tonumber(d) or 0, all[i]}
+  used = used + (tonumber(u) or 0)
+end
+
+-- The controller: one cut per epoch, growth only when the fleet uses the limit
+-- (slots in use, not leases held: a node's pace may leave some of its leases idle).
+if rtt >= 0 then
+  if rtt_noload < 0 or rtt < rtt_noload then
+    rtt_noload = rtt
+  else
+    rtt_noload = rtt_noload + (rtt - rtt_noload) * 0.01  -- re-learned slowly upward
+  end
+end
+local cut = 0
+if drops > 0 and seen_epoch == epoch and now - last_decrease >= math.max(rtt_noload, 0) then
+  -- Congestion at what was in flight: the slots in use, or the leases if more (the
+  -- in-use counts are up to a tick old), never above the limit.
+  local busy = math.max(used, redis.call('ZCARD', leases))
+  local point = math.max(1, math.min(math.floor(limit), busy))
+  if probe_at > 0 and plateau > 0 and math.floor(limit) > plateau then
+    limit = plateau  -- the probe above the plateau was refused: back to the plateau
+  else
+    plateau = math.max(lo, point - 1)
+    limit = math.max(lo, math.min(math.floor(limit * decrease), point - 1))
+  end
+  epoch = epoch + 1
+  last_decrease = now
+  next_probe = now + probe_every
+  probe_at = 0
+  cut = 1
+elseif oks > 0 and used + 1 >= math.floor(limit) then
+  if plateau == 0 then
+    limit = limit + oks                                  -- slow start: x2 per round trip
+  elseif probe_at > 0 then
+    if now - probe_at >= math.max(1000, 4 * rtt_noload) then
+      plateau = math.floor(limit)                        -- the probe held: capacity rose
+      probe_at = 0
+      next_probe = now
+    end
+  elseif limit < plateau then
+    limit = math.min(plateau, limit + oks / limit)       -- back to the plateau: +1 per rtt
+  elseif now >= next_probe then
+    limit = math.floor(limit) + 1                        -- probe one above the plateau
+    probe_at = now
+  end
+  limit = math.min(hi, limit)
+end
+if pause_ms > 0 then pause_until = math.max(pause_until, now + pause_ms) end
+if breaker_ms > 0 then breaker_until = math.max(breaker_until, now + breaker_ms) end
+
+-- Shares follow demand: max-min fair (water-filling) over the live nodes' demands,
+-- in whole slots that add up to the limit. The nodes that want more than the water
+-- level get it, and the slots left over go one each to some of them, in name order
+-- rotated every 10 s.
+table.sort(demands, function(x, y) return x[1] < y[1] or (x[1] == y[1] and x[2] < y[2]) end)
+local cap = math.floor(limit)
+local left = cap
+local want = demand
+local share = -1
+for i, e in ipairs(demands) do
+  local rest = #demands - i + 1
+  if e[1] * rest > left then
+    local level = math.floor(left / rest)
+    local spare = left - level * rest
+    local names = {}
+    for j = i, #demands do names[#names + 1] = demands[j][2] end
+    table.sort(names)
+    local turn = math.floor(now / 10000) % rest
+    for j, n in ipairs(names) do
+      if n == node then
+        local extra = 0
+        if (j - 1 - turn) % rest < spare then extra = 1 end
+        share = level + extra
+        want = math.min(demand, share)
+      end
+    end
+    break
+  end
+  left = left - e[1]
+end
+want = math.max(want, in_use)  -- slots in use are not given up under a request
+
+if #held > want then
+  for i = #held, want + 1, -1 do
+    redis.call('ZREM', leases, held[i])
+    redis.call('SREM', mine, held[i])
+    held[i] = nil
+  end
+elseif #held < want then
+  local add = math.min(want - #held, cap - redis.call('ZCARD', leases))
+  for _ = 1, add do
+    local id = node .. '#' .. redis.call('HINCRBY', ctl, 'seq', 1)
+    redis.call('ZADD', leases, now + ttl, id)
+    redis.call('SADD', mine, id)
+    held[#held + 1] = id
+  end
+end
+for _, m in ipairs(held) do redis.call('ZADD', leases, 'XX', now + ttl, m) end
+redis.call('PEXPIRE', mine, ttl)
+redis.call('HSET', info, node, demand .. ' ' .. in_use .. ' ' .. #held)
+
+redis.call('HSET', ctl, 'limit', tostring(limit), 'epoch', epoch,
+           'last_decrease', last_decrease, 'next_probe', next_probe, 'probe_at', probe_at,
+           'plateau', plateau, 'rtt_noload', tostring(rtt_noload),
+           'pause_until', pause_until, 'breaker_until', breaker_until)
+for _, k in ipairs({ctl, leases, nodes, info}) do redis.call('PEXPIRE', k, state_ttl) end
+
+return {#held, tostring(limit), epoch, share, math.max(0, pause_until - now),
+        math.max(0, breaker_until - now), redis.call('ZCARD', leases),
+        redis.call('ZCARD', nodes), plateau, tostring(rtt_noload), cut, used}
+"""
+
+# A node leaves: it releases exactly its own leases and its place in the shares.
+# KEYS: leases, nodes, info, mine   ARGV: node
+LEAVE = r"""
+local leases, nodes, info, mine = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local ids = redis.call('SMEMBERS', mine)
+for _, m in ipairs(ids) do redis.call('ZREM', leases, m) end
+redis.call('DEL', mine)
+redis.call('ZREM', nodes, ARGV[1])
+redis.call('HDEL', info, ARGV[1])
+return #ids
+"""
+
+# What `pacer status` shows: the shared limit and every live node's share.
+# KEYS: ctl, leases, nodes, info   ARGV: skew_ms
+# Returns: limit (text), epoch, fleet_inflight, {node, "demand in_use held", ...}
+DESCRIBE = r"""
+local ctl, leases, nodes, info = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+local st = redis.call('HMGET', ctl, 'limit', 'epoch')
+local live = redis.call('ZRANGEBYSCORE', nodes, '(' .. now, '+inf')
+local out = {}
+for _, n in ipairs(live) do
+  out[#out + 1] = n
+  out[#out + 1] = redis.call('HGET', info, n) or '0 0 0'
+end
+return {st[1] or '', tonumber(st[2]) or 0, redis.call('ZCOUNT', leases, '(' .. now, '+inf'), out}
+"""

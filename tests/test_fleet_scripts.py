@@ -1,0 +1,234 @@
+"""The fleet's Lua scripts against a real redis-server: leases, shares, the shared
+controller's cuts and growth, pauses, and what expiry and jumps of Redis ``TIME`` do.
+
+Time jumps are made with the store's ``skew_ms`` (added to Redis ``TIME`` inside the
+scripts), so no test sleeps.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fleet_redis import (  # noqa: F401 (fixtures)
+    RedisServer,
+    collect_failed_connections_fixture,
+    redis_fixture,
+    redis_module_fixture,
+)
+from pacer.fleet.store import Bounds, FleetStore, Grant, Report
+
+KEY = "api"
+TTL = 5.0
+
+
+def bounds(initial: int = 1, lo: int = 1, hi: int = 256, probe: float = 5.0) -> Bounds:
+    return Bounds(initial_limit=initial, min_limit=lo, max_limit=hi, lease_ttl=TTL,
+                  probe_interval=probe)
+
+
+def report(node: str, demand: int, in_use: int = 0, *, epoch: int = 0, drops: int = 0,
+           oks: int = 0, rtt: float | None = None, pause: float = 0.0) -> Report:
+    return Report(node=node, demand=demand, in_use=in_use, seen_epoch=epoch, drops=drops,
+                  successes=oks, min_rtt=rtt, pause=pause)
+
+
+async def tick(store: FleetStore, r: Report, b: Bounds | None = None, seed: float = 0.0,
+               skew: float = 0.0) -> Grant:
+    store.skew_ms = round(skew * 1000)
+    return await store.tick(KEY, r, b or bounds(), seed)
+
+
+async def test_first_tick_sets_up_the_limit_and_grants_at_most_the_demand(
+        redis: RedisServer) -> None:
+    async with FleetStore(redis.url) as store:
+        g = await tick(store, report("a", demand=3), bounds(initial=8))
+        assert g.limit == 8 and g.epoch == 0 and g.nodes == 1
+        assert g.held == 3 and g.fleet_inflight == 3
+        g = await tick(store, report("a", demand=20), bounds(initial=8))
+        assert g.held == 8 and g.fleet_inflight == 8
+
+
+async def test_leases_never_exceed_the_limit_and_shares_follow_demand(
+        redis: RedisServer) -> None:
+    b = bounds(initial=8)
+    async with FleetStore(redis.url) as store:
+        a = await tick(store, report("a", demand=50), b)
+        assert a.held == 8
+        bb = await tick(store, report("b", demand=50), b)
+        assert bb.held == 0 and bb.share == 4  # nothing free yet, but a fair share of 4
+        a = await tick(store, report("a", demand=50, in_use=2), b)
+        assert a.held == 4  # a gives back what is above its share and not in use
+        bb = await tick(store, report("b", demand=50), b)
+        assert bb.held == 4 and bb.fleet_inflight == 8
+        # An idle node holds no capacity: its share goes to the one that wants it.
+        bb = await tick(store, report("b", demand=0), b)
+        assert bb.held == 0
+        a = await tick(store, report("a", demand=50, in_use=4), b)
+        assert a.held == 8 and a.share == 8
+
+
+async def test_slots_in_use_are_kept_even_above_the_share(redis: RedisServer) -> None:
+    b = bounds(initial=6)
+    async with FleetStore(redis.url) as store:
+        await tick(store, report("a", demand=6), b)
+        await tick(store, report("b", demand=6), b)
+        a = await tick(store, report("a", demand=6, in_use=6), b)
+        assert a.held == 6  # all six are out: none can be given back yet
+        bb = await tick(store, report("b", demand=6), b)
+        assert bb.held == 0 and bb.fleet_inflight == 6
+
+
+async def test_a_dead_nodes_leases_are_freed_when_its_heartbeat_lapses(
+        redis: RedisServer) -> None:
+    b = bounds(initial=10)
+    async with FleetStore(redis.url) as store:
+        a = await tick(store, report("a", demand=10), b)
+        assert a.held == 10
+        # "a" dies. Just before its heartbeat lapses, "b" gets nothing...
+        bb = await tick(store, report("b", demand=10), b, skew=b.node_ttl - 0.2)
+        assert bb.held == 0 and bb.nodes == 2
+        # ...once it has (well within the lease TTL), "b" gets all, "a" is no node.
+        assert b.node_ttl < TTL
+        bb = await tick(store, report("b", demand=10), b, skew=b.node_ttl + 0.01)
+        assert bb.held == 10 and bb.nodes == 1
+        view = await store.describe(KEY)
+        assert [n.node for n in view.nodes] == ["b"] and view.inflight == 10
+        assert not await store.client.exists([store.keys(KEY).node("a")])
+
+
+async def test_a_lease_renewed_after_expiry_is_not_revived(redis: RedisServer) -> None:
+    b = bounds(initial=4)
+    async with FleetStore(redis.url) as store:
+        await tick(store, report("a", demand=4, in_use=0), b)
+        # "a" was cut off for longer than the TTL; nobody reaped its leases meanwhile.
+        a = await tick(store, report("a", demand=4, in_use=0), b, skew=TTL + 1)
+        # Its expired leases were not renewed: it holds new ones (ids it never had).
+        assert a.held == 4
+        keys = store.keys(KEY)
+        members = await store.client.zrange(keys.leases, 0, -1)
+        assert sorted(m.decode() for m in members) == ["a#5", "a#6", "a#7", "a#8"]
+        # Meanwhile "b" took the capacity: "a" coming back late gets nothing.
+        bb = await tick(store, report("b", demand=4), b, skew=2 * TTL + 2)
+        assert bb.held == 4
+        a = await tick(store, report("a", demand=4), b, skew=2 * TTL + 2.1)
+        assert a.held == 0
+
+
+async def test_one_cut_per_epoch_however_many_nodes_saw_the_drops(
+        redis: RedisServer) -> None:
+    b = bounds(initial=20)
+    async with FleetStore(redis.url) as store:
+        for node in "abcd":
+            await tick(store, report(node, demand=5, in_use=5), b)
+        # All four saw 429s in epoch 0: one cut, not four.
+        g = await tick(store, report("a", demand=5, in_use=5, drops=3), b)
+        assert g.cut and g.epoch == 1 and g.limit == 18  # 20 * 0.9
+        for node in "bcd":
+            g = await tick(store, report(node, demand=5, in_use=5, drops=2), b)
+            assert not g.cut and g.epoch == 1 and g.limit == 18
+        # Drops seen in the new epoch cut again.
+        g = await tick(store, report("b", demand=5, in_use=5, drops=1, epoch=1), b)
+        assert g.cut and g.epoch == 2 and g.limit < 18
+
+
+async def test_the_limit_grows_only_when_the_fleet_uses_it(redis: RedisServer) -> None:
+    b = bounds(initial=4)
+    async with FleetStore(redis.url) as store:
+        for _ in range(5):  # one request at a time: successes, but 1 of 4 slots used
+            g = await tick(store, report("a", demand=1, in_use=1, oks=10, rtt=0.3), b)
+        assert g.limit == 4
+        g = await tick(store, report("a", demand=40, in_use=0), b)
+        g = await tick(store, report("a", demand=40, in_use=4, oks=4, rtt=0.3), b)
+        assert g.limit == 8  # slow start: +1 per success while the fleet is full
+        assert g.rtt_noload == pytest.approx(0.3)
+
+
+async def test_after_a_cut_it_returns_to_the_plateau_and_probes_above_it_rarely(
+        redis: RedisServer) -> None:
+    b = bounds(initial=13, probe=5.0)
+    async with FleetStore(redis.url) as store:
+        await tick(store, report("a", demand=40), b)
+        g = await tick(store, report("a", demand=40, in_use=13, drops=1), b)
+        assert g.cut and g.limit == 11 and g.plateau == 12
+        g = await tick(store, report("a", demand=40, in_use=11, oks=11, rtt=0.3), b, skew=0.4)
+        assert g.limit == 12  # +1 per round trip's worth of successes, up to the plateau
+        g = await tick(store, report("a", demand=40, in_use=12, oks=12, rtt=0.3), b, skew=1)
+        assert g.limit == 12  # held at the plateau...
+        g = await tick(store, report("a", demand=40, in_use=12, oks=12, rtt=0.3), b, skew=5.1)
+        assert g.limit == 13  # ...until the probe interval has passed
+        # A refused probe goes back to the plateau (not 10% below: nothing fell)...
+        g = await tick(store, report("a", demand=40, in_use=13, drops=1, epoch=g.epoch), b,
+                       skew=5.5)
+        assert g.cut and g.limit == 12 and g.plateau == 12
+        # ...and a drop at the plateau itself lowers both.
+        g = await tick(store, report("a", demand=40, in_use=12, drops=1, epoch=g.epoch), b,
+                       skew=6.0)
+        assert g.cut and g.limit == 10 and g.plateau == 11
+
+
+async def test_a_fleet_that_lost_its_state_starts_from_what_a_node_knew(
+        redis: RedisServer) -> None:
+    async with FleetStore(redis.url) as store:
+        g = await tick(store, report("a", demand=40), bounds(initial=1), seed=12.0)
+        assert g.limit == 12 and g.plateau == 12 and g.held == 12
+
+
+async def test_a_joining_node_starts_at_its_share_of_the_learned_limit(
+        redis: RedisServer) -> None:
+    b = bounds(initial=1)
+    async with FleetStore(redis.url) as store:
+        await tick(store, report("a", demand=100), b, seed=12.0)
+        g = await tick(store, report("b", demand=100), b)
+        assert g.limit == 12 and g.share == 6  # not 1: half of what the fleet learned
+        await tick(store, report("a", demand=100, in_use=0), b)
+        g = await tick(store, report("b", demand=100), b)
+        assert g.held == 6
+
+
+async def test_leave_releases_exactly_its_own_leases(redis: RedisServer) -> None:
+    b = bounds(initial=8)
+    async with FleetStore(redis.url) as store:
+        await tick(store, report("a", demand=3), b)
+        await tick(store, report("b", demand=5), b)
+        assert await store.leave(KEY, "a") == 3
+        view = await store.describe(KEY)
+        assert view.inflight == 5 and [(n.node, n.held) for n in view.nodes] == [("b", 5)]
+        assert await store.leave(KEY, "a") == 0
+
+
+async def test_a_pause_seen_by_one_node_pauses_all(redis: RedisServer) -> None:
+    async with FleetStore(redis.url) as store:
+        await tick(store, report("a", demand=1, pause=2.0))
+        g = await tick(store, report("b", demand=1), skew=0.5)
+        assert 1.4 <= g.pause_left <= 1.5
+        g = await tick(store, report("b", demand=1), skew=2.1)
+        assert g.pause_left == 0
+
+
+async def test_redis_time_jumping_back_does_not_keep_leases_or_pauses_alive(
+        redis: RedisServer) -> None:
+    b = bounds(initial=6)
+    async with FleetStore(redis.url) as store:
+        # Everything written while the clock was an hour ahead...
+        await tick(store, report("a", demand=6, pause=30.0), b, skew=3600)
+        # ...after the jump back no lease lasts longer than one TTL from now.
+        g = await tick(store, report("b", demand=6), b)
+        assert g.held == 0 and g.fleet_inflight == 6
+        assert g.pause_left <= 600
+        g = await tick(store, report("b", demand=6), b, skew=b.node_ttl + 0.01)
+        assert g.held == 6  # "a" stopped ticking: gone one node TTL later
+        # A cut is not blocked by a last decrease stamped in the "future".
+        g = await tick(store, report("b", demand=6, in_use=6, drops=1), b, skew=TTL + 0.02)
+        assert g.cut
+
+
+async def test_redis_time_jumping_forward_expires_leases_that_nodes_take_again(
+        redis: RedisServer) -> None:
+    b = bounds(initial=6)
+    async with FleetStore(redis.url) as store:
+        await tick(store, report("a", demand=3), b)
+        await tick(store, report("b", demand=3), b)
+        g = await tick(store, report("a", demand=3, in_use=3), b, skew=3600)
+        assert g.held == 3 and g.fleet_inflight == 3  # b's expired, a's taken again
+        g = await tick(store, report("b", demand=3, in_use=3), b, skew=3600)
+        assert g.held == 3 and g.fleet_inflight == 6
