@@ -25,17 +25,16 @@ for trying the script itself.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import soak
 from soak import Child, pacer_command, start
 
 HERE = Path(__file__).resolve().parent
@@ -47,21 +46,7 @@ POLL_S = 0.01
 
 
 def start_mock(folder: Path) -> tuple[Child, int]:
-    mock = start([sys.executable, "-m", "pacer.mockapi", "--host", "127.0.0.1", "--port", "0",
-                  "--concurrency", str(MOCK_CAP), "--latency", str(MOCK_LATENCY),
-                  "--seed", "1"], folder, "mockapi")
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        for line in mock.stdout.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-                if event.get("event") == "mock_api.listening":
-                    return mock, int(event["port"])
-        if mock.popen.poll() is not None:
-            break
-        time.sleep(0.05)
-    mock.stop()
-    raise SystemExit("the mock API did not start")
+    return soak.start_mock(folder, MOCK_CAP, MOCK_LATENCY)
 
 
 def job_bytes(prefix: str, count: int) -> bytes:

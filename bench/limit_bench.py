@@ -132,7 +132,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,7 +145,7 @@ from pacer.control.aimd import AimdLimit, AimdSettings
 from pacer.control.limit import FixedLimit, Limit, LimitChange
 from pacer.control.pacing import PauseEvent, RateChange
 from pacer.logs import configure_logging
-from pacer.service.http import build_client
+from pacer.service.http import ReleasingStream, build_client
 from pacer.service.upstream import Upstream
 from pacer.spool.jobs import Request
 
@@ -297,26 +297,6 @@ def uses_gate(contender: str) -> bool:
 # ----------------------------------------------------------------------------- client
 
 
-class _ReleasingStream(httpx.AsyncByteStream):
-    """A response body that calls ``release`` once when closed."""
-
-    def __init__(self, inner: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
-        self._inner = inner
-        self._release: Callable[[], None] | None = release
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._inner.aclose()
-        finally:
-            if self._release is not None:
-                self._release()
-                self._release = None
-
-
 class FreeListTransport(httpx.AsyncBaseTransport):
     """One keep-alive connection per request in flight, taken from a free list.
 
@@ -360,7 +340,7 @@ class FreeListTransport(httpx.AsyncBaseTransport):
             raise
         assert isinstance(response.stream, httpx.AsyncByteStream)
         return httpx.Response(response.status_code, headers=response.headers,
-                              stream=_ReleasingStream(response.stream,
+                              stream=ReleasingStream(response.stream,
                                                       lambda: self._idle.append(transport)),
                               extensions=response.extensions)
 

@@ -95,9 +95,10 @@ def start(argv: list[str], folder: Path, label: str) -> Child:
     return Child(popen, out, [fo, fe])
 
 
-def start_mock(folder: Path) -> tuple[Child, int]:
+def start_mock(folder: Path, cap: int = MOCK_CAP,
+               latency: float = MOCK_LATENCY) -> tuple[Child, int]:
     mock = start([sys.executable, "-m", "pacer.mockapi", "--host", "127.0.0.1", "--port", "0",
-                  "--concurrency", str(MOCK_CAP), "--latency", str(MOCK_LATENCY),
+                  "--concurrency", str(cap), "--latency", str(latency),
                   "--seed", "1"], folder, "mockapi")
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

@@ -30,7 +30,7 @@ SHARD_CONNECTIONS = 1
 SHARD_CONNECTIONS_HTTP2 = 32
 
 
-class _ReleasingStream(httpx.AsyncByteStream):
+class ReleasingStream(httpx.AsyncByteStream):
     """A response body that gives its pool's place back once, when closed."""
 
     def __init__(self, inner: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
@@ -89,7 +89,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             self._release(index, placed)
         else:
             assert isinstance(response.stream, httpx.AsyncByteStream)
-            response.stream = _ReleasingStream(response.stream,
+            response.stream = ReleasingStream(response.stream,
                                                lambda: self._release(index, placed))
         return response
 
