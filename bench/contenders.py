@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 
-from pacer.control.limit import HookList, LimitChange, LimitHook, Outcome, Sample
+from pacer.control.limit import HookedLimit, HookList, LimitChange, Outcome, Sample
 
 __all__ = ["Gradient2Limit", "VectorArcLimit"]
 
@@ -51,7 +51,7 @@ class _EwmaVar:
         self.variance = (1.0 - self.alpha) * (self.variance + diff * increment)
 
 
-class VectorArcLimit:
+class VectorArcLimit(HookedLimit):
     """Vector's ARC controller (see the module docstring)."""
 
     def __init__(self, *, initial_limit: int = 1, max_limit: int = 200,
@@ -68,16 +68,6 @@ class VectorArcLimit:
         self._back_pressure = False
         self._reached_limit = False
         self._hooks = HookList()
-
-    @property
-    def limit(self) -> int:
-        return self._limit
-
-    def subscribe(self, hook: LimitHook) -> None:
-        self._hooks.subscribe(hook)
-
-    def unsubscribe(self, hook: LimitHook) -> None:
-        self._hooks.unsubscribe(hook)
 
     def on_sample(self, sample: Sample) -> int:
         now = sample.start + sample.rtt
@@ -124,7 +114,7 @@ class VectorArcLimit:
         self._hooks.emit(LimitChange(old, new, reason, sample.inflight, sample.rtt, now))
 
 
-class Gradient2Limit:
+class Gradient2Limit(HookedLimit):
     """Netflix's Gradient2 limit (see the module docstring)."""
 
     def __init__(self, *, initial_limit: int = 1, min_limit: int = 1, max_limit: int = 200,
@@ -141,16 +131,6 @@ class Gradient2Limit:
         self._long_count = 0
         self._warmup = 10
         self._hooks = HookList()
-
-    @property
-    def limit(self) -> int:
-        return self._limit
-
-    def subscribe(self, hook: LimitHook) -> None:
-        self._hooks.subscribe(hook)
-
-    def unsubscribe(self, hook: LimitHook) -> None:
-        self._hooks.unsubscribe(hook)
 
     def _add_long(self, rtt: float) -> float:
         self._long_count += 1

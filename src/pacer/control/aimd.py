@@ -68,7 +68,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from pacer.control.failure_levels import FailureLevels
-from pacer.control.limit import HookList, LimitChange, LimitHook, Outcome, Sample
+from pacer.control.limit import HookedLimit, HookList, LimitChange, Outcome, Sample
 
 __all__ = ["PACED", "AimdLimit", "AimdSettings", "Phase"]
 
@@ -205,7 +205,7 @@ def _memory(weight: float) -> int:
     return math.ceil((2.0 - weight) / weight - 1e-9)
 
 
-class AimdLimit:
+class AimdLimit(HookedLimit):
     """The adaptive concurrency limit (see the module docstring)."""
 
     def __init__(self, settings: AimdSettings | None = None) -> None:
@@ -280,16 +280,6 @@ class AimdLimit:
         return cls(dataclasses.replace(settings, **tuning))
 
     # ---- the Limit protocol
-
-    @property
-    def limit(self) -> int:
-        return self._limit
-
-    def subscribe(self, hook: LimitHook) -> None:
-        self._hooks.subscribe(hook)
-
-    def unsubscribe(self, hook: LimitHook) -> None:
-        self._hooks.unsubscribe(hook)
 
     def on_sample(self, sample: Sample) -> int:
         now = sample.start + sample.rtt

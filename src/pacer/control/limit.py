@@ -90,7 +90,25 @@ class HookList:
             hook(change)
 
 
-class FixedLimit:
+class HookedLimit:
+    """The read side every limit shares: its current value and its change hooks
+    (subclasses set ``_limit`` and ``_hooks`` and emit through ``_hooks``)."""
+
+    _limit: int
+    _hooks: HookList
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    def subscribe(self, hook: LimitHook) -> None:
+        self._hooks.subscribe(hook)
+
+    def unsubscribe(self, hook: LimitHook) -> None:
+        self._hooks.unsubscribe(hook)
+
+
+class FixedLimit(HookedLimit):
     """A limit that moves only when told to (the baseline of benchmarks and tests)."""
 
     def __init__(self, limit: int) -> None:
@@ -99,18 +117,8 @@ class FixedLimit:
         self._limit = limit
         self._hooks = HookList()
 
-    @property
-    def limit(self) -> int:
-        return self._limit
-
     def on_sample(self, sample: Sample) -> int:
         return self._limit
-
-    def subscribe(self, hook: LimitHook) -> None:
-        self._hooks.subscribe(hook)
-
-    def unsubscribe(self, hook: LimitHook) -> None:
-        self._hooks.unsubscribe(hook)
 
     def set(self, value: int, at: float, reason: str = "set") -> None:
         """Move the limit by hand (an operator, or a benchmark's oracle that knows
