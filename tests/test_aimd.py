@@ -320,6 +320,9 @@ def test_a_successful_probe_steps_further_not_slow_start() -> None:
     assert (limit.limit, limit.phase) == (11, "probe")
     seen = [limit.limit]
     for _ in range(4):
+        # A step is judged on the round trip after the one that met the old queue.
+        t = send_round(limit, t)
+        assert limit.limit == seen[-1]
         t = send_round(limit, t)  # a clean round trip at the probe limit
         seen.append(limit.limit)
     # Steps 1, 2, 4, 8, then at most half the plateau; each clean level is held.
@@ -341,6 +344,7 @@ def test_a_failed_first_probe_falls_back_and_waits_longer() -> None:
     # A step after a clean probe that fails keeps the probe's gain.
     t = rounds(limit, t, 6)
     assert limit.limit == 11
+    t = send_round(limit, t)  # met the plateau's queue: not judged yet
     t = send_round(limit, t)
     assert limit.limit == 13
     limit.on_sample(drop(t, 13))
@@ -499,6 +503,8 @@ def test_a_probe_that_only_adds_latency_fails() -> None:
     limit.on_sample(drop(0.0, 11))
     t = rounds(limit, 0.125, 3)
     assert (limit.limit, limit.phase) == (11, "probe")
+    t = send_round(limit, t)  # met the plateau's queue: not judged
+    assert (limit.limit, limit.phase) == (11, "probe")
     t = send_round(limit, t, rtt=RTT * 11 / 10)  # 10 % more in flight, 10 % slower
     assert (limit.limit, limit.phase) == (10, "steady")
     assert rec.reasons()[-1] == "latency"
@@ -506,7 +512,7 @@ def test_a_probe_that_only_adds_latency_fails() -> None:
     limit2, _ = make(initial_limit=11, latency_tolerance=1.25, max_probe_interval=100.0)
     limit2.on_sample(drop(0.0, 11))
     t = rounds(limit2, 0.125, 3)
-    send_round(limit2, t)
+    send_round(limit2, send_round(limit2, t))
     assert (limit2.limit, limit2.phase) == (13, "probe")
 
 
@@ -570,7 +576,7 @@ def test_probe_steps_scale_with_the_limit() -> None:
     limit, rec = steady_at(320, max_probe_interval=100.0, max_limit=1024)
     t = rounds(limit, 0.125, 3)
     assert (limit.limit, limit.phase) == (330, "probe")  # +10, not +1
-    t = rounds(limit, t, 1)
+    t = rounds(limit, t, 2)  # (the first round trip met the plateau's queue)
     assert limit.limit == 350  # the step ran clean: the next one doubles
     assert rec.reasons() == ["probe", "probe"]
 

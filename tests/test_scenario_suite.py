@@ -17,8 +17,6 @@ import trio.testing
 from scenarios import CONTENDERS, SCENARIOS, Scenario, run_virtual
 
 NOT_YET = {
-    "slow-link": "slow start overshoots to 16 before its full-pipe test ends it; the drain"
-                 " and probes to 3-4 leave 4.4-4.5 in flight on average (target <= 2.5)",
     # Spread: the same scenario lands in different places from run to run (Trio
     # shuffles the order of tasks woken together), inside the band in most runs.
     "outage-1s": "1 run in 5 finds the recovery late (1.85x the oracle; band 1.7x)",

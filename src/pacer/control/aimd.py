@@ -12,6 +12,10 @@ It learns the fastest safe concurrency of an upstream that never says its limit.
    :data:`PACED`) never grows it: then the pace binds, not the limit. Slow start ends
    at the first congestion signal, just below the concurrency that was refused
    (``inflight - 1``, never below half): everything under it was just accepted.
+   A round whose mean rtt grew in proportion to the concurrency it added (past
+   half of it, beyond the noise of the rtts within rounds, pooled) is a pure queue
+   (a slow link): slow start ends there (``latency``), one round after the queue
+   began, not three (the full-pipe test).
 2. **Congestion** is a drop (429, 503, timeout, connection error: the change's reason)
    or queueing (point 5). A burst of drops is one signal: drops of attempts sent
    before (or as) the last decrease was made are ignored, so each decrease rests on
@@ -31,7 +35,9 @@ It learns the fastest safe concurrency of an upstream that never says its limit.
    +1 (``"probe"``). A failed probe returns to the plateau and doubles the clean
    round trips needed before the next; a probe is still due every
    ``max_probe_interval`` seconds (but never before ``probe_rounds`` round trips), so
-   a capacity rise is found within seconds. A probe that ran a clean, used round trip
+   a capacity rise is found within seconds. A step is judged on its attempts sent
+   a smoothed rtt after it (those sent at once met the old queue: on a slow link
+   the first takes the old rtt). A probe that ran a clean, used round trip
    means the capacity rose: that limit becomes the plateau and the next probe, at
    once, steps twice as far (1, 2, 4, ... but at most half the plateau), until one
    fails and the limit falls back to the last plateau that ran clean. (Resuming
@@ -42,7 +48,9 @@ It learns the fastest safe concurrency of an upstream that never says its limit.
    ``min_rtt_window`` seconds, of a 4x slower EWMA of the same samples (a minimum of
    noisy values is biased low), seeded by slow start's first 16 samples; old values
    expire, so it cannot go stale. The smoothed rtt above ``latency_tolerance``
-   x the no-load rtt is queueing (Vegas/Gradient): checked on every sample in slow
+   x the no-load rtt, by more than the noise of both (until the window has a
+   value, the no-load rtt is slow start's lowest round mean, as noisy as its few
+   rtts), is queueing (Vegas/Gradient): checked on every sample in slow
    start (growth outruns a round trip), at the end of the probe's round trip, and for
    two round trips in a row at the plateau (noise must not cut a limit that does not
    queue). The cut, reason ``latency``, goes to the delivered rate x the no-load rtt
@@ -114,6 +122,12 @@ _DEV_TO_SD: Final = 1.25
 # A probe fails when its round's rtt grew by more than this share of the relative
 # concurrency it added (a pure queue: the whole share; no queue: none).
 _PROBE_RTT_SHARE: Final = 0.5
+# Slow start's round delay test judges a round on at least this many rtts.
+_ROUND_TEST_SAMPLES: Final = 4
+# ... and only when its concurrency grew by this share over the last round's (a
+# round that added little shows the bias of its few, early, short answers more than
+# what the step bought).
+_ROUND_TEST_GROWTH: Final = 0.5
 # A probe series starts with a step of the limit over this (at least 1).
 _FIRST_STEP_DIVISOR: Final = 32
 
@@ -194,10 +208,14 @@ class _Moments:
         return self.total / self.count
 
     @property
+    def deviations(self) -> float:
+        """Sum of the squared deviations from the mean."""
+        return max(0.0, self.squares - self.total * self.total / self.count)
+
+    @property
     def stderr(self) -> float:
         n = self.count
-        variance = max(0.0, (self.squares - self.total * self.total / n) / (n - 1))
-        return math.sqrt(variance / n)
+        return math.sqrt(self.deviations / (n - 1) / n)
 
 
 def _memory(weight: float) -> int:
@@ -236,13 +254,22 @@ class AimdLimit(HookedLimit):
         self._round_done = 0  # successes within this round
         self._round_rtt_sum = 0.0  # ... and their rtts
         self._round_fresh = _Moments()  # ... of those sent since the last decrease
+        self._round_fresh_inflight = _Moments()  # ... and their concurrency
+        # Slow start's previous round (fresh rtts, their concurrency): its delay test.
+        self._prev_round: tuple[_Moments, _Moments] | None = None
+        # Squared deviations of slow start's rtts from their round's mean, and their
+        # degrees of freedom: the rtt's spread at a given concurrency, pooled (a
+        # round of 3 heavy-tailed rtts may show almost none).
+        self._ss_spread = 0.0
+        self._ss_spread_df = 0
         self._round_limit = s.initial_limit
         self._ss_best_rate = 0.0  # the best delivered rate of a slow-start round
         self._ss_min_rtt = math.inf  # the lowest round-mean rtt in slow start
+        self._ss_min_rtt_count = 0  # ... and how many rtts that mean took
         self._ss_stalls = 0
-        # rtts of the successes sent since the last probe step began
+        # rtts of the successes sent once the last probe step had settled
         self._probe_rtts = _Moments()
-        self._probe_started_at = -math.inf
+        self._probe_settled_at = -math.inf
         # A limit that ran clean before failures cut it: probes double back to it.
         self._regrow_to = 0
         self._rttdev = 0.0  # mean deviation of the rtt samples (EWMA)
@@ -402,7 +429,8 @@ class AimdLimit(HookedLimit):
         self._round_rtt_sum += sample.rtt
         if fresh:
             self._round_fresh.add(sample.rtt)
-        if (self._phase == "probe" and sample.start >= self._probe_started_at
+            self._round_fresh_inflight.add(sample.inflight)
+        if (self._phase == "probe" and sample.start >= self._probe_settled_at
                 and sample.inflight >= self._limit):
             self._probe_rtts.add(sample.rtt)  # it ran at the probe's concurrency
         if self._phase == "slow_start" and fresh and self._queueing():
@@ -437,6 +465,11 @@ class AimdLimit(HookedLimit):
     def _end_round(self, sample: Sample, now: float) -> None:
         s = self.settings
         used = self._round_max_inflight >= self._limit
+        if self._phase == "slow_start" and self._round_only_queued():
+            # The round's rtt grew in proportion to the concurrency added: a queue
+            # (a slow link), however fast the rate still seems to grow.
+            self._congestion("latency", sample, now, self._limit)
+            return
         if self._phase == "slow_start" and self._pipe_full(now):
             # The delivered rate stopped growing while the limit doubled: whatever
             # lies past it (drops that only time out later, a link or a knee that
@@ -512,7 +545,17 @@ class AimdLimit(HookedLimit):
         if tolerance is None or base is None or not self._warm():
             return False
         assert self._srtt is not None
-        return self._srtt > tolerance * base + _NOISE_Z * self._srtt_noise()
+        noise = math.hypot(self._srtt_noise(), tolerance * self._base_noise())
+        return self._srtt > tolerance * base + _NOISE_Z * noise
+
+    def _base_noise(self) -> float:
+        """Standard error of the no-load rtt while it is still slow start's lowest
+        round mean: a round of three heavy-tailed rtts (the first answers back, the
+        short ones) may be half the true mean, and read every later rtt as queued.
+        The windowed baseline (a warm slow EWMA) counts as exact."""
+        if self._baseline or not math.isfinite(self._ss_min_rtt):
+            return 0.0
+        return _DEV_TO_SD * self._rttdev / math.sqrt(self._ss_min_rtt_count)
 
     def _sample_queued(self, sample: Sample) -> bool:
         """Did this one attempt queue: its rtt past the tolerance over the no-load
@@ -542,6 +585,29 @@ class AimdLimit(HookedLimit):
         step = (self._limit - self._probe_base) / self._probe_base
         allowed = ref * (1.0 + _PROBE_RTT_SHARE * step)
         return rtts.mean > allowed + _NOISE_Z * rtts.stderr
+
+    def _round_only_queued(self) -> bool:
+        """Slow start's delay test per round (HyStart's, made proportional): did this
+        round's attempts take longer than the last round's in proportion to the
+        concurrency added? Rate = concurrency / rtt (Little's law): an rtt that grows
+        by past ``_PROBE_RTT_SHARE`` of the relative growth, by more than twice the
+        noise of both means, delivered little of the growth: a queue. The noise is
+        the spread of rtts within slow start's rounds, pooled: a round of three
+        heavy-tailed rtts may by chance show none. (The per-sample test misses a
+        ramp: the rtt's spread across rounds grows with it; the full-pipe test needs
+        three rounds, a doubling each.)"""
+        prev, rtts, inflight = self._prev_round, self._round_fresh, self._round_fresh_inflight
+        if (self.settings.latency_tolerance is None or prev is None
+                or rtts.count < _ROUND_TEST_SAMPLES):
+            return False
+        growth = inflight.mean / prev[1].mean - 1.0
+        df = self._ss_spread_df + rtts.count - 1
+        if growth < _ROUND_TEST_GROWTH or df < _ROUND_TEST_SAMPLES:
+            return False
+        variance = (self._ss_spread + rtts.deviations) / df
+        factor = 1.0 + _PROBE_RTT_SHARE * growth
+        noise = math.sqrt(variance * (1.0 / rtts.count + factor * factor / prev[0].count))
+        return rtts.mean > factor * prev[0].mean + _NOISE_Z * noise
 
     def _record_baseline(self, now: float, rtt: float) -> None:
         window = self._baseline
@@ -637,11 +703,16 @@ class AimdLimit(HookedLimit):
         self._change(new, reason, sample, now)
 
     def _new_round(self, now: float) -> None:
+        if self._phase == "slow_start" and self._round_fresh.count:
+            self._prev_round = (self._round_fresh, self._round_fresh_inflight)
+            self._ss_spread += self._round_fresh.deviations
+            self._ss_spread_df += self._round_fresh.count - 1
         self._round_start = now
         self._round_max_inflight = 0
         self._round_done = 0
         self._round_rtt_sum = 0.0
         self._round_fresh = _Moments()
+        self._round_fresh_inflight = _Moments()
         self._round_limit = self._limit
 
     def _pipe_full(self, now: float) -> bool:
@@ -656,7 +727,9 @@ class AimdLimit(HookedLimit):
                 or 2 * self._round_max_inflight < self._round_limit
                 or self._limit <= self._round_limit):
             return False  # not used, or the limit did not grow: no test of the pipe
-        self._ss_min_rtt = min(self._ss_min_rtt, self._round_rtt_sum / self._round_done)
+        round_rtt = self._round_rtt_sum / self._round_done
+        if round_rtt < self._ss_min_rtt:
+            self._ss_min_rtt, self._ss_min_rtt_count = round_rtt, self._round_done
         rate = self._round_done / span
         if rate >= _PIPE_GROWTH * self._ss_best_rate:
             self._ss_best_rate = rate
@@ -671,7 +744,10 @@ class AimdLimit(HookedLimit):
         if new == old:
             return
         if reason == "probe":
-            self._probe_started_at = now
+            # Attempts sent within a smoothed rtt of the step met the queue of the
+            # attempts sent before it (on a slow link the first takes the old rtt):
+            # the step is judged on those sent once they left.
+            self._probe_settled_at = now + (self._srtt or 0.0)
             self._probe_rtts = _Moments()
         self._limit = new
         self._changed_at = now
