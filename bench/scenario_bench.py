@@ -17,6 +17,12 @@ client received them, over the scenario's steady part, as a share of its capacit
 in flight is the client's attempts on the wire, time-weighted; rtts are per attempt.
 Every run prints one line; ``--runs`` repeats each (the spread is reported), and the
 machine's load average is printed with each line.
+
+``--answer-cpu MS`` makes pacer's own CPU busy: each answer costs the sending task MS
+ms of CPU (a busy loop, as parsing and bookkeeping hundreds of answers a second on
+two cores is), during which no other task runs. Pacer's sender measures its loop's
+lag (``pacer.service.loop_lag``, as the daemon does) and its limit judges the rtt
+net of it; ``--no-lag`` leaves the lag in the rtt, for comparison.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import os
 import random
 import statistics
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +60,7 @@ from scenarios import (
 )
 
 from pacer.config import UpstreamConfig
+from pacer.service.loop_lag import LoopLag
 from pacer.service.upstream import Upstream
 from pacer.spool.jobs import Request
 
@@ -85,11 +93,22 @@ def mock_args(b: Behaviour, seed: int) -> list[str]:
     return args
 
 
-async def run_real(scenario: Scenario, contender: str, seed: int) -> Outcome:
+def burn(seconds: float) -> None:
+    """Hold the CPU (and the event loop) for ``seconds``."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+async def run_real(scenario: Scenario, contender: str, seed: int, answer_cpu: float = 0.0,
+                   measure_lag: bool = True) -> Outcome:
     proc, port, t0 = await _start_mock(mock_args(scenario.behaviour, seed))
+    lag = LoopLag()
+    lag.install()
     attempts: list[tuple[float, float, int | None]] = []
     samples: list[tuple[float, int]] = []
     answers: list[bool] = []
+    cuts: list[int] = []
     try:
         cfg = UpstreamConfig(name="default", base_url=f"http://127.0.0.1:{port}",
                              initial_limit=1, max_attempts=1000, retry_base_delay=0.05,
@@ -103,6 +122,8 @@ async def run_real(scenario: Scenario, contender: str, seed: int) -> Outcome:
                 try:
                     response = await super().handle_async_request(request)
                     status = response.status_code
+                    if answer_cpu:
+                        burn(answer_cpu)
                     return response
                 finally:
                     attempts.append((start, trio.current_time() - t0, status))
@@ -112,7 +133,10 @@ async def run_real(scenario: Scenario, contender: str, seed: int) -> Outcome:
                                    transport=Recording())
         async with client:
             up = Upstream(cfg, client, rng=random.Random(seed),
-                          limit=make_limit(contender, scenario))  # type: ignore[arg-type]
+                          limit=make_limit(contender, scenario),  # type: ignore[arg-type]
+                          loop_lag=lag.task_lag if measure_lag else None)
+            up.limit.subscribe(lambda c: cuts.append(c.new_limit) if (
+                c.reason == "latency" and c.new_limit < c.old_limit) else None)
             ids = itertools.count()
             budget = itertools.count()
             body = {"model": "bench", "messages": [{"role": "user", "content": "hi"}]}
@@ -150,6 +174,7 @@ async def run_real(scenario: Scenario, contender: str, seed: int) -> Outcome:
                             work.start_soon(worker)
                     outer.cancel_scope.cancel()
     finally:
+        lag.uninstall()
         await _stop_mock(proc)
     end = trio.current_time() - t0
     lo, hi = ((scenario.steady_from, scenario.duration) if scenario.requests is None
@@ -168,7 +193,8 @@ async def run_real(scenario: Scenario, contender: str, seed: int) -> Outcome:
         mean_rtt=statistics.fmean(rtts) if rtts else None,
         p90_rtt=rtts[int(0.9 * (len(rtts) - 1))] if rtts else None,
         failed=sum(1 for good in answers if not good), duration=end,
-        duration_ratio=None if oracle_time is None else end / oracle_time)
+        duration_ratio=None if oracle_time is None else end / oracle_time,
+        latency_cuts=len(cuts))
 
 
 def _line(o: Outcome, bands: Bands | None) -> str:
@@ -179,17 +205,19 @@ def _line(o: Outcome, bands: Bands | None) -> str:
     return (f"{o.scenario:28} {o.contender:10} goodput {goodput:>7} 429s {o.share_429:6.2%} "
             f"in flight {o.mean_inflight:5.1f} rtt {o.mean_rtt or 0:5.2f}x "
             f"p90 {o.p90_rtt or 0:5.2f}x time {ratio:>6} failed {o.failed} "
+            f"latency cuts {o.latency_cuts} "
             f"load {os.getloadavg()[0]:.2f} {misses}")
 
 
 async def bench(names: Sequence[str], contenders: Sequence[str], runs: int,
-                seed: int) -> list[dict[str, Any]]:
+                seed: int, answer_cpu: float = 0.0,
+                measure_lag: bool = True) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for name in names:
         scenario = by_name(name)
         for contender in contenders:
             for run in range(runs):
-                o = await run_real(scenario, contender, seed + run)
+                o = await run_real(scenario, contender, seed + run, answer_cpu, measure_lag)
                 print(_line(o, scenario.bands if contender == "pacer" else None), flush=True)
                 out.append({**dataclasses.asdict(o), "load": os.getloadavg()[0]})
     return out
@@ -202,10 +230,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--answer-cpu", type=float, default=0.0, metavar="MS",
+                        help="CPU ms each answer costs the sender (a busy loop)")
+    parser.add_argument("--no-lag", action="store_true",
+                        help="leave the loop's lag in the rtt the limit judges")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     names = args.scenario or [s.name for s in SCENARIOS]
-    results = trio.run(bench, names, args.contender or list(CONTENDERS), args.runs, args.seed)
+    results = trio.run(bench, names, args.contender or list(CONTENDERS), args.runs, args.seed,
+                       args.answer_cpu / 1000.0, not args.no_lag)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

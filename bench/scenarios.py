@@ -358,6 +358,7 @@ class Outcome:
     failed: int
     duration: float  # seconds the run took (fixed work: until all answered)
     duration_ratio: float | None  # x the oracle's time, for a fixed amount of work
+    latency_cuts: int | None = None  # decreases of the limit for latency, if counted
 
     def misses(self, bands: Bands) -> list[str]:
         """The bands this run misses, as readable strings (empty: all met)."""

@@ -411,7 +411,7 @@ class AimdLimit(HookedLimit):
     def _on_success(self, sample: Sample, now: float) -> None:
         fresh = sample.start > self._last_decrease_at
         if fresh:
-            self._observe_rtt(sample.rtt)
+            self._observe_rtt(sample.upstream_rtt)
         self._completions.append(now)
         if self._srtt is not None:
             # Enough history for the rate windows of a latency cut.
@@ -426,13 +426,13 @@ class AimdLimit(HookedLimit):
             # few of its bunch in flight.
             self._round_max_inflight = max(self._round_max_inflight, sample.inflight)
         self._round_done += 1
-        self._round_rtt_sum += sample.rtt
+        self._round_rtt_sum += sample.upstream_rtt
         if fresh:
-            self._round_fresh.add(sample.rtt)
+            self._round_fresh.add(sample.upstream_rtt)
             self._round_fresh_inflight.add(sample.inflight)
         if (self._phase == "probe" and sample.start >= self._probe_settled_at
                 and sample.inflight >= self._limit):
-            self._probe_rtts.add(sample.rtt)  # it ran at the probe's concurrency
+            self._probe_rtts.add(sample.upstream_rtt)  # it ran at the probe's concurrency
         if self._phase == "slow_start" and fresh and self._queueing():
             # Growth outruns a round-end check: test the queueing on every sample.
             self._congestion("latency", sample, now, self._limit)
@@ -565,7 +565,7 @@ class AimdLimit(HookedLimit):
         tolerance, base = self.settings.latency_tolerance, self.min_rtt
         if tolerance is None or base is None or not self._warm():
             return False
-        return sample.rtt > tolerance * base + _NOISE_Z * _DEV_TO_SD * self._rttdev
+        return sample.upstream_rtt > tolerance * base + _NOISE_Z * _DEV_TO_SD * self._rttdev
 
     def _srtt_noise(self) -> float:
         """Standard deviation of the smoothed rtt: an EWMA of weight w has the

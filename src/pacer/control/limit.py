@@ -29,7 +29,9 @@ class Sample:
     ``start`` and ``rtt`` are seconds on the caller's monotonic clock; ``inflight``
     is the number of attempts in flight when this one started (itself included);
     ``reason`` says why an attempt was dropped (``rate_limited``, ``timeout``,
-    ``server_error``, ``connection``) and is ``ok`` otherwise.
+    ``server_error``, ``connection``) and is ``ok`` otherwise. ``lag`` is the part
+    of ``rtt`` that was the caller's own lateness (its event loop busy when the
+    answer came), measured by the caller: the upstream did not add it.
     """
 
     start: float
@@ -37,6 +39,13 @@ class Sample:
     inflight: int
     outcome: Outcome
     reason: str = "ok"
+    lag: float = 0.0
+
+    @property
+    def upstream_rtt(self) -> float:
+        """The rtt net of the caller's own lag: what the upstream's latency signal
+        may judge."""
+        return max(0.0, self.rtt - self.lag)
 
 
 @dataclass(frozen=True, slots=True)

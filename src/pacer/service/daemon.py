@@ -33,6 +33,7 @@ from pacer.logs import configure_logging
 from pacer.service.disk import DiskTrouble
 from pacer.service.intake import Intake
 from pacer.service.job_runner import Job, JobRunner
+from pacer.service.loop_lag import LoopLag
 from pacer.service.memory import LearnedStore
 from pacer.service.metrics import Metrics
 from pacer.service.pool import UpstreamPool
@@ -77,7 +78,10 @@ class Daemon:
                              drain=drain)
         self.memory = LearnedStore(self.spool.root)
         self.metrics = Metrics(lambda: self.reporter.last, folders=self.spool.counts)
-        self.pool = UpstreamPool(clients, self.metrics.observe_attempt)
+        # The loop's own lateness, taken off every rtt the limits judge.
+        self.loop_lag = LoopLag()
+        self.pool = UpstreamPool(clients, self.metrics.observe_attempt,
+                                 self.loop_lag.task_lag)
         self.scheduler = FairScheduler(self._send, self.pool.load,
                                        config.daemon.max_pending_requests)
         self.runner = JobRunner(spool=self.spool, config=lambda: self.config,
@@ -114,6 +118,7 @@ class Daemon:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
         await trio.to_thread.run_sync(self.spool.ensure)
         self.spool.lock()
+        self.loop_lag.install()
         try:
             removed = await trio.to_thread.run_sync(self.spool.remove_stale_temps)
             if removed:
@@ -157,6 +162,7 @@ class Daemon:
                 services.cancel_scope.cancel()
         finally:
             await self.pool.aclose()
+            self.loop_lag.uninstall()
             self.spool.unlock()
             self.notifier.close()
             with trio.CancelScope(shield=True):

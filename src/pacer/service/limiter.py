@@ -20,13 +20,25 @@ from pacer.control.limit import Limit, LimitChange, Outcome, Sample
 class Attempt:
     """One slot held under the limiter; record its outcome once."""
 
-    __slots__ = ("_done", "_limiter", "inflight", "start")
+    __slots__ = ("_done", "_lag_at_start", "_limiter", "_start", "inflight")
 
     def __init__(self, limiter: Limiter, start: float, inflight: int) -> None:
         self._limiter = limiter
         self._done = False
         self.start = start
         self.inflight = inflight
+
+    @property
+    def start(self) -> float:
+        return self._start
+
+    @start.setter
+    def start(self, at: float) -> None:
+        """When the attempt started (the caller may restamp it, e.g. after a pacing
+        wait); the loop lag it carries is counted from the same moment."""
+        self._start = at
+        lag = self._limiter.lag
+        self._lag_at_start = 0.0 if lag is None else lag()
 
     def success(self) -> None:
         self._finish(Outcome.SUCCESS, "ok")
@@ -49,12 +61,14 @@ class Attempt:
             return
         self._done = True
         now = self._limiter.clock()
+        lag = self._limiter.lag
         sample = Sample(
             start=self.start,
             rtt=now - self.start,
             inflight=self.inflight,
             outcome=outcome,
             reason=reason,
+            lag=0.0 if lag is None else max(0.0, lag() - self._lag_at_start),
         )
         self._limiter.limit.on_sample(sample)
         for listener in self._limiter.sample_listeners:  # fleet: the shared controller
@@ -64,9 +78,14 @@ class Attempt:
 class Limiter:
     """Admits at most ``limit.limit`` concurrent attempts."""
 
-    def __init__(self, limit: Limit, clock: Callable[[], float] = trio.current_time) -> None:
+    def __init__(self, limit: Limit, clock: Callable[[], float] = trio.current_time,
+                 lag: Callable[[], float] | None = None) -> None:
         self.limit = limit
         self.clock = clock
+        # Seconds the current task has waited for the event loop so far (a counter,
+        # service.loop_lag): each sample carries what its attempt waited, so the
+        # limit never reads pacer's own delays as the upstream's latency.
+        self.lag = lag
         self._capacity = trio.CapacityLimiter(limit.limit)
         self.inflight = 0
         # fleet: a slot source outside this process (a fleet's leases) may bound the

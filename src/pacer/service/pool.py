@@ -27,9 +27,11 @@ CLIENT_KEYS = ("base_url", "api_key_env", "api_key_file", "auth_header", "auth_f
 
 class UpstreamPool:
     def __init__(self, given_clients: Mapping[str, httpx.AsyncClient] | None,
-                 on_attempt: Callable[[str, float, str], None]) -> None:
+                 on_attempt: Callable[[str, float, str], None],
+                 loop_lag: Callable[[], float] | None = None) -> None:
         self._given = dict(given_clients or {})
         self._on_attempt = on_attempt
+        self._loop_lag = loop_lag
         self.upstreams: dict[str, Upstream] = {}
 
     def build(self, config: Config) -> None:
@@ -79,6 +81,6 @@ class UpstreamPool:
         return build_client(ucfg, key)
 
     def _new(self, ucfg: UpstreamConfig, client: httpx.AsyncClient) -> Upstream:
-        up = Upstream(ucfg, client)
+        up = Upstream(ucfg, client, loop_lag=self._loop_lag)
         up.on_attempt = self._on_attempt
         return up

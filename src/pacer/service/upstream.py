@@ -72,7 +72,8 @@ class Upstream:
     def __init__(self, cfg: UpstreamConfig, client: httpx.AsyncClient, *,
                  limit: Limit | None = None, rng: random.Random | None = None,
                  clock: Callable[[], float] = trio.current_time,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 loop_lag: Callable[[], float] | None = None) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.client = client
@@ -80,7 +81,7 @@ class Upstream:
         self.wall_clock = wall_clock
         self.rng = rng or random.Random()
         self.limit = limit or make_limit(cfg)
-        self.limiter = Limiter(self.limit, clock)
+        self.limiter = Limiter(self.limit, clock, lag=loop_lag)
         self.retry = _retry_settings(cfg)
         self.budget = RetryBudget(self.retry)
         # Cool-downs grow 1, 2, 4 s and stop at 5 s (jittered): an API back from an
