@@ -189,9 +189,11 @@ SCENARIOS: tuple[Scenario, ...] = (
              bands=Bands(max_duration=1.25)),
     # 5 s of work at the cap, a 1 s outage, back to full pace within 2 s of the
     # recovery, and the cold start's ~0.5 s: 8.5 s, 1.7x the oracle's 5 s.
+    # Whether the breaker's first (jittered) probe lands just before or after the
+    # end used to decide the run (1.43x or 1.85x): several seeds keep it decided.
     Scenario("outage-1s", Behaviour(latency=L, cap=8, outage=(2.0, 3.0)), requests=400,
              workers=16, capacity=8 / L, oracle_limit=8, timeout=2.0,
-             bands=Bands(max_duration=1.7)),
+             bands=Bands(max_duration=1.7), seeds=(1, 2, 3, 4, 5, 6, 7)),
     # Issue 10's reference is a fixed concurrency of 8 with immediate retries: with a
     # hang in every ~11 attempts holding a slot for the 2 s timeout, it needs about
     # 0.375 s of slot time per request, 500 x 0.375 / 8 = 23 s, 3.7x the fault-free

@@ -90,7 +90,8 @@ def test_probe_failures_grow_cooldown_and_success_resets_it() -> None:
     b, seen = make(BreakerSettings(jitter=0.0, base_cooldown=1.0, max_cooldown=5.0))
     b.trip(0.0, "auth")
     now = 0.0
-    expected = [1.0, 2.0, 4.0, 5.0, 5.0]
+    # Probes as the outage's age doubles: at 1, 2, 4, 8 s, then every max_cooldown.
+    expected = [1.0, 1.0, 2.0, 4.0, 5.0, 5.0]
     for cooldown in expected:
         assert b.open_until == now + cooldown
         now += cooldown
@@ -117,12 +118,13 @@ def test_cooldown_jitter_within_bands_and_capped() -> None:
         assert now is not None
         assert b.allow(now)
         b.on_failure(now, "timeout")
-    cooldowns = [t.cooldown for t in seen if t.to_state is OPEN]
-    assert len(cooldowns) == 12
-    for n, c in enumerate(cooldowns, start=1):
-        raw = min(60.0, 2.0 ** (n - 1))
-        assert c is not None
-        assert 0.8 * raw <= c <= min(60.0, 1.2 * raw)
+    opens = [t for t in seen if t.to_state is OPEN]
+    assert len(opens) == 12
+    for t in opens:  # the outage's age so far (at least the base), jittered
+        raw = min(60.0, max(1.0, t.at))
+        assert t.cooldown is not None
+        assert 0.8 * raw <= t.cooldown <= min(60.0, 1.2 * raw)
+    cooldowns = [t.cooldown for t in opens]
     assert max(c for c in cooldowns if c is not None) <= 60.0
     # Deterministic under the seed.
     again, seen2 = make(s, seed=42)
@@ -195,9 +197,23 @@ def test_trip_while_open_is_a_no_op_and_min_cooldown() -> None:
 def test_trip_from_half_open_grows_cooldown() -> None:
     b, seen = make()
     b.trip(0.0, "rate_limited_at_min")
-    assert b.allow(1.0)
-    assert b.trip(1.0, "auth")
-    assert seen[-1] == BreakerTransition(HALF, OPEN, "auth", 1.0, 2.0, "")
+    assert b.allow(1.5)
+    assert b.trip(1.5, "auth")  # failing for 1.5 s: the next probe at 3 s
+    assert seen[-1] == BreakerTransition(HALF, OPEN, "auth", 1.5, 1.5, "")
+
+
+def test_a_probe_just_before_the_recovery_costs_at_most_the_outage_age() -> None:
+    """Regression (issue 10, outage-1s spread): with a jittered first cool-down a
+    probe may come just before a 1 s outage ends; a cool-down doubled per probe then
+    found the recovery 2 s late. The next probe comes when the outage's age has
+    doubled: about 1 s later, whatever the jitter."""
+    b, _ = make(BreakerSettings(jitter=0.2, base_cooldown=1.0, max_cooldown=5.0),
+                   seed=7)
+    b.trip(0.0, "consecutive_failures")
+    first = b.open_until or 0.0
+    assert b.allow(first)
+    b.on_failure(first, "server_error")  # just before the end
+    assert b.open_until is not None and b.open_until - first <= 1.2 * max(1.0, first)
 
 
 def test_success_to_close_needs_several_probes() -> None:

@@ -16,11 +16,7 @@ import pytest
 import trio.testing
 from scenarios import CONTENDERS, SCENARIOS, Scenario, run_virtual
 
-NOT_YET = {
-    # Spread: the same scenario lands in different places from run to run (Trio
-    # shuffles the order of tasks woken together), inside the band in most runs.
-    "outage-1s": "1 run in 5 finds the recovery late (1.85x the oracle; band 1.7x)",
-}
+NOT_YET: dict[str, str] = {}
 
 
 def params() -> list[object]:

@@ -11,10 +11,15 @@ the share counts once ``min_calls`` outcomes came before the streak).
 ``open`` refuses everything until its cool-down has elapsed; the next ``allow`` then
 moves it to ``half_open``, which lets at most ``half_open_probes`` attempts be in
 flight at once. ``success_to_close`` probe successes close it; one probe failure
-opens it again with a longer cool-down: ``base * 2**(n-1)`` for the n-th opening in
-a row, jittered by a factor in ``[1 - jitter, 1 + jitter]`` so that several daemons
-facing the same upstream do not probe it at the same instant, and never above
-``max_cooldown``. Closing resets the growth.
+opens it again. The first opening of a series waits ``base_cooldown``; a reopening
+waits as long as the upstream has been failing (since that first opening), at least
+``base_cooldown``: a probe goes out each time the outage's age doubles (1, 2, 4, 8 s
+...), so a recovery is found within about the outage's own length. (A cool-down
+doubled per probe instead made the recovery hang on the jitter: a 1 s outage whose
+first probe came 0.1 s before the end was found 2 s late, one the probe missed by
+0.1 s at once.) Each cool-down is jittered by a factor in ``[1 - jitter, 1 +
+jitter]`` so that several daemons facing the same upstream do not probe it at the
+same instant, and never exceeds ``max_cooldown``. Closing ends the series.
 
 Every admitted attempt must be reported exactly once: ``on_success``,
 ``on_failure`` or ``on_ignore`` (cancelled, or says nothing about health); a probe
@@ -126,7 +131,8 @@ class Breaker:
         # A longer record, kept across closes: the share a streak is judged against.
         self._history: deque[bool] = deque(maxlen=_HISTORY)
         self._open_until: float | None = None
-        self._openings = 0  # openings in a row without a close: the growth exponent
+        self._openings = 0  # openings in a row without a close
+        self._failing_since = 0.0  # the first opening of the series
         self._probes_out = 0
         self._probe_successes = 0
 
@@ -248,10 +254,10 @@ class Breaker:
             n >= self.settings.min_calls and sum(self._outcomes) / n >= self.settings.failure_rate
         )
 
-    def _cooldown(self, openings: int) -> float:
+    def _cooldown(self, openings: int, now: float) -> float:
         s = self.settings
-        # Exponent capped so that 2**n never overflows a float.
-        raw = min(s.max_cooldown, s.base_cooldown * 2.0 ** min(openings - 1, 1000))
+        age = 0.0 if openings == 1 else now - self._failing_since
+        raw = min(s.max_cooldown, max(s.base_cooldown, age))
         jittered = raw * self._rng.uniform(1.0 - s.jitter, 1.0 + s.jitter)
         return min(s.max_cooldown, jittered)
 
@@ -259,7 +265,9 @@ class Breaker:
         self, now: float, reason: str, detail: str, min_cooldown: float | None = None
     ) -> None:
         self._openings += 1
-        cooldown = self._cooldown(self._openings)
+        if self._openings == 1:
+            self._failing_since = now
+        cooldown = self._cooldown(self._openings, now)
         if min_cooldown is not None and min_cooldown > cooldown:
             cooldown = min_cooldown
         self._open_until = now + cooldown

@@ -84,8 +84,8 @@ class Upstream:
         self.limiter = Limiter(self.limit, clock, lag=loop_lag)
         self.retry = _retry_settings(cfg)
         self.budget = RetryBudget(self.retry)
-        # Cool-downs grow 1, 2, 4 s and stop at 5 s (jittered): an API back from an
-        # outage is found within seconds, at one probe per cool-down. The breaker is
+        # Cool-downs 1, 1, 2, 4 s (the outage's age), at most 5 s (jittered): an API
+        # back from an outage is found within seconds, at one probe per cool-down. The breaker is
         # for an upstream that stopped serving: one that still serves one attempt in
         # five is flaky, and retries (not a stop) serve its requests.
         self.breaker = Breaker(BreakerSettings(max_cooldown=BREAKER_MAX_COOLDOWN,
