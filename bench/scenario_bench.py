@@ -22,7 +22,7 @@ machine's load average is printed with each line.
 ms of CPU (a busy loop, as parsing and bookkeeping hundreds of answers a second on
 two cores is), during which no other task runs. Pacer's sender measures its loop's
 lag (``pacer.service.loop_lag``, as the daemon does) and its limit judges the rtt
-net of it; ``--no-lag`` leaves the lag in the rtt, for comparison.
+net of it; ``--no-lag`` neither measures nor subtracts it, for comparison.
 """
 
 from __future__ import annotations
@@ -104,7 +104,8 @@ async def run_real(scenario: Scenario, contender: str, seed: int, answer_cpu: fl
                    measure_lag: bool = True) -> Outcome:
     proc, port, t0 = await _start_mock(mock_args(scenario.behaviour, seed))
     lag = LoopLag()
-    lag.install()
+    if measure_lag:
+        lag.install()
     attempts: list[tuple[float, float, int | None]] = []
     samples: list[tuple[float, int]] = []
     answers: list[bool] = []
@@ -174,7 +175,8 @@ async def run_real(scenario: Scenario, contender: str, seed: int, answer_cpu: fl
                             work.start_soon(worker)
                     outer.cancel_scope.cancel()
     finally:
-        lag.uninstall()
+        if measure_lag:
+            lag.uninstall()
         await _stop_mock(proc)
     end = trio.current_time() - t0
     lo, hi = ((scenario.steady_from, scenario.duration) if scenario.requests is None
@@ -233,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--answer-cpu", type=float, default=0.0, metavar="MS",
                         help="CPU ms each answer costs the sender (a busy loop)")
     parser.add_argument("--no-lag", action="store_true",
-                        help="leave the loop's lag in the rtt the limit judges")
+                        help="do not measure the loop's lag (it stays in the rtt)")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     names = args.scenario or [s.name for s in SCENARIOS]
