@@ -16,7 +16,9 @@ capacity), ``vector-arc`` and ``gradient2`` (``bench/contenders.py``), ``oracle`
 client received them, over the scenario's steady part, as a share of its capacity;
 in flight is the client's attempts on the wire, time-weighted; rtts are per attempt.
 Every run prints one line; ``--runs`` repeats each (the spread is reported), and the
-machine's load average is printed with each line.
+machine's load average is printed with each line. Beside the rtt each line shows the
+rtt the limit judged (net of the loop's measured lag) and the upstream's own time
+(the mock's ``server-timing`` header), both as means over successes.
 
 ``--answer-cpu MS`` makes pacer's own CPU busy: each answer costs the sending task MS
 ms of CPU (a busy loop, as parsing and bookkeeping hundreds of answers a second on
@@ -110,6 +112,8 @@ async def run_real(scenario: Scenario, contender: str, seed: int, answer_cpu: fl
     samples: list[tuple[float, int]] = []
     answers: list[bool] = []
     cuts: list[int] = []
+    upstream_ms: list[float] = []  # the mock's own time per success (server-timing)
+    judged: list[float] = []  # the rtt the limit judged per success (net of the lag)
     try:
         cfg = UpstreamConfig(name="default", base_url=f"http://127.0.0.1:{port}",
                              initial_limit=1, max_attempts=1000, retry_base_delay=0.05,
@@ -123,6 +127,9 @@ async def run_real(scenario: Scenario, contender: str, seed: int, answer_cpu: fl
                 try:
                     response = await super().handle_async_request(request)
                     status = response.status_code
+                    timing = response.headers.get("server-timing", "")
+                    if status == 200 and timing.startswith("app;dur="):
+                        upstream_ms.append(float(timing.removeprefix("app;dur=")))
                     if answer_cpu:
                         burn(answer_cpu)
                     return response
@@ -138,6 +145,8 @@ async def run_real(scenario: Scenario, contender: str, seed: int, answer_cpu: fl
                           loop_lag=lag.task_lag if measure_lag else None)
             up.limit.subscribe(lambda c: cuts.append(c.new_limit) if (
                 c.reason == "latency" and c.new_limit < c.old_limit) else None)
+            up.limiter.sample_listeners.append(
+                lambda s: judged.append(s.upstream_rtt) if s.reason == "ok" else None)
             ids = itertools.count()
             budget = itertools.count()
             body = {"model": "bench", "messages": [{"role": "user", "content": "hi"}]}
@@ -196,7 +205,10 @@ async def run_real(scenario: Scenario, contender: str, seed: int, answer_cpu: fl
         p90_rtt=rtts[int(0.9 * (len(rtts) - 1))] if rtts else None,
         failed=sum(1 for good in answers if not good), duration=end,
         duration_ratio=None if oracle_time is None else end / oracle_time,
-        latency_cuts=len(cuts))
+        latency_cuts=len(cuts),
+        upstream_rtt=(statistics.fmean(upstream_ms) / 1000.0 / scenario.unloaded
+                      if upstream_ms else None),
+        judged_rtt=statistics.fmean(judged) / scenario.unloaded if judged else None)
 
 
 def _line(o: Outcome, bands: Bands | None) -> str:
@@ -207,7 +219,8 @@ def _line(o: Outcome, bands: Bands | None) -> str:
     return (f"{o.scenario:28} {o.contender:10} goodput {goodput:>7} 429s {o.share_429:6.2%} "
             f"in flight {o.mean_inflight:5.1f} rtt {o.mean_rtt or 0:5.2f}x "
             f"p90 {o.p90_rtt or 0:5.2f}x time {ratio:>6} failed {o.failed} "
-            f"latency cuts {o.latency_cuts} "
+            f"latency cuts {o.latency_cuts} judged rtt {o.judged_rtt or 0:5.2f}x "
+            f"upstream's {o.upstream_rtt or 0:5.2f}x "
             f"load {os.getloadavg()[0]:.2f} {misses}")
 
 

@@ -361,6 +361,10 @@ class Outcome:
     duration: float  # seconds the run took (fixed work: until all answered)
     duration_ratio: float | None  # x the oracle's time, for a fixed amount of work
     latency_cuts: int | None = None  # decreases of the limit for latency, if counted
+    # Over real sockets, of successes, x the unloaded service time: the upstream's
+    # own time (the mock's server-timing) and the rtt the limit judged (net of lag).
+    upstream_rtt: float | None = None
+    judged_rtt: float | None = None
 
     def misses(self, bands: Bands) -> list[str]:
         """The bands this run misses, as readable strings (empty: all met)."""

@@ -136,9 +136,13 @@ def _reset_on_close(stream: trio.SocketStream) -> None:
 
 
 async def _send_answer(
-    stream: trio.SocketStream, conn: h11.Connection, answer: MockResponse, method: str
+    stream: trio.SocketStream, conn: h11.Connection, answer: MockResponse, method: str,
+    started: float,
 ) -> bool:
-    """Send ``answer`` (or misbehave as it says); False when the connection must close."""
+    """Send ``answer`` (or misbehave as it says); False when the connection must close.
+    A ``server-timing: app;dur=MS`` header says how long the mock took from reading
+    the request to answering it (its own event loop's delays included): benchmarks
+    tell the upstream's latency from their own with it."""
     fault = answer.fault
     if fault in ("close", "refuse"):
         return False
@@ -147,6 +151,8 @@ async def _send_answer(
         return False
     headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers]
     headers.append((b"content-length", str(answer.content_length).encode()))
+    took_ms = (trio.current_time() - started) * 1000.0
+    headers.append((b"server-timing", f"app;dur={took_ms:.3f}".encode()))
     head = h11.Response(status_code=answer.status, headers=headers, reason=_reason(answer.status))
     if fault == "reset":
         partial = b"" if method == "HEAD" else answer.body[: len(answer.body) // 2]
@@ -198,7 +204,7 @@ async def _serve_connection(stream: trio.SocketStream, server: _Server) -> None:
                 answer = _json_response(
                     500, [], {"error": {"message": f"mock internal error: {exc!r}"}}
                 )
-            keep_going = await _send_answer(stream, conn, answer, method)
+            keep_going = await _send_answer(stream, conn, answer, method, started)
             if server.log_requests:
                 _log_request(method, target, headers, answer, started)
             if not keep_going:
