@@ -108,12 +108,12 @@ def build_transport(cfg: UpstreamConfig,
     own transport (httpcore), in pools of at most ``shard_connections`` places (one
     plain pool when that is enough). ``shard_connections`` given for HTTP/1.1 asks
     for httpcore's pools there too (benchmarks compare the two)."""
-    # One TLS context for every connection and pool: loading the CA bundle costs
-    # ~30 ms each time.
-    tls = httpx.create_ssl_context(trust_env=False)
     if not cfg.http2 and shard_connections is None:
-        tls.set_alpn_protocols(["http/1.1"])
-        return Http1Transport(max_connections=cfg.max_limit, ssl_context=tls)
+        # Its TLS context is made at its first https connection (loading the CA
+        # bundle takes ~30 ms: not at start, and not at all for plain http).
+        return Http1Transport(max_connections=cfg.max_limit)
+    # One TLS context for all the pools: loading the CA bundle costs ~30 ms each.
+    tls = httpx.create_ssl_context(trust_env=False)
     if shard_connections is None:
         shard_connections = SHARD_CONNECTIONS_HTTP2 if cfg.http2 else SHARD_CONNECTIONS
     count = max(1, math.ceil(cfg.max_limit / shard_connections))
