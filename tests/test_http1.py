@@ -189,10 +189,12 @@ async def test_chunked_answer_split_across_writes(serve: Any) -> None:
     assert [s.conn for s in server.seen] == [0, 0]
 
 
+@pytest.mark.parametrize("head", [b"HTTP/1.1 200 OK\r\n",
+                                  b"HTTP/1.1 200 OK\r\ntransfer-encoding: identity\r\n"],
+                         ids=["no-length", "not-chunked"])
 async def test_body_until_close_is_read_whole_and_the_connection_not_reused(
-        serve: Any) -> None:
-    server = await serve(answer(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", keep=False),
-                         answer(ok()))
+        serve: Any, head: bytes) -> None:
+    server = await serve(answer(head + b"\r\nuntil the end", keep=False), answer(ok()))
     async with client_for(server) as client:
         assert (await client.get("/a")).content == b"until the end"
         assert (await client.get("/b")).status_code == 200

@@ -102,9 +102,12 @@ class _Answer:
             return
         if not self.head_done:
             self.status, self.head_done = status, True
+            # A body ends at its length or last chunk; otherwise only the close ends
+            # it (a transfer coding other than chunked last included, as llhttp reads it).
             self.framed = status in (204, 304) or any(
-                name.lower() in (b"content-length", b"transfer-encoding")
-                for name, _ in self.headers)
+                key == b"content-length"
+                or (key == b"transfer-encoding" and value.rstrip().lower().endswith(b"chunked"))
+                for key, value in ((n.lower(), v) for n, v in self.headers))
 
     def on_body(self, data: bytes) -> None:
         if not self.extra:

@@ -316,6 +316,9 @@ class Upstream:
                 stop, estimate_tokens(req.body))
             if held is None:
                 return None
+            # One more scheduling round before the in-flight counts below are read:
+            # attempts admitted together (a burst of freed slots) are all counted.
+            await trio.lowlevel.cancel_shielded_checkpoint()
             if self.stats.breaker_openings != admitted:
                 # Admitted before the breaker opened: going now would make one more
                 # probe per waiting request. (The opening voided its admission.)
