@@ -28,7 +28,7 @@ import trustme
 
 from pacer.config import UpstreamConfig
 from pacer.service.http import build_client, exchange
-from pacer.service.http1 import Http1Transport
+from pacer.service.http1 import MAX_HEAD_BYTES, Http1Transport
 from pacer.spool.jobs import Request
 
 
@@ -324,8 +324,10 @@ async def hang(stream: Stream, _seen: Seen) -> bool:
     (answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc",
             keep=False), httpx.RemoteProtocolError, "malformed"),
     (hang, httpx.ReadTimeout, "timed out"),
+    (answer(b"HTTP/1.1 200 OK\r\n" + b"x-filler: " + b"y" * MAX_HEAD_BYTES + b"\r\n",
+            keep=False), httpx.RemoteProtocolError, "head is larger than"),
 ], ids=["closed", "reset", "cut-length", "cut-chunked", "cut-head", "bad-status",
-        "not-http", "two-lengths", "silent"])
+        "not-http", "two-lengths", "silent", "endless-head"])
 async def test_faults_raise_what_httpcore_raises(serve: Any, script: Script,
                                                  error: type[Exception], words: str) -> None:
     server = await serve(script, answer(ok()))

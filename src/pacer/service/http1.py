@@ -40,6 +40,10 @@ import trio
 __all__ = ["Http1Transport"]
 
 _READ_SIZE = 64 * 1024
+# An answer's status line and headers, at most (h11 allows 16 KiB by default;
+# llhttp sets no bound of its own): a server sending headers without end must not
+# fill the memory before the deadline.
+MAX_HEAD_BYTES = 256 * 1024
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 # RFC 9110 token: what a header name may hold (h11 checks the same).
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+").fullmatch
@@ -348,15 +352,18 @@ class Http1Transport(httpx.AsyncBaseTransport):
         if scope.cancelled_caught:
             raise httpx.WriteTimeout("timed out sending the request")
         answer = _Answer()
-        got = False
+        got = 0
         while not answer.head_done and not answer.complete:
+            if got > MAX_HEAD_BYTES:
+                raise httpx.RemoteProtocolError(
+                    f"the answer's head is larger than {MAX_HEAD_BYTES} bytes")
             chunk = await _receive(conn, read_timeout)
             if not chunk:
                 if got:
                     raise httpx.RemoteProtocolError(
                         "peer closed connection in the middle of the answer's head")
                 raise httpx.RemoteProtocolError(_NO_RESPONSE)
-            got = True
+            got += len(chunk)
             answer.feed(chunk)
         if head_only and not answer.complete:
             # A HEAD answer's length headers describe a body that is not sent; the
