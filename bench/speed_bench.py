@@ -31,7 +31,9 @@ Every spool run checks that each request has exactly one result line.
 Contenders, each in a process of its own (CPU time is the process's, all threads):
 
 * ``httpx``: a bare loop of N Trio tasks on one ``httpx.AsyncClient`` (httpx 0.28);
-  ``httpx-sharded``: the same with pacer's sharded pools (``build_transport``);
+  ``httpx-sharded``: the same over httpcore pools of one connection each (pacer's
+  ``ShardedTransport``, what pacer used before ``Http1Transport``); ``httpx-lean``:
+  the same over pacer's HTTP/1.1 transport (``build_transport``: ``Http1Transport``);
 * ``httpx2``: the same loop on ``httpx2`` (pydantic's continuation of httpx);
 * ``aiohttp``: N asyncio tasks on one ``aiohttp.ClientSession`` (limit N);
 * ``pacer``: N Trio tasks calling ``Upstream.send`` (the real send path: limiter,
@@ -91,7 +93,7 @@ SCENARIOS = {
     "adaptive": Scenario("adaptive", 700, 1.0, warmup=12.0, window=8.0, cap=600,
                          adaptive=True, ideal=600.0),
 }
-CONTENDERS = ["httpx", "httpx-sharded", "httpx2", "aiohttp", "pacer"]
+CONTENDERS = ["httpx", "httpx-sharded", "httpx-lean", "httpx2", "aiohttp", "pacer"]
 SPOOL_SCENARIOS = {"files": ("json", 2000), "bigfiles": ("json", 100_000),
                    "bigjsonl": ("jsonl", 100_000), "pickup": ("json", 20),
                    "firstjsonl": ("jsonl", 100_000), "firstfiles": ("json", 100_000)}
@@ -139,7 +141,7 @@ def _line(out: Any, payload: dict[str, Any]) -> None:
 
 
 def run_trio_httpx(module_name: str, url: str, sc: Scenario, meter: Meter, out: Any,
-                   sharded: bool = False) -> None:
+                   transport: str | None = None) -> None:
     import importlib
 
     import trio
@@ -148,11 +150,13 @@ def run_trio_httpx(module_name: str, url: str, sc: Scenario, meter: Meter, out: 
 
     async def main() -> None:
         n = sc.inflight
-        if sharded:
+        if transport is not None:
             from pacer.config import UpstreamConfig
             from pacer.service.http import build_transport
-            transport = build_transport(UpstreamConfig(name="b", base_url=url, max_limit=n))
-            client = httpx.AsyncClient(base_url=url, transport=transport, timeout=60)
+            # "sharded": httpcore pools of one connection; "lean": Http1Transport.
+            shards = 1 if transport == "sharded" else None
+            pools = build_transport(UpstreamConfig(name="b", base_url=url, max_limit=n), shards)
+            client = httpx.AsyncClient(base_url=url, transport=pools, timeout=60)
         else:
             client = httpx.AsyncClient(
                 base_url=url, timeout=60,
@@ -276,7 +280,9 @@ def client_main(contender: str, url: str, sc: Scenario) -> None:
               OUT / f".speed_{contender}.jsonl", "w") as out:
         runners: dict[str, Callable[[], None]] = {
             "httpx": lambda: run_trio_httpx("httpx", url, sc, meter, out),
-            "httpx-sharded": lambda: run_trio_httpx("httpx", url, sc, meter, out, sharded=True),
+            "httpx-sharded": lambda: run_trio_httpx("httpx", url, sc, meter, out,
+                                                    transport="sharded"),
+            "httpx-lean": lambda: run_trio_httpx("httpx", url, sc, meter, out, transport="lean"),
             "httpx2": lambda: run_trio_httpx("httpx2", url, sc, meter, out),
             "aiohttp": lambda: run_aiohttp(url, sc, meter, out),
             "pacer": lambda: run_pacer(url, sc, meter, out),

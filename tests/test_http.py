@@ -22,6 +22,7 @@ from pacer.service.http import (
     build_transport,
     exchange,
 )
+from pacer.service.http1 import Http1Transport
 from pacer.spool.jobs import Request
 
 URL = "http://shard.test"
@@ -129,12 +130,14 @@ async def test_a_cancelled_request_gives_its_place_back() -> None:
 
 
 def test_sizes_of_the_pools() -> None:
-    one = build_transport(UpstreamConfig(name="u", base_url=URL, max_limit=8))
+    lean = build_transport(UpstreamConfig(name="u", base_url=URL, max_limit=8))
+    assert isinstance(lean, Http1Transport) and lean.max_connections == 8
+    one = build_transport(UpstreamConfig(name="u", base_url=URL, max_limit=8), 1)
     assert isinstance(one, ShardedTransport) and len(one.shards) == 8
     h2 = build_transport(UpstreamConfig(name="u", base_url=URL, max_limit=100, http2=True))
     assert isinstance(h2, ShardedTransport)
     assert len(h2.shards) == -(-100 // SHARD_CONNECTIONS_HTTP2)
-    single = build_transport(UpstreamConfig(name="u", base_url=URL, max_limit=1))
+    single = build_transport(UpstreamConfig(name="u", base_url=URL, max_limit=1), 1)
     assert isinstance(single, httpx.AsyncHTTPTransport)
     with pytest.raises(ValueError):
         ShardedTransport([], 1)
@@ -175,9 +178,13 @@ def echo_url() -> Iterator[str]:
     server.server_close()
 
 
-async def test_exchange_over_sharded_pools_reuses_connections(echo_url: str) -> None:
+@pytest.mark.parametrize("shards", [None, 1], ids=["http1", "sharded-httpcore"])
+async def test_exchange_over_loopback_reuses_connections(echo_url: str,
+                                                         shards: int | None) -> None:
     cfg = UpstreamConfig(name="u", base_url=echo_url, max_limit=4, adaptive=False)
     client = build_client(cfg, "sk-test-key")
+    if shards is not None:
+        client._transport = build_transport(cfg, shards)
     ports: list[int] = []
     async with client:
         async def one(i: int) -> None:
@@ -196,9 +203,12 @@ async def test_exchange_over_sharded_pools_reuses_connections(echo_url: str) -> 
                 for i in range(4):
                     nursery.start_soon(one, 4 * round_ + i)
         transport = client._transport
-        assert isinstance(transport, ShardedTransport)
         # Every place came back once its answer was read.
-        assert transport.open == [0, 0, 0, 0]
+        if isinstance(transport, ShardedTransport):
+            assert transport.open == [0, 0, 0, 0]
+        else:
+            assert isinstance(transport, Http1Transport)
+            assert transport.in_flight == 0 and 1 <= transport.idle_connections <= 4
     # Twelve requests, four at a time, over at most four kept-alive connections.
     assert len(ports) == 12
     assert len(set(ports)) <= 4

@@ -25,7 +25,7 @@ from pacer.control.pacing import Pacer, PacerSettings, PacerStatus, PauseEvent, 
 from pacer.control.ratelimit_headers import Quota, RateLimitInfo
 from pacer.control.tokens import estimate_tokens, tokens_used
 from pacer.mockapi import MockSettings, MockUpstream, mock_transport
-from pacer.service.pacing_gate import PacingGate
+from pacer.service.pacing_gate import STOP_POLL, PacingGate
 
 EMPTY = RateLimitInfo()
 CHAT = "/v1/chat/completions"
@@ -691,6 +691,35 @@ async def test_the_gate_says_whether_the_pace_held_a_start(
     t0 = trio.current_time()
     assert await gate.wait() is True
     assert trio.current_time() - t0 == pytest.approx(0.1)
+
+
+async def test_wait_unless_stop_leaves_a_pause_at_once_in_order_taking_nothing(
+        autojump_clock: trio.testing.MockClock) -> None:
+    gate = PacingGate(Pacer(exact()))
+    gate.pacer.on_response(trio.current_time(), requests_info(100, 100, 10.0), 200)  # 10/s
+    assert await gate.wait_unless(trio.Event()) is False  # the pace open: no wait
+    gate.pause(60.0, "test")
+    stop = trio.Event()
+    t0 = trio.current_time()
+    left: list[tuple[int, bool | None, float]] = []
+
+    async def waiter(i: int) -> None:
+        left.append((i, await gate.wait_unless(stop), trio.current_time() - t0))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(3):
+            nursery.start_soon(waiter, i)
+            await trio.testing.wait_all_tasks_blocked()
+        await trio.sleep(1.0)
+        assert left == [] and gate.waiting == 3 and gate.held_back == 3
+        stop.set()
+    assert [(i, held) for i, held, _ in left] == [(0, None), (1, None), (2, None)]
+    assert all(1.0 <= t <= 1.0 + STOP_POLL for _, _, t in left)
+    assert gate.waiting == 0
+    assert gate.pacer.status(trio.current_time()).requests_left == 99  # none taken
+    stopped = trio.Event()
+    stopped.set()
+    assert await gate.wait_unless(stopped) is None
 
 
 async def test_on_http_response_parses_headers(autojump_clock: trio.testing.MockClock) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import httpx
 import structlog
@@ -28,7 +29,6 @@ import trio
 
 from pacer import __version__
 from pacer.config import Config, ConfigError, load_config
-from pacer.fleet.fleet import Fleet
 from pacer.logs import configure_logging
 from pacer.service.disk import DiskTrouble
 from pacer.service.intake import Intake
@@ -46,6 +46,9 @@ from pacer.service.upstream import Upstream
 from pacer.spool.folders import Spool
 from pacer.spool.jobs import Request
 from pacer.spool.results import ResultWriter
+
+if TYPE_CHECKING:  # imported only with [fleet] redis set (coredis: 0.2 s at start)
+    from pacer.fleet.fleet import Fleet
 
 log = structlog.get_logger("pacer.service.daemon")
 
@@ -96,7 +99,10 @@ class Daemon:
             notifier=self.notifier, metrics=self.metrics, disk=self.disk, drain=drain,
             stopping=lambda: self.stopping, fleet=lambda: self.fleet)
         # fleet: limits shared with other pacers through Redis ([fleet] redis).
-        self.fleet: Fleet | None = Fleet(config.fleet) if config.fleet.redis else None
+        self.fleet: Fleet | None = None
+        if config.fleet.redis:
+            from pacer.fleet.fleet import Fleet
+            self.fleet = Fleet(config.fleet)
 
     @property
     def upstreams(self) -> dict[str, Upstream]:
@@ -148,7 +154,11 @@ class Daemon:
                 if not self.drain:
                     services.start_soon(self.intake.watch, self._stop_event)
                     services.start_soon(self.intake.rescan_loop)
-                await self.intake.rescan()
+                # Ready once the first jobs are found: a big incoming/ goes on being
+                # read (for its order) while they are claimed.
+                found = trio.Event()
+                services.start_soon(self.intake.rescan, found)
+                await found.wait()
                 self.notifier.ready()
                 self.ready.set()
                 task_status.started()

@@ -13,6 +13,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 
 import structlog
 import trio
@@ -20,13 +21,16 @@ import trio
 from pacer.config import Config
 from pacer.service.disk import DISK_TROUBLE, DiskTrouble
 from pacer.service.summary import RunSummary
-from pacer.spool.folders import Spool
+from pacer.spool.folders import Candidate, Spool
 from pacer.spool.names import job_stem
 
 log = structlog.get_logger("pacer.service.intake")
 
 # Jobs claimed in one thread hop, with one fsync of active/ and incoming/ for all.
 CLAIM_BATCH = 64
+# A scan of incoming/ hands over the oldest of the first this many job files it
+# finds while it goes on (see Intake.rescan).
+FIRST_SCAN_BATCH = 1024
 WATCH_STEP_MS = 2
 
 
@@ -46,6 +50,7 @@ class Intake:
         self.pending: deque[str] = deque()  # names seen in incoming/, not claimed yet
         self.stopping = False
         self._wake = trio.Event()
+        self._scanning: trio.Event | None = None  # set when the running scan ends
 
     def wake(self) -> None:
         self._wake.set()
@@ -112,12 +117,46 @@ class Intake:
                 self.disk.failed(error, "claim")
         return started
 
-    async def rescan(self) -> None:
-        candidates, skipped = await trio.to_thread.run_sync(self.spool.scan, "incoming")
-        self.pending = deque(c.name for c in candidates)
+    async def rescan(self, handed: trio.Event | None = None) -> None:
+        """Read ``incoming/`` whole: ``pending`` becomes its job files, oldest first.
+
+        A big folder takes a while (an ``lstat`` per file: about a second for
+        100,000): the oldest of the first ``FIRST_SCAN_BATCH`` job files found are
+        pending (and ``handed`` is set) as soon as they are found, so claims start;
+        the whole folder's order follows when the scan ends. A rescan asked for
+        while one runs waits for that one."""
+        if self._scanning is not None:
+            await self._scanning.wait()
+            if handed is not None:
+                handed.set()
+            return
+        self._scanning = done = trio.Event()
+        early: set[str] = set()
+
+        def first(batch: list[Candidate]) -> None:  # in the scan's thread
+            def give() -> None:
+                early.update(c.name for c in batch)
+                self.pending = deque(c.name for c in batch)
+                self._wake.set()
+                if handed is not None:
+                    handed.set()
+
+            trio.from_thread.run_sync(give)
+
+        try:
+            candidates, skipped = await trio.to_thread.run_sync(
+                partial(self.spool.scan, "incoming", on_first=first, first=FIRST_SCAN_BATCH))
+            # The early ones not claimed yet keep their place at the front.
+            self.pending = deque([n for n in self.pending if n in early]
+                                 + [c.name for c in candidates if c.name not in early])
+        finally:
+            self._scanning = None
+            done.set()
         for entry in skipped:
             await self._reject_entry(entry.name, entry.reason)
         self._wake.set()
+        if handed is not None:
+            handed.set()
 
     async def _reject_entry(self, name: str, reason: str) -> None:
         info = {"job": name, "code": "not_a_job_file", "message": f"{name!r}: {reason}",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
 import trio
@@ -23,6 +24,7 @@ from pacer.service.disk import DISK_TROUBLE, DiskTrouble
 from pacer.service.intake import now_iso
 from pacer.service.scheduler import FairScheduler, JobQueue
 from pacer.service.summary import RunSummary
+from pacer.service.thread_batch import ThreadBatch
 from pacer.service.upstream import Answer, Upstream
 from pacer.spool import claimed as claimed_mod
 from pacer.spool.claimed import ClaimedJob
@@ -73,6 +75,7 @@ class JobRunner:
         self.jobs: dict[str, Job] = {}
         self._queues: dict[Job, JobQueue] = {}
         self.closer = JobCloser(spool)
+        self._preparing: ThreadBatch[ClaimedJob] = ThreadBatch()
 
     def start(self, nursery: trio.Nursery, name: str) -> None:
         stem = job_stem(name) or name
@@ -131,7 +134,8 @@ class JobRunner:
         return claimed
 
     async def _process(self, job: Job) -> None:
-        claimed = await trio.to_thread.run_sync(self._prepare, job)
+        # Jobs claimed together are prepared together, in one thread hop.
+        claimed = await self._preparing.run(partial(self._prepare, job))
         try:
             answered = job.results.answered
             job.succeeded = sum(1 for err in answered.values() if not err)

@@ -12,6 +12,9 @@ from pacer.control.ratelimit_headers import RateLimitInfo, parse_rate_limit_head
 
 __all__ = ["PacingGate"]
 
+# How often a start the pace holds back looks whether the daemon is stopping.
+STOP_POLL = 0.05
+
 
 class PacingGate:
     """The Trio face of a :class:`Pacer`.
@@ -56,11 +59,27 @@ class PacingGate:
         """Sleep until the pacer allows a start costing ``tokens``; take it. Returns
         whether the pace held this start back (a pause, a quota, a rate): then the
         pace, not the concurrency limit, is what binds."""
+        held = await self._wait(tokens, None)
+        assert held is not None
+        return held
+
+    async def wait_unless(self, stop: trio.Event, tokens: float = 0.0) -> bool | None:
+        """:meth:`wait`, unless ``stop`` is set first: then None, and nothing taken.
+
+        It needs no watcher task (a nursery per start cost 7% of the CPU per
+        request): a task the pace holds back looks at ``stop`` at least every
+        ``STOP_POLL`` s, keeping its place, and each queued behind it looks as soon
+        as its turn comes, which is at once when those ahead leave."""
+        return await self._wait(tokens, stop)
+
+    async def _wait(self, tokens: float, stop: trio.Event | None) -> bool | None:
         self._waiting += 1
         held = False
         try:
             async with self._lock:
                 while True:
+                    if stop is not None and stop.is_set():
+                        return None
                     now = self.clock()
                     at = self.pacer.next_start(now, tokens)
                     if at <= now:
@@ -70,7 +89,7 @@ class PacingGate:
                     changed = self._changed
                     self._sleeping += 1
                     try:
-                        with trio.move_on_at(at):
+                        with trio.move_on_at(at if stop is None else min(at, now + STOP_POLL)):
                             await changed.wait()
                     finally:
                         self._sleeping -= 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -310,18 +310,16 @@ class Upstream:
         classification here. None when ``stop`` came before anything was sent;
         ``_REVOKED`` when the breaker opened (its opening count is no longer
         ``admitted``) while the attempt waited for a slot and the gate."""
-        held = False
-
-        async def wait_for_gate(tokens: float) -> None:
-            nonlocal held
-            held = await self.gate.wait(tokens)
-
         async with self.limiter.acquire() as slot:
             # The gate sits inside the slot: during a pause, no task that already
             # holds a slot can send.
-            if stop.is_set() or not await _unless_stopped(
-                    stop, wait_for_gate, estimate_tokens(req.body)):
+            held = None if stop.is_set() else await self.gate.wait_unless(
+                stop, estimate_tokens(req.body))
+            if held is None:
                 return None
+            # One more scheduling round before the in-flight counts below are read:
+            # attempts admitted together (a burst of freed slots) are all counted.
+            await trio.lowlevel.cancel_shielded_checkpoint()
             if self.stats.breaker_openings != admitted:
                 # Admitted before the breaker opened: going now would make one more
                 # probe per waiting request. (The opening voided its admission.)
@@ -381,22 +379,6 @@ class _Tried:
     @property
     def verdict(self) -> Verdict:
         return self.decision.verdict
-
-
-async def _unless_stopped(stop: trio.Event, fn: Callable[[float], Awaitable[None]],
-                          arg: float) -> bool:
-    """Await ``fn(arg)`` unless ``stop`` is set first; True if it completed."""
-    done = False
-    async with trio.open_nursery() as nursery:
-        async def watch() -> None:
-            await stop.wait()
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(watch)
-        await fn(arg)
-        done = True
-        nursery.cancel_scope.cancel()
-    return done
 
 
 def _retry_settings(cfg: UpstreamConfig) -> RetrySettings:
