@@ -237,8 +237,12 @@ class FleetMember:
                 g.rate is not None and last is not None
                 and abs(g.rate - last) >= RATE_LOG_STEP * last):
             self._logged_rate = g.rate
+            if last is None or g.rate is None:
+                reason = "learned" if last is None else "forgotten"
+            else:
+                reason = "rate_limited" if g.rate < last else "probe"
             log.info("fleet.rate_changed", upstream=self.upstream.name, fleet_key=self.key,
-                     node=self.node, reason="rate_limited" if g.rate_cut else "probe",
+                     node=self.node, reason=reason,
                      old_rate=None if last is None else round(last, 3),
                      new_rate=None if g.rate is None else round(g.rate, 3),
                      pace=None if g.pace is None else round(g.pace, 3))

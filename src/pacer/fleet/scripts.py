@@ -8,8 +8,8 @@ on one shard):
   ``next_probe``, ``probe_at``, ``plateau``, ``rtt_noload`` (ms), ``rose_at`` (when
   the whole limit last rose), ``pause_until``, ``breaker_until``, ``seq`` (lease
   ids); the learned rate: ``rate`` (requests/s, 0: none), ``rate_base``,
-  ``rate_search``, ``rate_cut_at``, ``evidence_at``, ``evidence_epoch`` and the interval it is judged over
-  (``rate_mark``, ``rate_starts``, ``rate_held``, ``rate_oks``, ``rate_clean``,
+  ``rate_search``, ``rate_cut_at``, ``evidence_at``, ``evidence_epoch`` and the
+  interval it is judged over (``rate_mark``, ``rate_starts``, ``rate_held``, ``rate_oks``, ``rate_clean``,
   ``rate_run``, ``rate_bind``); the success rate's window (``win_at``, ``win_ok``,
   ``prev_ok``, ``prev_ms``); the breaker: ``breaker_open``, and its one probe, a
   lease: ``probe_node``, ``probe_until``;
@@ -132,8 +132,8 @@ local evidence_epoch = tonumber(rs[21]) or 0
 -- longer than it could have been asked for.
 if last_decrease > now then last_decrease = now end
 if probe_at > now then probe_at = now end
-if rate_cut_at > now then rate_cut_at = now end
-if evidence_at > now then evidence_at = now end
+if rate_cut_at > now then rate_cut_at = 0 end  -- (not "just now": that would block one)
+if evidence_at > now then evidence_at = 0 end
 if rate_mark > now then rate_mark = now end
 if rose_at > now then rose_at = now end
 if win_at > now then win_at = now end
@@ -322,7 +322,8 @@ if pause_ms > 0 then pause_until = math.max(pause_until, now + pause_ms) end
 -- renews while its breaker is not closed); the others stay open until its outcome.
 -- A success closes the fleet's breaker; a failure reopens it (with the prober's
 -- longer cool-down) and frees the probe.
-if probe_node ~= '' and (probe_until <= now or redis.call('ZSCORE', nodes, probe_node) == false) then
+local holder_alive = probe_node ~= '' and redis.call('ZSCORE', nodes, probe_node)
+if probe_node ~= '' and (probe_until <= now or not holder_alive) then
   probe_node = ''                                      -- its holder is gone or silent
 end
 if probe_node == node and probe_result ~= 0 then
