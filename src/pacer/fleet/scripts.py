@@ -9,8 +9,8 @@ on one shard):
   the whole limit last rose), ``pause_until``, ``breaker_until``, ``seq`` (lease
   ids); the learned rate: ``rate`` (requests/s, 0: none), ``rate_base``,
   ``rate_search``, ``rate_cut_at``, ``evidence_at``, ``evidence_epoch`` and the
-  interval it is judged over (``rate_mark``, ``rate_starts``, ``rate_held``, ``rate_oks``, ``rate_clean``,
-  ``rate_run``, ``rate_bind``); the success rate's window (``win_at``, ``win_ok``,
+  interval it is judged over (``rate_mark``, ``rate_starts``, ``rate_held``,
+  ``rate_oks``, ``rate_clean``, ``rate_run``, ``rate_bind``); the success rate's window (``win_at``, ``win_ok``,
   ``prev_ok``, ``prev_ms``); the breaker: ``breaker_open``, and its one probe, a
   lease: ``probe_node``, ``probe_until``;
 - ``leases`` sorted set: one member per in-flight slot, ``NODE#SEQ``, scored by its
