@@ -10,9 +10,9 @@ on one shard):
   ids); the learned rate: ``rate`` (requests/s, 0: none), ``rate_base``,
   ``rate_search``, ``rate_cut_at``, ``evidence_at``, ``evidence_epoch`` and the
   interval it is judged over (``rate_mark``, ``rate_starts``, ``rate_held``,
-  ``rate_oks``, ``rate_clean``, ``rate_run``, ``rate_bind``); the success rate's window (``win_at``, ``win_ok``,
-  ``prev_ok``, ``prev_ms``); the breaker: ``breaker_open``, and its one probe, a
-  lease: ``probe_node``, ``probe_until``;
+  ``rate_oks``, ``rate_clean``, ``rate_run``, ``rate_bind``); the success rate's
+  window (``win_at``, ``win_ok``, ``prev_ok``, ``prev_ms``); the breaker:
+  ``breaker_open``, and its one probe, a lease: ``probe_node``, ``probe_until``;
 - ``leases`` sorted set: one member per in-flight slot, ``NODE#SEQ``, scored by its
   expiry (ms); never a counter, so a slot cannot leak: it expires;
 - ``nodes``  sorted set: node name scored by its heartbeat's expiry;
