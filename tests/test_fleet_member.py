@@ -357,6 +357,8 @@ async def test_each_node_paces_at_its_share_of_the_fleets_rate(redis: RedisServe
         assert ra is not None and rb is not None
         assert ra + rb == pytest.approx(20.0) and ra == pytest.approx(rb)
         assert a_up.pacer.learned_rate is None  # the fleet's, never a local one
+        st = a.state()  # for the state file, `pacer status` and /metrics
+        assert st.rate == 20.0 and st.pace == pytest.approx(ra) and st.live_nodes == 2
         nursery.cancel_scope.cancel()
 
 

@@ -309,4 +309,8 @@ class FleetMember:
             fleet_inflight=None if self.grant is None else self.grant.fleet_inflight,
             nodes=() if view is None else tuple(
                 FleetNodeState(n.node, n.held, n.in_use, n.demand) for n in view.nodes),
+            live_nodes=None if self.grant is None else self.grant.nodes,
+            rate=None if self.grant is None or self.grant.rate is None
+            else round(self.grant.rate, 3),
+            pace=None if self.pace is None else round(self.pace, 3),
         )
