@@ -293,7 +293,8 @@ def test_status_shows_the_fleet(make_config: MakeConfig, spool: SpoolHelper) -> 
 
     config = load_config(make_config())
     fleet = {"fleet_key": "default", "node": "host-b", "limit": 12.0, "epoch": 3,
-             "share": 4, "degraded": False, "fleet_inflight": 12,
+             "share": 4, "degraded": False, "fleet_inflight": 12, "live_nodes": 2,
+             "rate": 24.5, "pace": 8.167,
              "nodes": [{"node": "host-a", "share": 8, "inflight": 7, "demand": 30},
                        {"node": "host-b", "share": 4, "inflight": 4, "demand": 4}]}
     held = Spool(spool.root)
@@ -306,6 +307,7 @@ def test_status_shows_the_fleet(make_config: MakeConfig, spool: SpoolHelper) -> 
     assert info["upstreams"]["default"]["fleet"] == fleet
     text = render_text(info)
     assert "fleet default (default): shared limit 12.0, 2 nodes, 12 slots leased" in text
+    assert "learned rate 24.5/s, this node's pace 8.167/s" in text
     assert "host-b (this one)" in text
     row = next(line for line in text.splitlines() if line.startswith("host-a"))
     assert row.split() == ["host-a", "8", "7", "30"]
