@@ -459,3 +459,21 @@ async def test_the_probe_of_a_node_that_died_is_freed(redis: RedisServer) -> Non
         g = await tick(store, rated("b", demand=1, want_probe=True), b,
                        skew=1.1 + b.node_ttl + 0.05)
         assert g.probe == 1
+
+
+async def test_a_silent_node_does_not_make_a_probe_look_held(redis: RedisServer) -> None:
+    b = bounds(initial=1, probe=1.0)
+    async with FleetStore(redis.url) as store:
+        await tick(store, report("a", demand=20, in_use=0), b, seed=12.0)
+        await tick(store, report("b", demand=20, in_use=0), b)
+        await tick(store, report("b", demand=20, in_use=6, oks=6, rtt=0.3), b, skew=1.0)
+        g = await tick(store, report("a", demand=20, in_use=6, oks=6, rtt=0.3), b, skew=1.01)
+        assert g.limit == 13 and g.plateau == 12  # a probe above the plateau
+        # "b" was killed: its last report says 6 in use, but it has not ticked since.
+        # "a" alone uses 7 of the 13: the probe has not been tried, so it has not held.
+        g = await tick(store, report("a", demand=20, in_use=7, oks=7, rtt=0.3), b, skew=2.3)
+        assert g.nodes == 2 and g.plateau == 12 and g.used == 7
+        # Heard from recently (within three ticks), its slots count: then it held.
+        await tick(store, report("b", demand=20, in_use=6, oks=6, rtt=0.3), b, skew=2.35)
+        g = await tick(store, report("a", demand=20, in_use=7, oks=7, rtt=0.3), b, skew=2.4)
+        assert g.used == 13 and g.plateau == 13

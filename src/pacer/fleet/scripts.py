@@ -16,7 +16,7 @@ on one shard):
 - ``leases`` sorted set: one member per in-flight slot, ``NODE#SEQ``, scored by its
   expiry (ms); never a counter, so a slot cannot leak: it expires;
 - ``nodes``  sorted set: node name scored by its heartbeat's expiry;
-- ``info``   hash: node name -> ``"demand in_use held"``;
+- ``info``   hash: node name -> ``"demand in_use held heard_at_ms"``;
 - ``node:NAME`` set: the lease ids that node holds (so it renews and releases exactly
   its own); it expires with the node.
 """
@@ -33,7 +33,8 @@ from __future__ import annotations
 #       refused (429s since the last tick), refused_in_epoch (those of the drops),
 #       served (all successes), paced (successes the pace held back), finished
 #       (attempts ended), seed_rate (0: none), want_probe (its breaker is not
-#       closed), probe_result (1: its probe closed its breaker, -1: it failed, 0)
+#       closed), probe_result (1: its probe closed its breaker, -1: it failed, 0),
+#       fresh_ms (a node's slots in use count while its last tick is this recent)
 # Returns: held, limit (text), epoch, share (-1: all demand met), pause_left_ms,
 #          breaker_left_ms, fleet_inflight (leases), live_nodes, plateau,
 #          rtt_noload (text), cut, used (slots in use over the live nodes),
@@ -68,6 +69,7 @@ local finished = tonumber(ARGV[25])
 local seed_rate = tonumber(ARGV[26])
 local want_probe = tonumber(ARGV[27])
 local probe_result = tonumber(ARGV[28])
+local fresh_ms = tonumber(ARGV[29])
 
 -- The learned rate's tuning (as the single node's pacing gate: a decrease to the
 -- success rate x 0.9 at most once a second, then +2 % of that per clean second in
@@ -174,16 +176,19 @@ for _, m in ipairs(redis.call('SMEMBERS', mine)) do
     redis.call('SREM', mine, m)
   end
 end
--- Every live node's demand and slots in use, this node's as of now.
+-- Every live node's demand and slots in use, this node's as of now. The slots in use
+-- count only from nodes heard from within a few ticks: a node that went silent (killed,
+-- cut off, starved of CPU) is not "using" the limit while the fleet waits for its
+-- heartbeat to lapse; counted, it made a probe above the plateau look held.
 redis.call('ZADD', nodes, now + node_ttl, node)
-redis.call('HSET', info, node, demand .. ' ' .. in_use .. ' ' .. #held)
+redis.call('HSET', info, node, demand .. ' ' .. in_use .. ' ' .. #held .. ' ' .. now)
 local all = redis.call('HGETALL', info)
 local demands = {}
 local used = 0
 for i = 1, #all, 2 do
-  local d, u = string.match(all[i + 1], '^(%d+) (%d+)')
+  local d, u, _, seen = string.match(all[i + 1], '^(%d+) (%d+) (%d+) ?(%d*)')
   demands[#demands + 1] = {tonumber(d) or 0, all[i]}
-  used = used + (tonumber(u) or 0)
+  if now - (tonumber(seen) or now) <= fresh_ms then used = used + (tonumber(u) or 0) end
 end
 
 -- The controller: one cut per epoch, growth only when the fleet uses the limit
@@ -401,7 +406,7 @@ elseif #held < want then
 end
 for _, m in ipairs(held) do redis.call('ZADD', leases, 'XX', now + ttl, m) end
 redis.call('PEXPIRE', mine, ttl)
-redis.call('HSET', info, node, demand .. ' ' .. in_use .. ' ' .. #held)
+redis.call('HSET', info, node, demand .. ' ' .. in_use .. ' ' .. #held .. ' ' .. now)
 
 redis.call('HSET', ctl, 'limit', tostring(limit), 'epoch', epoch,
            'last_decrease', last_decrease, 'next_probe', next_probe, 'probe_at', probe_at,

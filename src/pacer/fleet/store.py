@@ -58,6 +58,7 @@ class Bounds:
     lease_ttl: float
     probe_interval: float
     node_ttl: float = 1.5
+    tick_interval: float = 0.05
     decrease: float = 0.9
     state_ttl: float = 7 * 24 * 3600.0
 
@@ -161,6 +162,8 @@ class FleetStore:
             k.node(""), round(bounds.node_ttl * 1000),
             report.refused, report.refused_in_epoch, report.served, report.paced,
             report.finished, round(seed_rate, 3), int(report.want_probe), report.probe_result,
+            # a node silent for three ticks (and 150 ms) has no slot "in use"
+            max(150, round(3 * bounds.tick_interval * 1000)),
         ]
         raw: Any = await self._tick([k.ctl, k.leases, k.nodes, k.info, k.node(report.node)], args)
         r = list(raw)
@@ -190,7 +193,7 @@ class FleetStore:
         pairs = list(r[3])
         nodes = []
         for i in range(0, len(pairs), 2):
-            demand, in_use, held = (int(x) for x in _text(pairs[i + 1]).split())
+            demand, in_use, held = (int(x) for x in _text(pairs[i + 1]).split()[:3])
             nodes.append(NodeView(_text(pairs[i]), demand, in_use, held))
         return FleetView(limit=float(limit_text) if limit_text else None, epoch=int(r[1]),
                          inflight=int(r[2]), nodes=tuple(sorted(nodes, key=lambda n: n.node)))
