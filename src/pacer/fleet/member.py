@@ -183,9 +183,10 @@ class FleetMember:
         except UNREACHABLE as exc:
             self._lost(exc)
             return None
-        if report.pause:
+        # Told now; one that came up during the call is told next tick.
+        if report.pause and self._pause == report.pause:
             self._pause = 0.0
-        if report.breaker:
+        if report.breaker and self._breaker == report.breaker:
             self._breaker = 0.0
         self._apply(grant)
         self.upstream.limiter.elsewhere = max(0, grant.used - report.in_use)
