@@ -31,6 +31,10 @@ Scenarios:
 * ``rate``: six nodes against a hidden rate cap of 25 requests/s (``--rate 25``,
   the concurrency cap of 12 above it): goodput as a share of the rate cap and 429s
   after a 5 s warm-up (target: >= 95 %, <= 1 %), and the fleet's learned rate.
+* ``outage``: six nodes, the mock answers 503 to everything from 12 s to 27 s of its
+  own clock (``--outage 12:27``): attempts that reached it during the outage, and
+  after its first second (when the fleet's breaker is open: one half-open probe per
+  cool-down for the whole fleet, not one per node), and the nodes' half-open moves.
 * ``cpu``: one node in-process, no HTTP, 500 attempts/s of 1 s each against a real
   Redis: process CPU per attempt with the fleet minus without it (3 pairs), and
   the CPU of one tick measured alone (target: <= 0.3 ms per request).
@@ -179,6 +183,8 @@ async def _start_mock(workdir: Path, scenario: str) -> tuple[trio.Process, int]:
            "--header-style", "none", "--retry-after", "0.2", "--seed", "1"]
     if scenario == "rate":
         cmd += ["--rate", f"{RATE_CAP:g}"]
+    if scenario == "outage":
+        cmd += ["--outage", "12:27"]
     out = (workdir / "mock.log").open("wb")
     proc = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE, stderr=out)
     assert proc.stdout is not None
@@ -412,6 +418,19 @@ def analyse(run: Run) -> dict[str, Any]:
         out["rate_last_share_of_cap"] = (round(changes[-1][1]["new_rate"] / RATE_CAP, 3)
                                          if changes and changes[-1][1].get("new_rate")
                                          else None)
+    if run.scenario == "outage":
+        hit = [p for p in run.polls if p.get("outage", 0) > 0]
+        if hit:
+            first = hit[0]["t"]
+            total = run.polls[-1]["outage"]
+            out["outage_attempts"] = total
+            out["outage_attempts_after_1s"] = total - _at(run, first + 1)["outage"]
+            out["outage_seen_s"] = round(max(p["t"] for p in hit if p["outage"] == total)
+                                         - first, 2)
+        moves = _events(run, "breaker.transition")
+        out["half_open_moves"] = sum(1 for _, _, e in moves if e.get("to") == "half_open")
+        out["closed_by_fleet"] = sum(1 for _, _, e in moves
+                                     if e.get("to") == "closed" and e.get("reason") == "fleet")
     if run.scenario == "join":
         j = run.marks["join"]
         joined = [e for n, _, e in _events(run, "fleet.joined") if n == f"n{NODES - 1}"]
@@ -511,7 +530,7 @@ async def run_cpu(pairs: int, seconds: float) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- main
 
-SCENARIOS = ("steady", "oracle", "kill", "redis-outage", "join", "rate", "cpu")
+SCENARIOS = ("steady", "oracle", "kill", "redis-outage", "join", "rate", "outage", "cpu")
 
 
 def _spread(values: Sequence[Any]) -> str:

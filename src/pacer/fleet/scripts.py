@@ -10,7 +10,7 @@ on one shard):
   ids); the learned rate: ``rate`` (requests/s, 0: none), ``rate_base``,
   ``rate_search``, ``rate_cut_at``, ``evidence_at``, ``evidence_epoch`` and the
   interval it is judged over (``rate_mark``, ``rate_starts``, ``rate_held``,
-  ``rate_oks``, ``rate_clean``, ``rate_run``, ``rate_bind``); the success rate's
+  ``rate_oks``, ``rate_clean``, ``rate_peak``, ``rate_bind``); the success rate's
   window (``win_at``, ``win_ok``, ``prev_ok``, ``prev_ms``); the breaker:
   ``breaker_open``, and its one probe, a lease: ``probe_node``, ``probe_until``;
 - ``leases`` sorted set: one member per in-flight slot, ``NODE#SEQ``, scored by its
@@ -73,10 +73,10 @@ local fresh_ms = tonumber(ARGV[29])
 
 -- The learned rate's tuning (as the single node's pacing gate: a decrease to the
 -- success rate x 0.9 at most once a second, then +2 % of that per clean second in
--- which the rate bound, a search x 1.1 per second after a first estimate or after
--- ten clean seconds in a row).
+-- which the rate bound, a search x 1.1 per second after a first estimate, or once
+-- the rate has passed the one last refused by 10 % without a 429: the capacity rose).
 local RATE_BACKOFF, RATE_STEP, RATE_GROWTH, RATE_MIN = 0.9, 0.02, 0.1, 0.1
-local RATE_CUT_GAP, EVIDENCE_WINDOW, SEARCH_AFTER = 1000, 60000, 10
+local RATE_CUT_GAP, EVIDENCE_WINDOW, SEARCH_ABOVE = 1000, 60000, 1.1
 local BUSY = 0.8
 
 local t = redis.call('TIME')
@@ -101,7 +101,7 @@ local pause_until = tonumber(st[8]) or 0
 local breaker_until = tonumber(st[9]) or 0
 local rs = redis.call('HMGET', ctl, 'rate', 'rate_base', 'rate_search', 'rate_cut_at',
                       'evidence_at', 'rate_mark', 'rate_starts', 'rate_held', 'rate_oks',
-                      'rate_clean', 'rate_run', 'rate_bind', 'rose_at', 'win_at', 'win_ok',
+                      'rate_clean', 'rate_peak', 'rate_bind', 'rose_at', 'win_at', 'win_ok',
                       'prev_ok', 'prev_ms', 'breaker_open', 'probe_node', 'probe_until',
                       'evidence_epoch')
 local rate = tonumber(rs[1]) or 0
@@ -118,7 +118,7 @@ local rate_starts = tonumber(rs[7]) or 0
 local rate_held = tonumber(rs[8]) or 0
 local rate_oks = tonumber(rs[9]) or 0
 local rate_clean = tonumber(rs[10]) or 1
-local rate_run = tonumber(rs[11]) or 0
+local rate_peak = tonumber(rs[11]) or 0
 local rate_bind = tonumber(rs[12]) or 0
 local rose_at = tonumber(rs[13]) or now
 local win_at = tonumber(rs[14]) or now
@@ -252,8 +252,9 @@ if to_rate and now - rate_cut_at >= RATE_CUT_GAP then
     rate_search = 0
   end
   rate = math.max(RATE_MIN, rate)
+  if old > 0 then rate_peak = old else rate_peak = success_rate end  -- refused there
   rate_base, rate_cut_at, evidence_at = rate, now, 0
-  rate_mark, rate_starts, rate_held, rate_oks, rate_clean, rate_run = now, 0, 0, 0, 1, 0
+  rate_mark, rate_starts, rate_held, rate_oks, rate_clean = now, 0, 0, 0, 1
   rate_bind = 1
   rate_cut = 1
 end
@@ -268,12 +269,9 @@ if rate > 0 and rate_cut == 0 then
         rate = rate * (1 + RATE_GROWTH)
       else
         rate = rate + math.max(0.001, RATE_STEP * rate_base)
-        rate_run = rate_run + 1
-        -- Clean for long at a rising rate: the capacity may have risen, search again.
-        if rate_run >= SEARCH_AFTER then rate_search = 1 end
+        -- Clean well above where the 429s came: the capacity rose, search again.
+        if rate >= SEARCH_ABOVE * rate_peak then rate_search = 1 end
       end
-    elseif rate_clean == 0 then
-      rate_run = 0
     end
     if rate_oks > 0 then
       if rate_held >= 0.5 * rate_oks then rate_bind = 1 else rate_bind = 0 end
@@ -416,7 +414,7 @@ redis.call('HSET', ctl, 'limit', tostring(limit), 'epoch', epoch,
            'rate_cut_at', rate_cut_at, 'evidence_at', evidence_at,
            'evidence_epoch', evidence_epoch, 'rate_mark', rate_mark,
            'rate_starts', rate_starts, 'rate_held', rate_held, 'rate_oks', rate_oks,
-           'rate_clean', rate_clean, 'rate_run', rate_run, 'rate_bind', rate_bind,
+           'rate_clean', rate_clean, 'rate_peak', tostring(rate_peak), 'rate_bind', rate_bind,
            'win_at', win_at, 'win_ok', win_ok, 'prev_ok', prev_ok, 'prev_ms', prev_ms,
            'breaker_open', breaker_open, 'probe_node', probe_node, 'probe_until', probe_until)
 for _, k in ipairs({ctl, leases, nodes, info}) do redis.call('PEXPIRE', k, state_ttl) end
