@@ -478,3 +478,49 @@ async def test_a_silent_node_does_not_make_a_probe_look_held(redis: RedisServer)
         await tick(store, report("b", demand=20, in_use=6, oks=6, rtt=0.3), b, skew=2.35)
         g = await tick(store, report("a", demand=20, in_use=7, oks=7, rtt=0.3), b, skew=2.4)
         assert g.used == 13 and g.plateau == 13
+
+
+async def test_429s_at_a_level_the_fleet_held_are_a_rates_even_while_it_climbs(
+        redis: RedisServer) -> None:
+    b = bounds(initial=1, probe=30.0)
+    async with FleetStore(redis.url) as store:
+        await tick(store, rated("a"), b, seed=12.0)
+        # 12 held in use, unrefused, for over two round trips: proven.
+        # (successes the pace held back: they do not grow the limit, no probe here)
+        await tick(store, rated("a", in_use=12, served=40, paced=40), b, skew=0.1)
+        g = await tick(store, rated("a", in_use=12, served=40, paced=40), b, skew=1.2)
+        # A timeout cuts (10, plateau 11); the climb back reaches 11...
+        drop = Report(node="a", demand=40, in_use=12, seen_epoch=g.epoch, drops=1,
+                      successes=0, min_rtt=None)
+        g = await tick(store, drop, b, skew=1.3)
+        assert g.cut and g.limit == 10 and g.plateau == 11
+        g = await tick(store, rated("a", in_use=10, served=10), b, skew=1.6)
+        assert g.limit == 11
+        # ...and is refused at once: not a probe, but no more than the 12 held before
+        # (a rate cap's bucket ran dry): evidence, and a cut...
+        g = await tick(store, rated("a", in_use=11, refused=3, epoch=g.epoch), b, skew=1.65)
+        assert g.cut and g.rate is None
+        # ...and 429s again, no rise since: a rate is learned.
+        g = await tick(store, rated("a", in_use=9, refused=2, epoch=g.epoch), b, skew=2.0)
+        assert g.rate is not None and g.rate_cut and not g.cut
+
+
+async def test_429s_above_the_level_held_are_the_concurrency_limits(
+        redis: RedisServer) -> None:
+    b = bounds(initial=1, probe=30.0)
+    async with FleetStore(redis.url) as store:
+        await tick(store, rated("a"), b, seed=12.0)
+        # (successes the pace held back: they do not grow the limit, no probe here)
+        await tick(store, rated("a", in_use=12, served=40, paced=40), b, skew=0.1)
+        g = await tick(store, rated("a", in_use=12, served=40, paced=40), b, skew=1.2)
+        # A capacity that fell to 10: a first cut (evidence, but only once)...
+        g = await tick(store, rated("a", in_use=12, refused=3, epoch=g.epoch), b, skew=1.3)
+        assert g.cut and g.limit == 10 and g.plateau == 11
+        # ...10 held and proven; the climb to the plateau (11) refused: above what
+        # was proven since, and just after a rise: the concurrency limit's.
+        g = await tick(store, rated("a", in_use=10, served=30, paced=30), b, skew=1.4)
+        g = await tick(store, rated("a", in_use=10, served=30, paced=30), b, skew=2.5)
+        g = await tick(store, rated("a", in_use=10, served=30), b, skew=2.6)
+        assert g.limit == 11
+        g = await tick(store, rated("a", in_use=11, refused=1, epoch=g.epoch), b, skew=2.7)
+        assert g.cut and g.rate is None

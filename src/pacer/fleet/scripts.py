@@ -8,7 +8,8 @@ on one shard):
   ``next_probe``, ``probe_at``, ``plateau``, ``rtt_noload`` (ms), ``rose_at`` (when
   the whole limit last rose), ``pause_until``, ``breaker_until``, ``seq`` (lease
   ids); the learned rate: ``rate`` (requests/s, 0: none), ``rate_base``,
-  ``rate_search``, ``rate_cut_at``, ``evidence_at``, ``evidence_epoch`` and the
+  ``rate_search``, ``rate_cut_at``, ``evidence_at``, ``evidence_epoch``, the level
+  held (``hold_level``, ``hold_since``, ``proven``, ``proven_at``) and the
   interval it is judged over (``rate_mark``, ``rate_starts``, ``rate_held``,
   ``rate_oks``, ``rate_clean``, ``rate_peak``, ``rate_bind``); the success rate's
   window (``win_at``, ``win_ok``, ``prev_ok``, ``prev_ms``); the breaker:
@@ -77,6 +78,7 @@ local fresh_ms = tonumber(ARGV[29])
 -- the rate has passed the one last refused by 10 % without a 429: the capacity rose).
 local RATE_BACKOFF, RATE_STEP, RATE_GROWTH, RATE_MIN = 0.9, 0.02, 0.1, 0.1
 local RATE_CUT_GAP, EVIDENCE_WINDOW, SEARCH_ABOVE = 1000, 60000, 1.1
+local PROVEN_FOR = 30000  -- a level held proves the capacity for this long
 local BUSY = 0.8
 
 local t = redis.call('TIME')
@@ -103,7 +105,7 @@ local rs = redis.call('HMGET', ctl, 'rate', 'rate_base', 'rate_search', 'rate_cu
                       'evidence_at', 'rate_mark', 'rate_starts', 'rate_held', 'rate_oks',
                       'rate_clean', 'rate_peak', 'rate_bind', 'rose_at', 'win_at', 'win_ok',
                       'prev_ok', 'prev_ms', 'breaker_open', 'probe_node', 'probe_until',
-                      'evidence_epoch')
+                      'evidence_epoch', 'hold_level', 'hold_since', 'proven', 'proven_at')
 local rate = tonumber(rs[1]) or 0
 local rate_base = tonumber(rs[2]) or 0
 local rate_search = tonumber(rs[3]) or 0
@@ -129,6 +131,10 @@ local breaker_open = tonumber(rs[18]) or 0
 local probe_node = rs[19] or ''
 local probe_until = tonumber(rs[20]) or 0
 local evidence_epoch = tonumber(rs[21]) or 0
+local hold_level = tonumber(rs[22]) or 0
+local hold_since = tonumber(rs[23]) or now
+local proven = tonumber(rs[24]) or 0
+local proven_at = tonumber(rs[25]) or 0
 
 -- The clock went back: no stamp may lie in the future, nothing may stay paused for
 -- longer than it could have been asked for.
@@ -138,6 +144,8 @@ if rate_cut_at > now then rate_cut_at = 0 end  -- (not "just now": that would bl
 if evidence_at > now then evidence_at = 0 end
 if rate_mark > now then rate_mark = now end
 if rose_at > now then rose_at = now end
+if hold_since > now then hold_since = now end
+if proven_at > now then proven_at = now end
 if win_at > now then win_at = now end
 probe_until = math.min(probe_until, now + ttl)
 if next_probe > now + probe_every then next_probe = now + probe_every end
@@ -216,16 +224,22 @@ end
 if refused > 0 then rate_clean = 0 end
 
 -- Rate cap or concurrency cap? The fleet holds every slot of its limit, so over a
--- concurrency cap 429s come only from a probe above the plateau (the last
--- congestion point) or soon after a rise (the slow start's overshoot, the climb back
--- to the plateau). A 429 at or below the plateau, not probing, the limit not risen
--- for two no-load round trips (and the ticks that bring the news), is a rate cap's
--- doing, or a capacity that fell: once more after the cut that followed it (the
--- limit not risen since), and a rate is learned. Once one is known, 429s are its own
--- while it binds (the pace holds the starts back) or when they are such evidence.
+-- concurrency cap 429s come only with more in flight than it served: from a probe
+-- above the plateau (the last congestion point), or soon after a rise (the slow
+-- start's overshoot, the climb back to the plateau). A 429 with no more in flight
+-- than a level the fleet recently held, in use and unrefused, for two no-load round
+-- trips (and the ticks that bring the news: "proven"), or at or below the plateau
+-- with the limit not risen for as long, is a rate cap's doing, or a capacity that
+-- fell: once more after the cut that followed it (the limit not risen since), and a
+-- rate is learned. Once one is known, 429s are its own while it binds (the pace
+-- holds the starts back) or when they are such evidence.
 local settle = 2 * math.max(rtt_noload, 0) + 250
+if now - proven_at > PROVEN_FOR then proven = 0 end
+local at_refusal = math.min(math.floor(limit), math.max(used, redis.call('ZCARD', leases)))
 local evidence = refused_in_epoch > 0 and seen_epoch == epoch and probe_at == 0
-                 and plateau > 0 and math.floor(limit) <= plateau and now - rose_at >= settle
+                 and ((proven > 0 and at_refusal <= proven)
+                      or (plateau > 0 and math.floor(limit) <= plateau
+                          and now - rose_at >= settle))
 local to_rate = false
 if refused > 0 then
   if rate > 0 then
@@ -318,6 +332,12 @@ elseif oks > 0 and used + 1 >= math.floor(limit) then
   limit = math.min(hi, limit)
 end
 if math.floor(limit) > old_cap then rose_at = now end
+-- A level held in use, unrefused, for the settling time is proven.
+if refused > 0 or cut == 1 or math.floor(limit) ~= hold_level then
+  hold_level, hold_since = math.floor(limit), now
+elseif now - hold_since >= settle and used + 1 >= hold_level then
+  proven, proven_at = hold_level, now
+end
 if pause_ms > 0 then pause_until = math.max(pause_until, now + pause_ms) end
 
 -- One breaker for the fleet, one probe: an opening anywhere opens all; once its
@@ -412,7 +432,9 @@ redis.call('HSET', ctl, 'limit', tostring(limit), 'epoch', epoch,
            'pause_until', pause_until, 'breaker_until', breaker_until, 'rose_at', rose_at,
            'rate', tostring(rate), 'rate_base', tostring(rate_base), 'rate_search', rate_search,
            'rate_cut_at', rate_cut_at, 'evidence_at', evidence_at,
-           'evidence_epoch', evidence_epoch, 'rate_mark', rate_mark,
+           'evidence_epoch', evidence_epoch, 'hold_level', hold_level,
+           'hold_since', hold_since, 'proven', proven, 'proven_at', proven_at,
+           'rate_mark', rate_mark,
            'rate_starts', rate_starts, 'rate_held', rate_held, 'rate_oks', rate_oks,
            'rate_clean', rate_clean, 'rate_peak', tostring(rate_peak), 'rate_bind', rate_bind,
            'win_at', win_at, 'win_ok', win_ok, 'prev_ok', prev_ok, 'prev_ms', prev_ms,
