@@ -524,3 +524,23 @@ async def test_429s_above_the_level_held_are_the_concurrency_limits(
         assert g.limit == 11
         g = await tick(store, rated("a", in_use=11, refused=1, epoch=g.epoch), b, skew=2.7)
         assert g.cut and g.rate is None
+
+
+async def test_an_outage_lowers_the_limit_but_not_the_plateau_and_it_regrows_fast(
+        redis: RedisServer) -> None:
+    b = bounds(initial=1, probe=30.0)
+    async with FleetStore(redis.url) as store:
+        g = await tick(store, rated("a"), b, seed=12.0)
+        t = 0.0
+        for _ in range(6):  # 503s, epoch after epoch (the breaker's probes among them)
+            t += 0.4
+            failed = Report(node="a", demand=40, in_use=int(g.limit), seen_epoch=g.epoch,
+                            drops=3, successes=0, min_rtt=None, failed_in_epoch=3)
+            g = await tick(store, failed, b, skew=t)
+            assert g.cut and g.plateau == 12
+        assert g.limit == 5
+        # Answers are clean again: x2 per round trip back to the plateau, not +1.
+        g = await tick(store, rated("a", in_use=5, served=5), b, skew=t + 0.3)
+        assert g.limit == 10
+        g = await tick(store, rated("a", in_use=10, served=10), b, skew=t + 0.6)
+        assert g.limit == 12 and g.plateau == 12

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("pacer.fleet")
 
 FLEET_CAUSE = "fleet"  # pauses and breaker openings that came from the fleet
+# Drops that say the upstream failed, not that it refused this concurrency.
+FAILURE_REASONS = frozenset({"server_error", "connection"})
 # A rate change is logged when it moved by at least this share since the last logged.
 RATE_LOG_STEP = 0.05
 
@@ -69,7 +71,7 @@ class FleetMember:
         self._min_rtt: float | None = None
         self._pause = 0.0
         self._breaker = 0.0
-        self._refused = self._refused_in_epoch = 0
+        self._refused = self._refused_in_epoch = self._failed_in_epoch = 0
         self._served = self._paced = self._finished = 0
         self._probe_result = 0
         self.joined = False
@@ -118,6 +120,7 @@ class FleetMember:
             if s.start >= self._epoch_seen_at:  # older ones belong to a cut already made
                 self._drops += 1
                 self._refused_in_epoch += refused
+                self._failed_in_epoch += s.reason in FAILURE_REASONS
             if self.degraded is not None:
                 # (only attempts sent since: earlier ones are the fleet's to judge)
                 if s.start >= self._degraded_at and self.degraded.on_drop(self.clock()):
@@ -161,6 +164,7 @@ class FleetMember:
                       seen_epoch=self.epoch, drops=self._drops, successes=self._successes,
                       min_rtt=self._min_rtt, pause=self._pause, breaker=self._breaker,
                       refused=self._refused, refused_in_epoch=self._refused_in_epoch,
+                      failed_in_epoch=self._failed_in_epoch,
                       served=self._served, paced=self._paced, finished=self._finished,
                       want_probe=self.upstream.breaker.state is not BreakerState.CLOSED,
                       probe_result=self._probe_result)
@@ -169,7 +173,7 @@ class FleetMember:
         """One exchange with the fleet; None when Redis could not be reached."""
         report = self._report()
         self._drops = self._successes = 0
-        self._refused = self._refused_in_epoch = 0
+        self._refused = self._refused_in_epoch = self._failed_in_epoch = 0
         self._served = self._paced = self._finished = 0
         self._probe_result = 0
         self._min_rtt = None
@@ -209,7 +213,7 @@ class FleetMember:
         if g.epoch != self.epoch:
             self.epoch = g.epoch
             self._epoch_seen_at = now
-            self._drops = 0
+            self._drops = self._refused_in_epoch = self._failed_in_epoch = 0
         if self.upstream.limit is not self.shared:  # a reload gave it a limit of its own
             self.upstream.use_limit(self.shared)
         # limit.changed, as for any limit (the upstream logs it).

@@ -9,7 +9,8 @@ on one shard):
   the whole limit last rose), ``pause_until``, ``breaker_until``, ``seq`` (lease
   ids); the learned rate: ``rate`` (requests/s, 0: none), ``rate_base``,
   ``rate_search``, ``rate_cut_at``, ``evidence_at``, ``evidence_epoch``, the level
-  held (``hold_level``, ``hold_since``, ``proven``, ``proven_at``) and the
+  held (``hold_level``, ``hold_since``, ``proven``, ``proven_at``), ``regrow`` (back
+  from an outage) and the
   interval it is judged over (``rate_mark``, ``rate_starts``, ``rate_held``,
   ``rate_oks``, ``rate_clean``, ``rate_peak``, ``rate_bind``); the success rate's
   window (``win_at``, ``win_ok``, ``prev_ok``, ``prev_ms``); the breaker:
@@ -35,7 +36,8 @@ from __future__ import annotations
 #       served (all successes), paced (successes the pace held back), finished
 #       (attempts ended), seed_rate (0: none), want_probe (its breaker is not
 #       closed), probe_result (1: its probe closed its breaker, -1: it failed, 0),
-#       fresh_ms (a node's slots in use count while its last tick is this recent)
+#       fresh_ms (a node's slots in use count while its last tick is this recent),
+#       failed_in_epoch (of the drops, failures: 5xx, refused connections)
 # Returns: held, limit (text), epoch, share (-1: all demand met), pause_left_ms,
 #          breaker_left_ms, fleet_inflight (leases), live_nodes, plateau,
 #          rtt_noload (text), cut, used (slots in use over the live nodes),
@@ -71,6 +73,7 @@ local seed_rate = tonumber(ARGV[26])
 local want_probe = tonumber(ARGV[27])
 local probe_result = tonumber(ARGV[28])
 local fresh_ms = tonumber(ARGV[29])
+local failed_in_epoch = tonumber(ARGV[30])
 
 -- The learned rate's tuning (as the single node's pacing gate: a decrease to the
 -- success rate x 0.9 at most once a second, then +2 % of that per clean second in
@@ -105,7 +108,8 @@ local rs = redis.call('HMGET', ctl, 'rate', 'rate_base', 'rate_search', 'rate_cu
                       'evidence_at', 'rate_mark', 'rate_starts', 'rate_held', 'rate_oks',
                       'rate_clean', 'rate_peak', 'rate_bind', 'rose_at', 'win_at', 'win_ok',
                       'prev_ok', 'prev_ms', 'breaker_open', 'probe_node', 'probe_until',
-                      'evidence_epoch', 'hold_level', 'hold_since', 'proven', 'proven_at')
+                      'evidence_epoch', 'hold_level', 'hold_since', 'proven', 'proven_at',
+                      'regrow')
 local rate = tonumber(rs[1]) or 0
 local rate_base = tonumber(rs[2]) or 0
 local rate_search = tonumber(rs[3]) or 0
@@ -135,6 +139,7 @@ local hold_level = tonumber(rs[22]) or 0
 local hold_since = tonumber(rs[23]) or now
 local proven = tonumber(rs[24]) or 0
 local proven_at = tonumber(rs[25]) or 0
+local regrow = tonumber(rs[26]) or 0
 
 -- The clock went back: no stamp may lie in the future, nothing may stay paused for
 -- longer than it could have been asked for.
@@ -305,9 +310,17 @@ if drops > 0 and seen_epoch == epoch and now - last_decrease >= math.max(rtt_nol
   local point = math.max(1, math.min(math.floor(limit), busy))
   if probe_at > 0 and plateau > 0 and math.floor(limit) > plateau then
     limit = plateau  -- the probe above the plateau was refused: back to the plateau
+    regrow = 0
+  elseif failed_in_epoch >= drops and plateau > 0 then
+    -- Only failures (5xx, refused connections): the upstream failed, it did not
+    -- refuse this concurrency. Lower the limit, keep the plateau, and regrow to it
+    -- fast once answers are clean (an outage must not leave the fleet at 1).
+    limit = math.max(lo, math.floor(limit * decrease))
+    regrow = 1
   else
     plateau = math.max(lo, point - 1)
     limit = math.max(lo, math.min(math.floor(limit * decrease), point - 1))
+    regrow = 0
   end
   epoch = epoch + 1
   last_decrease = now
@@ -323,6 +336,8 @@ elseif oks > 0 and used + 1 >= math.floor(limit) then
       probe_at = 0
       next_probe = now
     end
+  elseif limit < plateau and regrow == 1 then
+    limit = math.min(plateau, limit + oks)               -- after an outage: x2 per rtt
   elseif limit < plateau then
     limit = math.min(plateau, limit + oks / limit)       -- back to the plateau: +1 per rtt
   elseif now >= next_probe then
@@ -434,7 +449,7 @@ redis.call('HSET', ctl, 'limit', tostring(limit), 'epoch', epoch,
            'rate_cut_at', rate_cut_at, 'evidence_at', evidence_at,
            'evidence_epoch', evidence_epoch, 'hold_level', hold_level,
            'hold_since', hold_since, 'proven', proven, 'proven_at', proven_at,
-           'rate_mark', rate_mark,
+           'regrow', regrow, 'rate_mark', rate_mark,
            'rate_starts', rate_starts, 'rate_held', rate_held, 'rate_oks', rate_oks,
            'rate_clean', rate_clean, 'rate_peak', tostring(rate_peak), 'rate_bind', rate_bind,
            'win_at', win_at, 'win_ok', win_ok, 'prev_ok', prev_ok, 'prev_ms', prev_ms,

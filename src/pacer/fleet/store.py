@@ -41,6 +41,7 @@ class Report:
     breaker: float = 0.0  # a breaker cool-down this node started (seconds)
     refused: int = 0  # 429s since the last tick
     refused_in_epoch: int = 0  # those of them counted in ``drops``
+    failed_in_epoch: int = 0  # failures (5xx, refused connections) counted in ``drops``
     served: int = 0  # successes, the paced ones too
     paced: int = 0  # successes whose start the pace held back
     finished: int = 0  # attempts ended
@@ -163,7 +164,7 @@ class FleetStore:
             report.refused, report.refused_in_epoch, report.served, report.paced,
             report.finished, round(seed_rate, 3), int(report.want_probe), report.probe_result,
             # a node silent for three ticks (and 150 ms) has no slot "in use"
-            max(150, round(3 * bounds.tick_interval * 1000)),
+            max(150, round(3 * bounds.tick_interval * 1000)), report.failed_in_epoch,
         ]
         raw: Any = await self._tick([k.ctl, k.leases, k.nodes, k.info, k.node(report.node)], args)
         r = list(raw)
