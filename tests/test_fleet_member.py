@@ -391,3 +391,31 @@ async def test_the_fleets_breaker_sends_one_probe_and_closes_everywhere(
         assert all(u.breaker.state is BreakerState.CLOSED for u in (b_up, c_up))
         closed = [e for e in events(logs, "breaker.transition") if e["to"] == "closed"]
         assert sorted(e["reason"] for e in closed) == ["fleet", "fleet", "probe_succeeded"]
+
+
+@REDIS_DOWN_LEAKS
+async def test_without_redis_a_nodes_own_breaker_takes_over(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, port=free_port())
+    server.start()
+    a_up, b_up = upstream(), upstream()
+    for up in (a_up, b_up):
+        up.breaker.settings = BreakerSettings(base_cooldown=0.1, max_cooldown=0.2, jitter=0.0)
+    try:
+        async with FleetStore(server.url, timeout=0.2) as store:
+            a, b = member(store, "a", a_up), member(store, "b", b_up)
+            await a.tick()
+            await b.tick()
+            a_up.breaker.trip(trio.current_time(), "auth", min_cooldown=0.2)
+            await a.tick()
+            await b.tick()
+            await trio.sleep(0.25)
+            await a.tick()  # a holds the fleet's one probe...
+            await b.tick()  # ...so b is held open
+            assert b.grant is not None and b.grant.probe == 0
+            assert not b_up.breaker.allow(trio.current_time())
+            server.stop()
+            assert await b.tick() is None  # degraded: nobody holds b open any more
+            await trio.sleep(0.2)
+            assert b_up.breaker.allow(trio.current_time())  # its own half-open probe
+    finally:
+        server.stop()
