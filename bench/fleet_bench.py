@@ -425,8 +425,16 @@ def analyse(run: Run) -> dict[str, Any]:
             total = run.polls[-1]["outage"]
             out["outage_attempts"] = total
             out["outage_attempts_after_1s"] = total - _at(run, first + 1)["outage"]
-            out["outage_seen_s"] = round(max(p["t"] for p in hit if p["outage"] == total)
-                                         - first, 2)
+            last = min(p["t"] for p in hit if p["outage"] == total)
+            out["outage_seen_s"] = round(last - first, 2)
+            back = None
+            t = last
+            while t + 2 <= run.marks["end"]:
+                if _goodput(run, t, t + 1) >= 0.95 and _goodput(run, t + 1, t + 2) >= 0.95:
+                    back = t + 1 - last  # the end of the first good second
+                    break
+                t += POLL
+            out["back_at_95pct_after_outage_s"] = None if back is None else round(back, 2)
         moves = _events(run, "breaker.transition")
         out["half_open_moves"] = sum(1 for _, _, e in moves if e.get("to") == "half_open")
         out["closed_by_fleet"] = sum(1 for _, _, e in moves
