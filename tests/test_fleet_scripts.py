@@ -544,3 +544,17 @@ async def test_an_outage_lowers_the_limit_but_not_the_plateau_and_it_regrows_fas
         assert g.limit == 10
         g = await tick(store, rated("a", in_use=10, served=10), b, skew=t + 0.6)
         assert g.limit == 12 and g.plateau == 12
+
+
+async def test_a_probe_whose_slot_was_never_used_has_not_held(redis: RedisServer) -> None:
+    b = bounds(initial=1, probe=1.0)
+    async with FleetStore(redis.url) as store:
+        await tick(store, report("a", demand=12, in_use=0), b, seed=12.0)
+        g = await tick(store, report("a", demand=12, in_use=12, oks=12, rtt=0.3), b, skew=0.1)
+        assert g.limit == 13 and g.plateau == 12  # probing
+        # The nodes only want 12 (a node just back from a lost Redis asks for its safe
+        # share, say): the 13th slot is never tried, the probe cannot have held.
+        g = await tick(store, report("a", demand=12, in_use=12, oks=12, rtt=0.3), b, skew=1.5)
+        assert g.limit == 13 and g.plateau == 12
+        g = await tick(store, report("a", demand=13, in_use=13, oks=13, rtt=0.3), b, skew=1.6)
+        assert g.plateau == 13  # used, unrefused, long enough: capacity rose

@@ -331,7 +331,8 @@ elseif oks > 0 and used + 1 >= math.floor(limit) then
   if plateau == 0 then
     limit = limit + oks                                  -- slow start: x2 per round trip
   elseif probe_at > 0 then
-    if now - probe_at >= math.max(1000, 4 * rtt_noload) then
+    -- (held only if the probe's slot was in use: otherwise it was never tried)
+    if now - probe_at >= math.max(1000, 4 * rtt_noload) and used >= math.floor(limit) then
       plateau = math.floor(limit)                        -- the probe held: capacity rose
       probe_at = 0
       next_probe = now
@@ -350,7 +351,7 @@ if math.floor(limit) > old_cap then rose_at = now end
 -- A level held in use, unrefused, for the settling time is proven.
 if refused > 0 or cut == 1 or math.floor(limit) ~= hold_level then
   hold_level, hold_since = math.floor(limit), now
-elseif now - hold_since >= settle and used + 1 >= hold_level then
+elseif now - hold_since >= settle and used >= hold_level then
   proven, proven_at = hold_level, now
 end
 if pause_ms > 0 then pause_until = math.max(pause_until, now + pause_ms) end
