@@ -351,7 +351,7 @@ if math.floor(limit) > old_cap then rose_at = now end
 -- A level held in use, unrefused, for the settling time is proven.
 if refused > 0 or cut == 1 or math.floor(limit) ~= hold_level then
   hold_level, hold_since = math.floor(limit), now
-elseif now - hold_since >= settle and used >= hold_level then
+elseif now - hold_since >= settle and used + 1 >= hold_level then  -- (a tick's lag)
   proven, proven_at = hold_level, now
 end
 if pause_ms > 0 then pause_until = math.max(pause_until, now + pause_ms) end
