@@ -303,7 +303,11 @@ if to_rate then drops = drops - refused_in_epoch end
 
 local old_cap = math.floor(limit)
 local cut = 0
-if drops > 0 and seen_epoch == epoch and now - last_decrease >= math.max(rtt_noload, 0) then
+-- (At most one cut per no-load round trip and the ticks that spread the news: until
+-- every node has heard of a cut and its attempts above the new shares have ended, the
+-- fleet still has more in flight than the new limit, and their 429s are no news.)
+if drops > 0 and seen_epoch == epoch
+   and now - last_decrease >= math.max(rtt_noload, 0) + fresh_ms then
   -- Congestion at what was in flight: the slots in use, or the leases if more (the
   -- in-use counts are up to a tick old), never above the limit.
   local busy = math.max(used, redis.call('ZCARD', leases))
