@@ -28,6 +28,13 @@ Scenarios:
   (target: <= 5 s).
 * ``join``: five nodes, a sixth joins at 10 s: the limit and share it starts with,
   and how long until it holds its share (target: not from 1).
+* ``rate``: six nodes against a hidden rate cap of 25 requests/s (``--rate 25``,
+  the concurrency cap of 12 above it): goodput as a share of the rate cap and 429s
+  after a 5 s warm-up (target: >= 95 %, <= 1 %), and the fleet's learned rate.
+* ``outage``: six nodes, the mock answers 503 to everything from 12 s to 27 s of its
+  own clock (``--outage 12:27``): attempts that reached it during the outage, and
+  after its first second (when the fleet's breaker is open: one half-open probe per
+  cool-down for the whole fleet, not one per node), and the nodes' half-open moves.
 * ``cpu``: one node in-process, no HTTP, 500 attempts/s of 1 s each against a real
   Redis: process CPU per attempt with the fleet minus without it (3 pairs), and
   the CPU of one tick measured alone (target: <= 0.3 ms per request).
@@ -69,6 +76,9 @@ from pacer.spool.jobs import Request
 CAP = 12
 LATENCY = 0.3
 CAPACITY = CAP / LATENCY  # requests/s
+# The ``rate`` scenario: a hidden rate cap below the concurrency cap's capacity (at
+# 0.3 s it takes 7.5 in flight; the concurrency cap stays at 12, out of reach).
+RATE_CAP = 25.0
 NODES = 6
 WORKERS = 20
 LEASE_TTL = FleetConfig().lease_ttl
@@ -162,10 +172,19 @@ class Run:
     load: float = 0.0
 
 
-async def _start_mock(workdir: Path) -> tuple[trio.Process, int]:
+def capacity(scenario: str) -> float:
+    """What the upstream serves at most, requests/s."""
+    return RATE_CAP if scenario == "rate" else CAPACITY
+
+
+async def _start_mock(workdir: Path, scenario: str) -> tuple[trio.Process, int]:
     cmd = [sys.executable, "-m", "pacer.mockapi", "--host", "127.0.0.1", "--port", "0",
            "--concurrency", str(CAP), "--latency", str(LATENCY), "--jitter", "0.03",
            "--header-style", "none", "--retry-after", "0.2", "--seed", "1"]
+    if scenario == "rate":
+        cmd += ["--rate", f"{RATE_CAP:g}"]
+    if scenario == "outage":
+        cmd += ["--outage", "12:27"]
     out = (workdir / "mock.log").open("wb")
     proc = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE, stderr=out)
     assert proc.stdout is not None
@@ -215,7 +234,7 @@ async def run_scenario(name: str, duration: float) -> Run:
         workdir.mkdir(parents=True, exist_ok=True)
         redis = RedisServer(workdir)
         redis.start()
-        mock, port = await _start_mock(workdir)
+        mock, port = await _start_mock(workdir, name)
         base_url = f"http://127.0.0.1:{port}"
         procs: dict[str, subprocess.Popen[bytes]] = {}
         names = [f"n{i}" for i in range(NODES)]
@@ -301,7 +320,8 @@ def _at(run: Run, t: float) -> dict[str, Any]:
 def _goodput(run: Run, a: float, b: float) -> float:
     pa, pb = _at(run, a), _at(run, b)
     span = pb["t"] - pa["t"]
-    return (pb["ok"] - pa["ok"]) / (span * CAPACITY) if span > 0 else math.nan
+    return ((pb["ok"] - pa["ok"]) / (span * capacity(run.scenario)) if span > 0
+            else math.nan)
 
 
 def _share_429(run: Run, a: float, b: float) -> float:
@@ -389,6 +409,36 @@ def analyse(run: Run) -> dict[str, Any]:
         out["degraded_events"] = len(degraded)
         out["restored_events"] = len(restored)
         out["restored_after_s_max"] = round(max(restored), 2) if restored else None
+    if run.scenario == "rate":
+        changes = sorted((t, e) for n, t, e in _events(run, "fleet.rate_changed") if n == "n0")
+        learned = [t for t, e in changes if e.get("old_rate") is None and e.get("new_rate")]
+        out["rate_learned_at_s"] = round(learned[0], 2) if learned else None
+        out["rate_cuts_seen_by_n0"] = sum(1 for _, e in changes
+                                          if e.get("reason") == "rate_limited")
+        out["rate_last_share_of_cap"] = (round(changes[-1][1]["new_rate"] / RATE_CAP, 3)
+                                         if changes and changes[-1][1].get("new_rate")
+                                         else None)
+    if run.scenario == "outage":
+        hit = [p for p in run.polls if p.get("outage", 0) > 0]
+        if hit:
+            first = hit[0]["t"]
+            total = run.polls[-1]["outage"]
+            out["outage_attempts"] = total
+            out["outage_attempts_after_1s"] = total - _at(run, first + 1)["outage"]
+            last = min(p["t"] for p in hit if p["outage"] == total)
+            out["outage_seen_s"] = round(last - first, 2)
+            back = None
+            t = last
+            while t + 2 <= run.marks["end"]:
+                if _goodput(run, t, t + 1) >= 0.95 and _goodput(run, t + 1, t + 2) >= 0.95:
+                    back = t + 1 - last  # the end of the first good second
+                    break
+                t += POLL
+            out["back_at_95pct_after_outage_s"] = None if back is None else round(back, 2)
+        moves = _events(run, "breaker.transition")
+        out["half_open_moves"] = sum(1 for _, _, e in moves if e.get("to") == "half_open")
+        out["closed_by_fleet"] = sum(1 for _, _, e in moves
+                                     if e.get("to") == "closed" and e.get("reason") == "fleet")
     if run.scenario == "join":
         j = run.marks["join"]
         joined = [e for n, _, e in _events(run, "fleet.joined") if n == f"n{NODES - 1}"]
@@ -488,7 +538,7 @@ async def run_cpu(pairs: int, seconds: float) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- main
 
-SCENARIOS = ("steady", "oracle", "kill", "redis-outage", "join", "cpu")
+SCENARIOS = ("steady", "oracle", "kill", "redis-outage", "join", "rate", "outage", "cpu")
 
 
 def _spread(values: Sequence[Any]) -> str:

@@ -27,7 +27,7 @@ from fleet_redis import (  # noqa: F401 (fixtures)
     redis_module_fixture,
 )
 from pacer.config import FleetConfig, UpstreamConfig, load_config
-from pacer.control.breaker import BreakerState
+from pacer.control.breaker import BreakerSettings, BreakerState
 from pacer.control.limit import Outcome, Sample
 from pacer.fleet.degraded import DegradedSettings, DegradedShare
 from pacer.fleet.fleet import Fleet
@@ -293,7 +293,8 @@ def test_status_shows_the_fleet(make_config: MakeConfig, spool: SpoolHelper) -> 
 
     config = load_config(make_config())
     fleet = {"fleet_key": "default", "node": "host-b", "limit": 12.0, "epoch": 3,
-             "share": 4, "degraded": False, "fleet_inflight": 12,
+             "share": 4, "degraded": False, "fleet_inflight": 12, "live_nodes": 2,
+             "rate": 24.5, "pace": 8.167,
              "nodes": [{"node": "host-a", "share": 8, "inflight": 7, "demand": 30},
                        {"node": "host-b", "share": 4, "inflight": 4, "demand": 4}]}
     held = Spool(spool.root)
@@ -306,6 +307,7 @@ def test_status_shows_the_fleet(make_config: MakeConfig, spool: SpoolHelper) -> 
     assert info["upstreams"]["default"]["fleet"] == fleet
     text = render_text(info)
     assert "fleet default (default): shared limit 12.0, 2 nodes, 12 slots leased" in text
+    assert "learned rate 24.5/s, this node's pace 8.167/s" in text
     assert "host-b (this one)" in text
     row = next(line for line in text.splitlines() if line.startswith("host-a"))
     assert row.split() == ["host-a", "8", "7", "30"]
@@ -338,3 +340,82 @@ def test_the_fleet_state_survives_the_state_file() -> None:
     back = ServiceState.from_json(json.loads(json.dumps(state.to_json())))
     assert back.upstreams["api"].fleet == fleet
     assert back.upstreams["alone"].fleet is None
+
+
+async def test_each_node_paces_at_its_share_of_the_fleets_rate(redis: RedisServer) -> None:
+    a_up, b_up = upstream(), upstream()
+    async with FleetStore(redis.url) as store, trio.open_nursery() as nursery:
+        a, b = member(store, "a", a_up), member(store, "b", b_up)
+        a.known_rate = 20.0  # what a knew: an empty Redis is seeded with it
+        await hold_slots(nursery, a_up, 20)
+        await a.tick()
+        now = trio.current_time()
+        assert a_up.pacer.rate(now) == pytest.approx(20.0)  # alone: all of it
+        await hold_slots(nursery, b_up, 20)
+        for _ in range(3):
+            await b.tick()
+            await a.tick()
+        ra, rb = a_up.pacer.rate(now), b_up.pacer.rate(now)
+        assert ra is not None and rb is not None
+        assert ra + rb == pytest.approx(20.0) and ra == pytest.approx(rb)
+        assert a_up.pacer.learned_rate is None  # the fleet's, never a local one
+        st = a.state()  # for the state file, `pacer status` and /metrics
+        assert st.rate == 20.0 and st.pace == pytest.approx(ra) and st.live_nodes == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_fleets_breaker_sends_one_probe_and_closes_everywhere(
+        redis: RedisServer, logs: list[dict[str, Any]]) -> None:
+    a_up, b_up, c_up = upstream(), upstream(), upstream()
+    for up in (a_up, b_up, c_up):  # short cool-downs: the test runs in real time
+        up.breaker.settings = BreakerSettings(base_cooldown=0.1, max_cooldown=0.2, jitter=0.0)
+    async with FleetStore(redis.url) as store:
+        nodes = [member(store, n, u) for n, u in (("a", a_up), ("b", b_up), ("c", c_up))]
+        for m in nodes:
+            await m.tick()
+        a_up.breaker.trip(trio.current_time(), "auth", min_cooldown=0.2)
+        for m in nodes:
+            await m.tick()
+        assert all(u.breaker.state is BreakerState.OPEN for u in (a_up, b_up, c_up))
+        await trio.sleep(0.25)
+        for m in nodes:  # the cool-down is over: a asks first and holds the probe
+            await m.tick()
+        assert [m.grant.probe for m in nodes if m.grant] == [1, 0, 0]
+        now = trio.current_time()
+        assert a_up.breaker.allow(now)  # a half-opens: its probe goes
+        assert not b_up.breaker.allow(now) and not c_up.breaker.allow(now)
+        a_up.breaker.on_success(trio.current_time())
+        assert a_up.breaker.state is BreakerState.CLOSED
+        for m in nodes:
+            await m.tick()
+        assert all(u.breaker.state is BreakerState.CLOSED for u in (b_up, c_up))
+        closed = [e for e in events(logs, "breaker.transition") if e["to"] == "closed"]
+        assert sorted(e["reason"] for e in closed) == ["fleet", "fleet", "probe_succeeded"]
+
+
+@REDIS_DOWN_LEAKS
+async def test_without_redis_a_nodes_own_breaker_takes_over(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, port=free_port())
+    server.start()
+    a_up, b_up = upstream(), upstream()
+    for up in (a_up, b_up):
+        up.breaker.settings = BreakerSettings(base_cooldown=0.1, max_cooldown=0.2, jitter=0.0)
+    try:
+        async with FleetStore(server.url, timeout=0.2) as store:
+            a, b = member(store, "a", a_up), member(store, "b", b_up)
+            await a.tick()
+            await b.tick()
+            a_up.breaker.trip(trio.current_time(), "auth", min_cooldown=0.2)
+            await a.tick()
+            await b.tick()
+            await trio.sleep(0.25)
+            await a.tick()  # a holds the fleet's one probe...
+            await b.tick()  # ...so b is held open
+            assert b.grant is not None and b.grant.probe == 0
+            assert not b_up.breaker.allow(trio.current_time())
+            server.stop()
+            assert await b.tick() is None  # degraded: nobody holds b open any more
+            await trio.sleep(0.2)
+            assert b_up.breaker.allow(trio.current_time())  # its own half-open probe
+    finally:
+        server.stop()

@@ -398,6 +398,9 @@ def _fleet(info: dict[str, Any]) -> RenderableType | None:
         nodes = f.get("nodes") or []
         head = Text(f"fleet {f.get('fleet_key')} ({name}): shared limit {_cell(f.get('limit'))}, "
                     f"{len(nodes)} nodes, {_cell(f.get('fleet_inflight'))} slots leased")
+        if f.get("rate") is not None:
+            head.append(f"; learned rate {_cell(f.get('rate'))}/s, this node's pace "
+                        f"{_cell(f.get('pace'))}/s")
         if f.get("degraded"):
             head.append(f"; Redis unreachable: this node works on a safe share of "
                         f"{_cell(f.get('share'))}", style="bold red")

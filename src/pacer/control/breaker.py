@@ -231,6 +231,23 @@ class Breaker:
         self._open(now, reason, "", min_cooldown)
         return True
 
+    def hold_open(self, until: float) -> bool:
+        """Keep an ``open`` breaker open until at least ``until`` (a fleet whose one
+        half-open probe is another node's); no transition, the cool-downs' growth is
+        untouched. Returns False, and changes nothing, unless open."""
+        if self._state is not BreakerState.OPEN or self._open_until is None:
+            return False
+        self._open_until = max(self._open_until, until)
+        return True
+
+    def close(self, now: float, reason: str) -> bool:
+        """Close from outside (a fleet's probe succeeded elsewhere). Returns False, and
+        changes nothing, if already closed."""
+        if self._state is BreakerState.CLOSED:
+            return False
+        self._close(now, reason)
+        return True
+
     # --- internals -----------------------------------------------------------------
 
     def streak_needed(self) -> int:
@@ -275,14 +292,14 @@ class Breaker:
         self._probe_successes = 0
         self._move(BreakerState.OPEN, reason, now, cooldown, detail)
 
-    def _close(self, now: float) -> None:
+    def _close(self, now: float, reason: str = TransitionReason.PROBE_SUCCEEDED) -> None:
         self._openings = 0
         self._open_until = None
         self._consecutive_failures = 0
         self._outcomes.clear()  # a fresh start: old failures must not re-trip it
         self._probes_out = 0
         self._probe_successes = 0
-        self._move(BreakerState.CLOSED, TransitionReason.PROBE_SUCCEEDED, now)
+        self._move(BreakerState.CLOSED, reason, now)
 
     def _move(
         self,

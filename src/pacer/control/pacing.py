@@ -347,6 +347,7 @@ class Pacer:
         self._req_window: QuotaWindow | None = None
         self._tok_window: QuotaWindow | None = None
         self._learned: float | None = None
+        self._imposed: float | None = None  # a rate set from outside (a fleet's share)
         self._learned_base = 0.0  # the rate set at the last decrease
         self._searching = False  # growing multiplicatively until the second decrease
         self._last_decrease = -math.inf
@@ -392,6 +393,13 @@ class Pacer:
         self._learned = self._learned_base = rate
         self._searching = True
         self._ai_mark = now
+        self._set_rates(now)
+
+    def impose_rate(self, now: float, rate: float | None) -> None:
+        """Never pace faster than ``rate`` (requests/s), a rate set from outside: a
+        fleet's share of the rate it learned as a whole; ``None`` lifts it."""
+        self._sync(now)
+        self._imposed = rate
         self._set_rates(now)
 
     # ---- introspection
@@ -447,6 +455,8 @@ class Pacer:
         rates: list[float] = []
         if self._learned is not None:
             rates.append(self._learned)
+        if self._imposed is not None:
+            rates.append(self._imposed)
         w = self._req_window
         if w is not None and w.active(t) and w.rate is not None:
             rates.append(w.rate)

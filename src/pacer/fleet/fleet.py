@@ -45,7 +45,8 @@ class Fleet:
                   else (ucfg.initial_limit, ucfg.initial_limit))
         bounds = Bounds(initial_limit=ucfg.initial_limit, min_limit=lo,
                         max_limit=hi, lease_ttl=self.cfg.lease_ttl,
-                        probe_interval=self.cfg.probe_interval, node_ttl=self.cfg.node_ttl)
+                        probe_interval=self.cfg.probe_interval, node_ttl=self.cfg.node_ttl,
+                        tick_interval=self.cfg.tick_interval)
         member = FleetMember(self.store, ucfg.fleet_key or ucfg.name, self.node, up, bounds,
                              self.settings)
         self.members[up.name] = member

@@ -3,8 +3,10 @@ the fleet's controller in Redis.
 
 Every ``tick_interval`` it sends one script call with everything since the last
 tick (demand, slots in use, congestion signals stamped with the epoch they started
-in, successes, the lowest rtt, a pause or breaker opening to share) and gets back
-how many leases it holds: the limiter's slots (:meth:`Limiter.set_cap`). Between
+in, successes, 429s, the starts the pace held, the lowest rtt, a pause or breaker
+opening to share, its half-open probe's outcome) and gets back how many leases it
+holds: the limiter's slots (:meth:`Limiter.set_cap`), and its share of the fleet's
+learned request rate: its pacing gate's pace (:meth:`Pacer.impose_rate`). Between
 ticks the hot path touches no Redis: finished attempts hand their slot to the next
 waiter locally. When Redis cannot be reached it falls back to a
 :class:`~pacer.fleet.degraded.DegradedShare` and rejoins by itself.
@@ -23,7 +25,7 @@ import structlog
 import trio
 
 from pacer.control.aimd import PACED
-from pacer.control.breaker import BreakerState, BreakerTransition
+from pacer.control.breaker import BreakerState, BreakerTransition, TransitionReason
 from pacer.control.limit import Outcome, Sample
 from pacer.control.pacing import PauseEvent
 from pacer.fleet.degraded import DegradedSettings, DegradedShare
@@ -37,6 +39,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("pacer.fleet")
 
 FLEET_CAUSE = "fleet"  # pauses and breaker openings that came from the fleet
+# Drops that say the upstream failed, not that it refused this concurrency.
+FAILURE_REASONS = frozenset({"server_error", "connection"})
+# A rate change is logged when it moved by at least this share since the last logged.
+RATE_LOG_STEP = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +71,9 @@ class FleetMember:
         self._min_rtt: float | None = None
         self._pause = 0.0
         self._breaker = 0.0
+        self._refused = self._refused_in_epoch = self._failed_in_epoch = 0
+        self._served = self._paced = self._finished = 0
+        self._probe_result = 0
         self.joined = False
         self.grant: Grant | None = None
         self.held = 0  # leases held: this node's slots
@@ -72,6 +81,9 @@ class FleetMember:
         # or one that lost its data); at first, a limit this node remembered.
         remembered = upstream.limit.limit
         self.known_limit = float(remembered) if remembered > bounds.initial_limit else 0.0
+        self.known_rate = 0.0  # the fleet's learned rate as last seen (0: none)
+        self.pace: float | None = None  # this node's share of it, in force
+        self._logged_rate: float | None = None
         self.degraded: DegradedShare | None = None
         self._rejoin_until = -math.inf
         self._rejoin_cap = 0
@@ -86,7 +98,8 @@ class FleetMember:
         upstream.limiter.sample_listeners.append(self._on_sample)
         # A node sees only its own share of the load, so it cannot tell a rate cap
         # from the fleet's concurrency cap by what it has in flight: 429s without
-        # quota headers are left to the shared limit (never a local learned rate).
+        # quota headers go to the fleet, which learns one rate for all and gives each
+        # node its share (never a local learned rate).
         upstream.pacer.settings = dataclasses.replace(upstream.pacer.settings,
                                                       learn_rate=False)
         upstream.pacer.subscribe_pause(self._on_pause)
@@ -96,10 +109,18 @@ class FleetMember:
 
     def _on_sample(self, s: Sample) -> None:
         # A 429 the pacing gate put down to a rate is congestion for the fleet all
-        # the same: the fleet's limit is the one control it shares.
-        if s.outcome is Outcome.DROPPED or s.reason == "rate_limited":
+        # the same: the fleet tells its limit's from its rate's.
+        self._finished += 1
+        refused = s.reason == "rate_limited"
+        self._refused += refused
+        if s.outcome is Outcome.SUCCESS:
+            self._served += 1
+            self._paced += s.reason == PACED
+        if s.outcome is Outcome.DROPPED or refused:
             if s.start >= self._epoch_seen_at:  # older ones belong to a cut already made
                 self._drops += 1
+                self._refused_in_epoch += refused
+                self._failed_in_epoch += s.reason in FAILURE_REASONS
             if self.degraded is not None:
                 # (only attempts sent since: earlier ones are the fleet's to judge)
                 if s.start >= self._degraded_at and self.degraded.on_drop(self.clock()):
@@ -120,6 +141,11 @@ class FleetMember:
     def _on_breaker(self, t: BreakerTransition) -> None:
         if t.to_state is BreakerState.OPEN and t.reason != FLEET_CAUSE:
             self._breaker = max(self._breaker, t.cooldown or 0.0)
+        if t.from_state is BreakerState.HALF_OPEN:
+            if t.reason == TransitionReason.PROBE_SUCCEEDED:
+                self._probe_result = 1
+            elif t.reason == TransitionReason.PROBE_FAILED:
+                self._probe_result = -1
 
     # -- the tick -------------------------------------------------------------------
 
@@ -136,25 +162,35 @@ class FleetMember:
             demand = min(demand, max(in_use, safe))
         return Report(node=self.node, demand=demand, in_use=in_use,
                       seen_epoch=self.epoch, drops=self._drops, successes=self._successes,
-                      min_rtt=self._min_rtt, pause=self._pause, breaker=self._breaker)
+                      min_rtt=self._min_rtt, pause=self._pause, breaker=self._breaker,
+                      refused=self._refused, refused_in_epoch=self._refused_in_epoch,
+                      failed_in_epoch=self._failed_in_epoch,
+                      served=self._served, paced=self._paced, finished=self._finished,
+                      want_probe=self.upstream.breaker.state is not BreakerState.CLOSED,
+                      probe_result=self._probe_result)
 
     async def tick(self) -> Grant | None:
         """One exchange with the fleet; None when Redis could not be reached."""
         report = self._report()
         self._drops = self._successes = 0
+        self._refused = self._refused_in_epoch = self._failed_in_epoch = 0
+        self._served = self._paced = self._finished = 0
+        self._probe_result = 0
         self._min_rtt = None
         try:
             with trio.fail_after(self.settings.redis_timeout * 2):
-                grant = await self.store.tick(self.key, report, self.bounds, self.known_limit)
+                grant = await self.store.tick(self.key, report, self.bounds, self.known_limit,
+                                              self.known_rate)
                 if self.clock() - self._described_at >= self.settings.describe_interval:
                     self.view = await self.store.describe(self.key)
                     self._described_at = self.clock()
         except UNREACHABLE as exc:
             self._lost(exc)
             return None
-        if report.pause:
+        # Told now; one that came up during the call is told next tick.
+        if report.pause and self._pause == report.pause:
             self._pause = 0.0
-        if report.breaker:
+        if report.breaker and self._breaker == report.breaker:
             self._breaker = 0.0
         self._apply(grant)
         self.upstream.limiter.elsewhere = max(0, grant.used - report.in_use)
@@ -177,7 +213,7 @@ class FleetMember:
         if g.epoch != self.epoch:
             self.epoch = g.epoch
             self._epoch_seen_at = now
-            self._drops = 0
+            self._drops = self._refused_in_epoch = self._failed_in_epoch = 0
         if self.upstream.limit is not self.shared:  # a reload gave it a limit of its own
             self.upstream.use_limit(self.shared)
         # limit.changed, as for any limit (the upstream logs it).
@@ -188,12 +224,48 @@ class FleetMember:
         # Leases kept above the share only cover attempts already out: as they end,
         # the slots go back (next tick), not to new attempts.
         self._set_cap(g.held if g.share is None else min(g.held, g.share))
+        self._apply_rate(g, now)
         if g.pause_left > 0:
             until = self.upstream.pacer.paused_until
             if until is None or until < now + g.pause_left - 0.05:
                 self.upstream.gate.pause(g.pause_left, FLEET_CAUSE)
-        if g.breaker_left > 0 and self.upstream.breaker.state is BreakerState.CLOSED:
-            self.upstream.breaker.trip(now, FLEET_CAUSE, min_cooldown=g.breaker_left)
+        self._apply_breaker(g, now)
+
+    def _apply_rate(self, g: Grant, now: float) -> None:
+        """This node's share of the fleet's learned rate becomes its gate's pace."""
+        self.known_rate = g.rate or 0.0
+        if g.pace != self.pace:
+            self.pace = g.pace
+            self.upstream.pacer.impose_rate(now, g.pace)
+        last = self._logged_rate
+        if g.rate_cut or (g.rate is None) != (last is None) or (
+                g.rate is not None and last is not None
+                and abs(g.rate - last) >= RATE_LOG_STEP * last):
+            self._logged_rate = g.rate
+            if last is None or g.rate is None:
+                reason = "learned" if last is None else "forgotten"
+            else:
+                reason = "rate_limited" if g.rate < last else "probe"
+            log.info("fleet.rate_changed", upstream=self.upstream.name, fleet_key=self.key,
+                     node=self.node, reason=reason,
+                     old_rate=None if last is None else round(last, 3),
+                     new_rate=None if g.rate is None else round(g.rate, 3),
+                     pace=None if g.pace is None else round(g.pace, 3))
+
+    def _apply_breaker(self, g: Grant, now: float) -> None:
+        """One breaker for the fleet, one half-open probe: the node that holds the
+        probe half-opens when its cool-down is over; the others stay open (a hold of
+        a few ticks, renewed every tick: without Redis their own breaker takes over)
+        until the fleet's breaker closes, and then close with it."""
+        breaker = self.upstream.breaker
+        if g.breaker_open and g.probe != 1:
+            if breaker.state is BreakerState.CLOSED and (g.breaker_left > 0 or g.probe == 0):
+                breaker.trip(now, FLEET_CAUSE,
+                             min_cooldown=max(g.breaker_left, 3 * self.settings.tick_interval))
+            breaker.hold_open(now + max(g.breaker_left, 3 * self.settings.tick_interval))
+        elif not g.breaker_open and breaker.state is not BreakerState.CLOSED and (
+                self._breaker == 0.0):
+            breaker.close(now, FLEET_CAUSE)  # the fleet's probe succeeded
 
     def _lost(self, exc: BaseException) -> None:
         now = self.clock()
@@ -242,4 +314,8 @@ class FleetMember:
             fleet_inflight=None if self.grant is None else self.grant.fleet_inflight,
             nodes=() if view is None else tuple(
                 FleetNodeState(n.node, n.held, n.in_use, n.demand) for n in view.nodes),
+            live_nodes=None if self.grant is None else self.grant.nodes,
+            rate=None if self.grant is None or self.grant.rate is None
+            else round(self.grant.rate, 3),
+            pace=None if self.pace is None else round(self.pace, 3),
         )

@@ -44,6 +44,9 @@ class FleetState:
     degraded: bool  # Redis unreachable
     fleet_inflight: int | None  # leases of the whole fleet
     nodes: tuple[FleetNodeState, ...] = ()
+    live_nodes: int | None = None  # nodes alive, as of the last tick
+    rate: float | None = None  # the fleet's learned request rate (requests/s)
+    pace: float | None = None  # this node's share of it
 
     @classmethod
     def from_json(cls, data: Any) -> FleetState | None:
@@ -57,4 +60,6 @@ class FleetState:
             fleet_inflight=_opt_int(data.get("fleet_inflight")),
             nodes=tuple(FleetNodeState.from_json(n) for n in nodes)
             if isinstance(nodes, list) else (),
+            live_nodes=_opt_int(data.get("live_nodes")), rate=_opt_float(data.get("rate")),
+            pace=_opt_float(data.get("pace")),
         )

@@ -39,6 +39,14 @@ class Report:
     min_rtt: float | None  # seconds
     pause: float = 0.0  # a pause this node was asked for (seconds)
     breaker: float = 0.0  # a breaker cool-down this node started (seconds)
+    refused: int = 0  # 429s since the last tick
+    refused_in_epoch: int = 0  # those of them counted in ``drops``
+    failed_in_epoch: int = 0  # failures (5xx, refused connections) counted in ``drops``
+    served: int = 0  # successes, the paced ones too
+    paced: int = 0  # successes whose start the pace held back
+    finished: int = 0  # attempts ended
+    want_probe: bool = False  # its breaker is not closed
+    probe_result: int = 0  # 1: its half-open probe closed its breaker, -1: it failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +59,7 @@ class Bounds:
     lease_ttl: float
     probe_interval: float
     node_ttl: float = 1.5
+    tick_interval: float = 0.05
     decrease: float = 0.9
     state_ttl: float = 7 * 24 * 3600.0
 
@@ -71,6 +80,11 @@ class Grant:
     rtt_noload: float | None  # seconds
     cut: bool  # this tick cut the limit
     used: int  # slots in use over the live nodes (this node's as reported now)
+    rate: float | None = None  # the fleet's learned request rate (requests/s)
+    pace: float | None = None  # this node's share of it
+    rate_cut: bool = False  # this tick lowered (or first learned) the rate
+    probe: int = -1  # the breaker's one probe: 1 this node's, 0 another's, -1 none
+    breaker_open: bool = False  # the fleet's breaker is open (or half-open)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +151,7 @@ class FleetStore:
         return FleetKeys(self.prefix, key)
 
     async def tick(self, key: str, report: Report, bounds: Bounds,
-                   seed_limit: float = 0.0) -> Grant:
+                   seed_limit: float = 0.0, seed_rate: float = 0.0) -> Grant:
         k = self.keys(key)
         rtt_ms = -1 if report.min_rtt is None else round(report.min_rtt * 1000, 3)
         args: list[str | int | float] = [
@@ -147,16 +161,24 @@ class FleetStore:
             bounds.max_limit, round(seed_limit, 3), self.skew_ms,
             round(bounds.probe_interval * 1000), round(bounds.state_ttl * 1000), bounds.decrease,
             k.node(""), round(bounds.node_ttl * 1000),
+            report.refused, report.refused_in_epoch, report.served, report.paced,
+            report.finished, round(seed_rate, 3), int(report.want_probe), report.probe_result,
+            # a node silent for three ticks (and 150 ms) has no slot "in use"
+            max(150, round(3 * bounds.tick_interval * 1000)), report.failed_in_epoch,
         ]
         raw: Any = await self._tick([k.ctl, k.leases, k.nodes, k.info, k.node(report.node)], args)
         r = list(raw)
         level = int(r[3])
         rtt = float(_text(r[9]))
+        rate, pace = float(_text(r[12])), float(_text(r[13]))
         return Grant(held=int(r[0]), limit=float(_text(r[1])), epoch=int(r[2]),
                      share=None if level < 0 else level, pause_left=int(r[4]) / 1000,
                      breaker_left=int(r[5]) / 1000, fleet_inflight=int(r[6]), nodes=int(r[7]),
                      plateau=int(r[8]), rtt_noload=None if rtt < 0 else rtt / 1000,
-                     cut=bool(int(r[10])), used=int(r[11]))
+                     cut=bool(int(r[10])), used=int(r[11]),
+                     rate=rate if rate > 0 else None, pace=pace if pace > 0 else None,
+                     rate_cut=bool(int(r[14])), probe=int(r[15]),
+                     breaker_open=bool(int(r[16])))
 
     async def leave(self, key: str, node: str) -> int:
         """Release exactly this node's leases and its place; the count released."""
@@ -172,7 +194,7 @@ class FleetStore:
         pairs = list(r[3])
         nodes = []
         for i in range(0, len(pairs), 2):
-            demand, in_use, held = (int(x) for x in _text(pairs[i + 1]).split())
+            demand, in_use, held = (int(x) for x in _text(pairs[i + 1]).split()[:3])
             nodes.append(NodeView(_text(pairs[i]), demand, in_use, held))
         return FleetView(limit=float(limit_text) if limit_text else None, epoch=int(r[1]),
                          inflight=int(r[2]), nodes=tuple(sorted(nodes, key=lambda n: n.node)))

@@ -35,6 +35,7 @@ from prometheus_client.metrics_core import (
 )
 
 from pacer.checks import parse_listen
+from pacer.fleet.state import FleetState
 from pacer.service.state import ServiceState, UpstreamState
 
 __all__ = ["LATENCY_BUCKETS", "Metrics", "StateCollector", "parse_listen"]
@@ -136,6 +137,34 @@ class StateCollector:
         yield family(counter, "pacer_upstream_pauses",
                      "Times sending was paused because the circuit breaker opened.",
                      lambda u: u.pauses)
+        yield from self._fleet(ups)
+
+    def _fleet(self, ups: Mapping[str, UpstreamState]) -> Iterable[Metric]:
+        """fleet: the upstreams shared through Redis, as this node sees them."""
+        shared = {up: u.fleet for up, u in ups.items() if u.fleet is not None}
+        if not shared:
+            return
+        gauges: tuple[tuple[str, str, Callable[[FleetState], float | None]], ...] = (
+            ("pacer_fleet_limit", "The fleet's shared concurrency limit.", lambda f: f.limit),
+            ("pacer_fleet_leased_slots", "Slots leased by the whole fleet.",
+             lambda f: f.fleet_inflight),
+            ("pacer_fleet_share", "Slots this node holds (its safe local share while "
+             "degraded).", lambda f: f.share),
+            ("pacer_fleet_nodes", "Fleet nodes alive.", lambda f: f.live_nodes),
+            ("pacer_fleet_degraded", "1 while Redis is unreachable and this node works "
+             "on a safe local share.", lambda f: float(f.degraded)),
+            ("pacer_fleet_rate", "The fleet's learned request rate, requests/s (absent: "
+             "none learned).", lambda f: f.rate),
+            ("pacer_fleet_pace", "This node's share of the fleet's learned rate, "
+             "requests/s.", lambda f: f.pace),
+        )
+        for name, doc, value in gauges:
+            fam = GaugeMetricFamily(name, doc, labels=["upstream", "fleet_key"])
+            for up, f in shared.items():
+                v = value(f)
+                if v is not None:  # not known yet: no sample rather than a made-up 0
+                    fam.add_metric([up, f.fleet_key], float(v))
+            yield fam
 
     def _jobs(self, state: ServiceState) -> Iterable[Metric]:
         jobs = state.jobs
