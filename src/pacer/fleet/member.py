@@ -132,7 +132,9 @@ class FleetMember:
                 self.upstream.limiter.set_cap(self.upstream.limiter.cap - 1)
         elif s.outcome is Outcome.SUCCESS and s.reason != PACED:
             self._successes += 1
-            self._min_rtt = s.rtt if self._min_rtt is None else min(self._min_rtt, s.rtt)
+            # Net of this node's own loop lag: the fleet's no-load rtt is the upstream's.
+            rtt = s.upstream_rtt
+            self._min_rtt = rtt if self._min_rtt is None else min(self._min_rtt, rtt)
 
     def _on_pause(self, e: PauseEvent) -> None:
         if e.cause != FLEET_CAUSE:
