@@ -365,12 +365,15 @@ RETRY = RateLimitInfo(retry_after=1.0)
 
 
 def serve(pacer: Pacer, t0: float, t1: float, every: float, inflight: int) -> float:
-    """Start one attempt every ``every`` s in [t0, t1), each back ``every`` s later a
-    success (told when it started and how many were in flight); returns t1."""
+    """Every ``every`` s in [t0, t1), start ``inflight`` attempts together, each back
+    ``every`` s later a success (told when it started and how many were in flight:
+    all of them were in service together); returns t1."""
     t = t0
     while t < t1 - 1e-9:
-        pacer.commit(t)
-        pacer.on_response(t + every, EMPTY, 200, inflight=inflight, started=t)
+        for _ in range(inflight):
+            pacer.commit(t)
+        for _ in range(inflight):
+            pacer.on_response(t + every, EMPTY, 200, inflight=inflight, started=t)
         t += every
     return t1
 
@@ -735,6 +738,7 @@ async def run_workers(transport: httpx.AsyncBaseTransport, gate: PacingGate, *,
             inflight += 1
             run.max_inflight = max(run.max_inflight, inflight)
             started_with = inflight
+            begun = trio.current_time()
             try:
                 response = await client.post(CHAT, json=body)
             finally:
@@ -744,7 +748,8 @@ async def run_workers(transport: httpx.AsyncBaseTransport, gate: PacingGate, *,
                 run.ok += response.status_code == 200
                 run.rate_limited += response.status_code == 429
             gate.on_http_response(response.status_code, response.headers,
-                                  tokens_used(response.json()), inflight=started_with)
+                                  tokens_used(response.json()), inflight=started_with,
+                                  started=begun)
 
     async with httpx.AsyncClient(transport=transport, base_url="http://mock.test") as client:
         with trio.move_on_after(duration):

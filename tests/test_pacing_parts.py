@@ -22,11 +22,14 @@ from pacer.control.traffic import RecentTraffic, TrafficSettings
 
 def served(traffic: RecentTraffic, t0: float, t1: float, every: float,
            inflight: int) -> float:
-    """One attempt every ``every`` s in [t0, t1), each a success ``every`` s later."""
+    """Every ``every`` s in [t0, t1), ``inflight`` attempts start together, each a
+    success ``every`` s later (all in service together); returns t1."""
     t = t0
     while t < t1 - 1e-9:
-        traffic.on_start(t)
-        traffic.on_success(t + every, inflight, t)
+        for _ in range(inflight):
+            traffic.on_start(t)
+        for _ in range(inflight):
+            traffic.on_success(t + every, inflight, t)
         t += every
     return t1
 
@@ -48,13 +51,29 @@ def test_rates_count_since_the_first_start_over_at_least_the_minimum_span() -> N
 
 def test_the_proven_concurrency_is_the_second_highest_recent_success() -> None:
     traffic = RecentTraffic(TrafficSettings(concurrency_window=5.0, proof_successes=2))
-    for t, n in ((0.0, 3), (0.1, 8), (0.2, 5), (0.3, None)):
-        traffic.on_success(t, n, t - 0.05)
-    assert traffic.proven_concurrency(0.3) == 5  # one 8 may be blurred
+    # Successes told 3, 8, 5 and (unknown) in flight, all in service together.
+    for n in (3, 8, 5, None, 9):
+        traffic.on_success(0.3, n, 0.0)
+    assert traffic.proven_concurrency(0.3) == 5  # 8 and 9 were never served at once
     # Only the successes sent after ``since`` count.
-    assert traffic.proven_concurrency(0.3, since=0.1) is None
+    assert traffic.proven_concurrency(0.3, since=0.0) is None
     # Nor those older than the window.
-    assert traffic.proven_concurrency(5.2) is None
+    assert traffic.proven_concurrency(5.4) is None
+
+
+def test_a_success_proves_no_more_than_were_in_service_with_it() -> None:
+    """Issue 10, cause 2: over a cap of 5 that answers its 429s after the service time,
+    8 in flight get 5 successes told 8; the 3 refused were never in service, and
+    must not make a later 429 at 6 look like one below a served concurrency."""
+    traffic = RecentTraffic()
+    for _ in range(5):
+        traffic.on_success(0.1, 8, 0.0)
+    assert traffic.proven_concurrency(0.1) == 5
+    # One after another, each alone in service: a concurrency of 1, whatever told.
+    lone = RecentTraffic()
+    for i in range(5):
+        lone.on_success(0.1 * (i + 1), 4, 0.1 * i)
+    assert lone.proven_concurrency(0.5) == 1
 
 
 def test_the_typical_rtt_is_the_median_success_time() -> None:
@@ -285,3 +304,15 @@ def test_each_part_checks_its_settings_and_the_facade_checks_them_all() -> None:
         AttributionSettings(rate_evidence=0)
     with pytest.raises(ValueError, match="settle_share"):
         PacerSettings(settle_share=-1.0)
+
+
+def test_a_429_a_little_below_a_served_concurrency_is_evidence() -> None:
+    """A rate cap of 20/s at 0.5 s looks like a concurrency cap of 10; its bucket
+    lets bursts of 12 through, then refuses at 10 (issue 10: such 429s were left to
+    the concurrency limit, whose probes then cost 6.7 % of the attempts)."""
+    traffic, judge = judge_after(12)
+    traffic.on_refusal(1.0)
+    at_it = judge.judge(1.0, 12, None, None, rate_known=False, pace_bound=False)
+    assert not at_it.evidence  # what a concurrency cap of 11 would do
+    traffic.on_refusal(1.0)
+    assert judge.judge(1.0, 10, None, None, rate_known=False, pace_bound=False).evidence

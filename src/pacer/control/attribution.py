@@ -4,16 +4,21 @@ cap? And does its ``Retry-After`` bind the whole upstream?
 Pure: every call takes the time. The concurrency limit (AIMD) finds a concurrency
 cap by probing: it raises its limit, gets a 429 at once, and comes back down. Such
 429s are the concurrency limit's, and so is any 429 that cannot be pinned on a rate.
-In-flight counts are blurred by answers in transit (several, for a busy client), so
-one 429 at a concurrency that succeeded a moment ago proves nothing. A 429 is
+A concurrency cap C refuses only when C are in service, so its 429s come with more
+than C in flight (the caller counts the bunch sent with the attempt, which may
+reach the upstream first), and no success ever shows more than C in service at
+once. A rate cap refuses at whatever concurrency its bucket runs dry, often below
+one it served a moment before (its bucket let a burst through). So a 429 is
 **evidence of a rate cap** when it came back
 
-- *well below* what just succeeded: at most ``proven - max(concurrency_slack,
-  concurrency_margin x proven)`` in flight, where ``proven`` is what the successes
-  sent since the last evidence (and since the limit last moved) proved
-  (:meth:`~pacer.control.traffic.RecentTraffic.proven_concurrency`; after the
-  evidence the capacity may have fallen: a fallen capacity is found by the
-  concurrency limit, and gives one such 429, not a series); or
+- *below* what the upstream proved it serves: at most ``proven -
+  max(concurrency_slack, concurrency_margin x proven)`` in flight, where ``proven``
+  is what the successes sent since the last evidence proved
+  (:meth:`~pacer.control.traffic.RecentTraffic.proven_concurrency`: no more than
+  were in service together, so the refusals that come a service time late, which
+  were in flight with them, do not count; the slack and margin absorb answers in
+  transit). After the evidence the capacity may have fallen: a fallen capacity is
+  found by the concurrency limit, and gives one such 429, not a series; or
 - *long after the limit last moved*: its attempt started at least ``settle_share``
   x the median success time after the concurrency limit last changed (over a
   concurrency cap, 429s come at once after a rise, and each lowers the limit
@@ -55,7 +60,7 @@ class AttributionSettings:
 
     concurrency_429s: int = 5
     concurrency_429_ratio: float = 1.0
-    concurrency_margin: float = 0.5
+    concurrency_margin: float = 0.1
     concurrency_slack: int = 1
     rate_evidence: int = 2
     rate_evidence_window: float = 10.0
@@ -141,14 +146,9 @@ class RefusalJudge:
                  or run > max(s.concurrency_429s, inflight))
         hold = (burst and starving) or traffic.successes_since(
             now - traffic.settings.concurrency_window) == 0
-        # Evidence of a rate cap: refused well below the concurrency that successes
-        # sent since the last evidence, and since the limit last moved, ran at
-        # (before a move, when refusals come a service time late, the in-flight
-        # counts of successes include the refused)...
-        since = self._last_evidence
-        if limit_changed_at is not None:
-            since = max(since, limit_changed_at)
-        proof = traffic.proven_concurrency(now, since)
+        # Evidence of a rate cap: refused below the concurrency that successes sent
+        # since the last evidence were served at...
+        proof = traffic.proven_concurrency(now, self._last_evidence)
         below = proof is not None and inflight <= proof - max(
             s.concurrency_slack, math.ceil(s.concurrency_margin * proof))
         # ...or sent well after the concurrency limit last moved: over a concurrency

@@ -8,6 +8,7 @@ how long a typical success takes.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections import deque
@@ -111,13 +112,18 @@ class RecentTraffic:
 
     def proven_concurrency(self, now: float, since: float = -math.inf) -> int | None:
         """The concurrency the upstream has recently proved it serves: the
-        ``proof_successes``-th highest ``inflight`` among the successes of the last
+        ``proof_successes``-th highest concurrency among the successes of the last
         ``concurrency_window`` seconds sent after ``since`` (``None`` when there are
-        not that many)."""
+        not that many). A success proves as many as were in flight with it, but no
+        more than the successes that were in service with it: attempts whose refusal
+        comes a service time late were in flight too, and prove nothing."""
         s = self.settings
         horizon = now - s.concurrency_window
-        values = [n for t, n, begun in self._successes
-                  if t >= horizon and n is not None and begun > since]
+        recent = [(begun, end, n) for end, n, begun in self._successes if end >= horizon]
+        starts = sorted(begun for begun, _, _ in recent)
+        ends = sorted(end for _, end, _ in recent)
+        values = [min(n, bisect.bisect_right(starts, begun) - bisect.bisect_right(ends, begun))
+                  for begun, _, n in recent if n is not None and begun > since]
         if len(values) < s.proof_successes:
             return None
         return heapq.nlargest(s.proof_successes, values)[-1]
