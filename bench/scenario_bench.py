@@ -60,7 +60,8 @@ from pacer.spool.jobs import Request
 def mock_args(b: Behaviour, seed: int) -> list[str]:
     """The mock API's flags for a behaviour (Retry-After: the mock always sends one;
     without ``retry_after`` its default of 1 s)."""
-    args = ["--header-style", "none", "--seed", str(seed), "--latency", f"{b.latency:g}",
+    style = "openai" if b.quota_headers else "none"
+    args = ["--header-style", style, "--seed", str(seed), "--latency", f"{b.latency:g}",
             "--jitter", f"{b.jitter * b.latency:g}"]
     if b.lognormal_sigma is not None:
         args += ["--lognormal", f"{b.lognormal_sigma:g}"]
@@ -76,8 +77,10 @@ def mock_args(b: Behaviour, seed: int) -> list[str]:
         args += ["--knee", str(b.knee_start), "--knee-exp", f"{b.knee_exp:g}"]
     if b.slow_link:
         args += ["--slow-link"]
+    if b.tpm is not None:
+        args += ["--tpm", str(b.tpm)]
     if b.outage is not None:
-        args += ["--outage", f"{b.outage[0]:g}:{b.outage[1]:g}:503"]
+        args += ["--outage", f"{b.outage[0]:g}:{b.outage[1]:g}:{b.outage_kind}"]
     if b.fault_rate:
         share = b.fault_rate / 4
         for kind in ("reset", "hang", "close", "malformed"):
@@ -115,7 +118,7 @@ async def run_real(scenario: Scenario, contender: str, seed: int) -> Outcome:
                           limit=make_limit(contender, scenario))  # type: ignore[arg-type]
             ids = itertools.count()
             budget = itertools.count()
-            body = {"model": "bench", "messages": [{"role": "user", "content": "hi"}]}
+            body = scenario.body
 
             async def one() -> None:
                 i = next(ids)

@@ -224,6 +224,21 @@ def test_no_increase_when_idle_refused_paused_or_not_held() -> None:
         assert learner.rate == pytest.approx(10.0)
 
 
+def test_the_search_growth_doubles_while_it_runs_clean() -> None:
+    """A first rate measured while the concurrency limit bound (far below the cap)
+    must not take a minute to find the cap at +10 % a second."""
+    learner = RateLearner(RateLearnerSettings(backoff=0.5, search_growth=0.1))
+    learner.on_rate_limited(0.0, None, 20.0)  # 10/s
+    seen = []
+    for second in range(1, 7):
+        assert learner.rate is not None
+        busy_interval(learner, math.ceil(learner.rate), held=True)
+        change = learner.maybe_increase(float(second), paused=False)
+        assert change is not None
+        seen.append(change.new_rate)
+    assert seen == pytest.approx([11.0, 13.2, 18.48, 33.264, 66.528, 133.056])
+
+
 def test_a_resumed_rate_is_searched_upward() -> None:
     learner = RateLearner()
     learner.resume(0.0, 0.0)

@@ -3,8 +3,11 @@
 Pure: every call takes the time. An AIMD on the rate (the concurrency limit has
 its own, :mod:`pacer.control.aimd`): there is no rate until the first refusal that
 the attribution (:mod:`pacer.control.attribution`) pins on a rate cap. Then it is
-set to the recent success rate x ``backoff`` and grows x(1 + ``search_growth``) per
-clean interval (a quick search, in case that success rate was measured too early).
+set to the recent success rate x ``backoff`` and searched upward: x(1 +
+``search_growth``) after the first clean interval in which it bound, and a growth
+that doubles with each further one in a row (x1.1, x1.2, x1.4, x1.8, then at most
+x2: that success rate may have been measured early, or while the concurrency limit
+bound, far below the cap).
 From the next decrease on, each such refusal multiplies it by ``backoff`` (from the
 success rate if that is lower, by at most ``backoff²`` at once; at most one decrease
 per ``decrease_interval``, unless the refused attempt started after the last
@@ -81,6 +84,7 @@ class RateLearner:
         self.rate: float | None = None
         self._base = 0.0  # the rate set at the last decrease
         self._searching = False  # growing multiplicatively until the second decrease
+        self._search_step = 0  # clean, bound intervals in a row while searching
         self._last_decrease = -math.inf
         # The current increase interval: its start, its starts, how many of them the
         # caller said whether the pace held, how many it held, and no 429 in it.
@@ -96,6 +100,7 @@ class RateLearner:
         rate = max(self.settings.min_rate, rate)
         self.rate = self._base = rate
         self._searching = True
+        self._search_step = 0
         self._mark = now
 
     def on_start(self, held: bool | None) -> None:
@@ -138,6 +143,7 @@ class RateLearner:
             new = max(min(old, success_rate) * s.backoff, old * s.backoff**2)
             self._searching = False
         new = max(s.min_rate, new)
+        self._search_step = 0
         self._last_decrease = now
         self.rate = self._base = new
         self._new_interval(now)
@@ -161,7 +167,9 @@ class RateLearner:
         if self._clean and busy and not paused:
             old = self.rate
             if self._searching:
-                self.rate = old * (1.0 + s.search_growth)
+                growth = min(1.0, s.search_growth * 2.0 ** self._search_step)
+                self.rate = old * (1.0 + growth)
+                self._search_step += 1
             else:
                 self.rate = old + max(s.min_increase, s.increase_step * self._base)
             change = RateChange(old, self.rate, "probe", now)
