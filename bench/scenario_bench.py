@@ -40,7 +40,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from limit_bench import FreeListTransport, _start_mock, _stop_mock
+from mock_client import FreeListTransport, start_mock, stop_mock
 from scenarios import (
     CONTENDERS,
     SCENARIOS,
@@ -89,7 +89,7 @@ def mock_args(b: Behaviour, seed: int) -> list[str]:
 
 
 async def run_real(scenario: Scenario, contender: str, seed: int) -> Outcome:
-    proc, port, t0 = await _start_mock(mock_args(scenario.behaviour, seed))
+    proc, port, t0 = await start_mock(mock_args(scenario.behaviour, seed))
     attempts: list[tuple[float, float, int | None]] = []
     samples: list[tuple[float, int]] = []
     answers: list[bool] = []
@@ -153,7 +153,7 @@ async def run_real(scenario: Scenario, contender: str, seed: int) -> Outcome:
                             work.start_soon(worker)
                     outer.cancel_scope.cancel()
     finally:
-        await _stop_mock(proc)
+        await stop_mock(proc)
     end = trio.current_time() - t0
     lo, hi = ((scenario.steady_from, scenario.duration) if scenario.requests is None
               else (0.0, end))

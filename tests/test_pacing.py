@@ -93,7 +93,7 @@ def test_a_fresh_pacer_does_not_hold_anything() -> None:
     pacer = Pacer()
     assert pacer.next_start(5.0) == 5.0
     assert pacer.next_start(5.0, tokens=10_000) == 5.0
-    assert pacer.rate(5.0) is None
+    assert pacer.status(5.0).rate is None
     status = pacer.status(5.0)
     assert status == PacerStatus(rate=None, learned_rate=None, header_rate=None,
                                  token_rate=None, paused_until=None, resume_at=None,
@@ -104,19 +104,19 @@ def test_a_fresh_pacer_does_not_hold_anything() -> None:
 def test_a_request_quota_is_spread_evenly_then_holds_until_its_reset() -> None:
     pacer = Pacer(exact())
     pacer.on_response(10.0, requests_info(100, 4, 2.0), 200)
-    assert pacer.rate(10.0) == 2.0  # 4 starts left in 2 s
+    assert pacer.status(10.0).rate == 2.0  # 4 starts left in 2 s
     assert greedy(pacer, 10.0, 11.99) == [10.0, 10.5, 11.0, 11.5]
     # All four spent: nothing until the reset, then the window has lapsed.
     assert pacer.next_start(11.5) == 12.0
     assert pacer.status(11.9).requests_left == 0
     assert pacer.next_start(12.0) == 12.0
-    assert pacer.rate(12.0) is None
+    assert pacer.status(12.0).rate is None
 
 
 def test_the_header_pace_keeps_a_safety_margin() -> None:
     pacer = Pacer()  # margin 0.9
     pacer.on_response(0.0, requests_info(100, 10, 2.0), 200)
-    assert pacer.rate(0.0) == pytest.approx(4.5)
+    assert pacer.status(0.0).rate == pytest.approx(4.5)
     pacer.commit(0.0)
     assert pacer.next_start(0.0) == pytest.approx(1 / 4.5)
 
@@ -181,7 +181,7 @@ def test_retry_after_pauses_everything_with_a_seeded_jitter() -> None:
     jitter = random.Random(7).uniform(0.0, 0.1 * 2.0)
     assert pauses == [PauseEvent("retry_after", 2.0, 2.0, 2.0 + jitter, 0.0)]
     assert pacer.paused_until == 2.0
-    assert pacer.resume_at == 2.0 + jitter
+    assert pacer.status(1.0).resume_at == 2.0 + jitter
     assert pacer.paused(1.0)
     for t in (0.0, 1.0, 2.0):
         assert pacer.next_start(t) == 2.0 + jitter
@@ -292,7 +292,7 @@ def test_the_rate_is_learned_from_429s_and_lowered_at_most_once_a_second() -> No
     t = feed_successes(pacer, 0.0, 2.0, 0.05)  # 40 successes in 2 s
     pacer.on_response(t, EMPTY, 429, inflight=1)
     assert rates == [RateChange(None, approx(18.0), "rate_limited", 2.0)]
-    assert pacer.rate(2.0) == pytest.approx(18.0)
+    assert pacer.status(2.0).rate == pytest.approx(18.0)
     pacer.on_response(2.5, EMPTY, 429, inflight=1)  # within a second: no change
     assert len(rates) == 1
     # A second later: down to the success rate x 0.9 (10/s measured over [1, 3]),
@@ -331,11 +331,11 @@ def test_the_learned_rate_grows_only_while_the_pace_holds_starts_back() -> None:
     # concurrency limit) binds, and raising the rate would change nothing.
     for i in range(1, 40):
         pacer.commit(2.0 + i / 18.0, held=False)
-    pacer.rate(4.3)
+    pacer.status(4.3)  # the interval ends
     assert [r.reason for r in rates] == ["rate_limited"]
     for i in range(40, 80):
         pacer.commit(2.0 + i / 18.0, held=True)
-    pacer.rate(6.5)
+    pacer.status(6.5)  # the interval ends
     assert [r.reason for r in rates][:2] == ["rate_limited", "probe"]
 
 
@@ -359,7 +359,7 @@ def test_an_idle_learned_rate_is_not_raised() -> None:
     t = feed_successes(pacer, 0.0, 2.0, 0.05)
     pacer.on_response(t, EMPTY, 429, inflight=1)
     pacer.commit(3.0)
-    assert pacer.rate(10.0) == pytest.approx(18.0)
+    assert pacer.status(10.0).rate == pytest.approx(18.0)
     assert [r.reason for r in rates] == ["rate_limited"]
 
 

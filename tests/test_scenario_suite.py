@@ -22,6 +22,10 @@ NOT_YET = {
     # Spread: the same scenario lands in different places from run to run (Trio
     # shuffles the order of tasks woken together), inside the band in most runs.
     "outage-1s": "1 run in 5 finds the recovery late (1.85x the oracle; band 1.7x)",
+    "rate-lognormal-429": "seed 1 meets it (98.5%); seeds 2 and 3 give 81% and 58%: the"
+                          " limit's latency signal holds it at 6-9 in flight where 12"
+                          " are needed (issue 10, cause 4), and the rate is learned late"
+                          " or not at all",
     "rate-20-small-burst": "58-69% of the rate (3 seeds): starts that bunch are refused"
                            " at any concurrency, each 429 cuts the limit (3-5 of the 8"
                            " needed), the rate is learned late (10-18 s) from that low"

@@ -265,19 +265,8 @@ class Pacer:
         until = self._pauses.paused_until
         return None if until == -math.inf else until
 
-    @property
-    def resume_at(self) -> float | None:
-        """When starts resume after the last pause (jittered; ``None`` if none)."""
-        at = self._pauses.resume_at
-        return None if at == -math.inf else at
-
     def paused(self, now: float) -> bool:
         return self._pauses.paused(now)
-
-    def rate(self, now: float) -> float | None:
-        """The request pace in force at ``now`` (requests/s), ``None`` if unlimited."""
-        self._sync(now)
-        return self._req_bucket.rate
 
     def status(self, now: float) -> PacerStatus:
         self._sync(now)
