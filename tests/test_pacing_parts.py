@@ -76,6 +76,18 @@ def test_a_success_proves_no_more_than_were_in_service_with_it() -> None:
     assert lone.proven_concurrency(0.5) == 1
 
 
+def test_an_answer_on_its_way_back_is_not_in_service() -> None:
+    """A cap of 2 at 0.1 s: two more are sent the moment the first two answers leave
+    the upstream (they reach the client 1 ms later, and were counted in flight);
+    2 were ever in service, not 4."""
+    traffic = RecentTraffic()
+    for _ in range(2):
+        traffic.on_success(0.101, 2, 0.0)
+    for _ in range(2):
+        traffic.on_success(0.201, 4, 0.1)
+    assert traffic.proven_concurrency(0.201) == 2
+
+
 def test_the_typical_rtt_is_the_median_success_time() -> None:
     traffic = RecentTraffic()
     assert traffic.typical_rtt(0.0) == math.inf
@@ -110,7 +122,7 @@ def refuse(traffic: RecentTraffic, judge: RefusalJudge, now: float, inflight: in
                        pace_bound=pace_bound).cause
 
 
-def test_a_429_at_or_near_what_just_succeeded_is_the_concurrency_limits() -> None:
+def test_one_429_at_or_below_what_just_succeeded_is_the_concurrency_limits() -> None:
     for inflight in (6, 5, 2):
         traffic, judge = judge_after(5)
         assert refuse(traffic, judge, 1.0, inflight) == "concurrency"

@@ -26,10 +26,11 @@ NOT_YET = {
                           " limit's latency signal holds it at 6-9 in flight where 12"
                           " are needed (issue 10, cause 4), and the rate is learned late"
                           " or not at all",
-    "rate-20-small-burst": "58-69% of the rate (3 seeds): starts that bunch are refused"
+    "rate-20-small-burst": "69-83% of the rate (3 seeds): starts that bunch are refused"
                            " at any concurrency, each 429 cuts the limit (3-5 of the 8"
-                           " needed), the rate is learned late (10-18 s) from that low"
-                           " success rate, and paced successes do not grow the limit",
+                           " needed) until a rate is learned (6-18 s, from that low"
+                           " success rate), and paced successes do not grow the limit"
+                           " (Gradient2 or fixed 4x behind the same gate: 96%)",
 }
 
 

@@ -11,14 +11,15 @@ once. A rate cap refuses at whatever concurrency its bucket runs dry, often belo
 one it served a moment before (its bucket let a burst through). So a 429 is
 **evidence of a rate cap** when it came back
 
-- *below* what the upstream proved it serves: at most ``proven -
-  max(concurrency_slack, concurrency_margin x proven)`` in flight, where ``proven``
-  is what the successes sent since the last evidence proved
+- *at or below* what the upstream proved it serves: at most ``proven -
+  max(concurrency_slack, floor(concurrency_margin x proven))`` in flight, where
+  ``proven`` is what the successes sent since the last evidence proved
   (:meth:`~pacer.control.traffic.RecentTraffic.proven_concurrency`: no more than
-  were in service together, so the refusals that come a service time late, which
-  were in flight with them, do not count; the slack and margin absorb answers in
-  transit). After the evidence the capacity may have fallen: a fallen capacity is
-  found by the concurrency limit, and gives one such 429, not a series; or
+  were in service together, so neither the refusals that come a service time late
+  nor the answers on their way back, which were in flight with them, count; the
+  margin absorbs what blur is left at high concurrency). After the evidence the
+  capacity may have fallen: a fallen capacity is found by the concurrency limit,
+  and gives one such 429, not a series; or
 - *long after the limit last moved*: its attempt started at least ``settle_share``
   x the median success time after the concurrency limit last changed (over a
   concurrency cap, 429s come at once after a rise, and each lowers the limit
@@ -61,7 +62,7 @@ class AttributionSettings:
     concurrency_429s: int = 5
     concurrency_429_ratio: float = 1.0
     concurrency_margin: float = 0.1
-    concurrency_slack: int = 1
+    concurrency_slack: int = 0
     rate_evidence: int = 2
     rate_evidence_window: float = 10.0
     settle_share: float = 1.5
@@ -150,7 +151,7 @@ class RefusalJudge:
         # since the last evidence were served at...
         proof = traffic.proven_concurrency(now, self._last_evidence)
         below = proof is not None and inflight <= proof - max(
-            s.concurrency_slack, math.ceil(s.concurrency_margin * proof))
+            s.concurrency_slack, math.floor(s.concurrency_margin * proof))
         # ...or sent well after the concurrency limit last moved: over a concurrency
         # cap the refusals come at once after a rise (a probe, or a slow start that
         # went too far), and a limit that has held for a while is not refused at

@@ -136,7 +136,7 @@ class PacerSettings:
     concurrency_429_ratio: float = 1.0
     proof_successes: int = 2
     concurrency_margin: float = 0.1
-    concurrency_slack: int = 1
+    concurrency_slack: int = 0
     rate_evidence: int = 2
     rate_evidence_window: float = 10.0
     settle_share: float = 1.5

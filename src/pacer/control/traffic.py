@@ -116,13 +116,19 @@ class RecentTraffic:
         ``concurrency_window`` seconds sent after ``since`` (``None`` when there are
         not that many). A success proves as many as were in flight with it, but no
         more than the successes that were in service with it: attempts whose refusal
-        comes a service time late were in flight too, and prove nothing."""
+        comes a service time late were in flight too, and prove nothing; nor do
+        answers that were on their way back (those that ended within a tenth of
+        the typical service time after it started)."""
         s = self.settings
         horizon = now - s.concurrency_window
         recent = [(begun, end, n) for end, n, begun in self._successes if end >= horizon]
         starts = sorted(begun for begun, _, _ in recent)
         ends = sorted(end for _, end, _ in recent)
-        values = [min(n, bisect.bisect_right(starts, begun) - bisect.bisect_right(ends, begun))
+        # An answer on its way back was counted in flight, not in service: those that
+        # end within a tenth of a service time of a start do not count at it.
+        grace = 0.1 * self.typical_rtt(now)
+        values = [min(n, bisect.bisect_right(starts, begun)
+                      - bisect.bisect_right(ends, begun + grace))
                   for begun, _, n in recent if n is not None and begun > since]
         if len(values) < s.proof_successes:
             return None
