@@ -4,13 +4,14 @@ attribution, the rate learner, the pauses and their ramp, the header quotas.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
 import pytest
 
 from pacer.control.attribution import AttributionSettings, RefusalJudge
-from pacer.control.pacing import PacerSettings
+from pacer.control.pacing import Pacer, PacerSettings
 from pacer.control.pauses import PauseEvent, Pauses, PauseSettings
 from pacer.control.quota import HeaderQuotas
 from pacer.control.rate_learner import RateChange, RateLearner, RateLearnerSettings
@@ -343,3 +344,22 @@ def test_a_429_a_little_below_a_served_concurrency_is_evidence() -> None:
     assert not at_it.evidence  # what a concurrency cap of 11 would do
     traffic.on_refusal(1.0)
     assert judge.judge(1.0, 10, None, None, rate_known=False, pace_bound=False).evidence
+
+
+def test_new_settings_reach_every_part() -> None:
+    """A fleet's member turns learning off after the pacer was built."""
+    pacer = Pacer(PacerSettings())
+    pacer.settings = dataclasses.replace(pacer.settings, learn_rate=False, backoff=0.5,
+                                         coalesce=2.0, proof_successes=3,
+                                         rate_evidence=4, margin=0.5)
+    assert pacer._learner.settings.backoff == 0.5
+    assert pacer._pauses.settings.coalesce == 2.0
+    assert pacer._traffic.settings.proof_successes == 3
+    assert pacer._judge.settings.rate_evidence == 4
+    assert pacer._quotas.margin == 0.5
+    # No rate is learned from a 429 alone any more (it would be, learning on).
+    for i in range(20):
+        pacer.commit(i * 0.05)
+        pacer.on_response(i * 0.05, RateLimitInfo(), 200, inflight=1)
+    assert pacer.on_response(1.0, RateLimitInfo(), 429, inflight=1) == "rate"
+    assert pacer.learned_rate is None
