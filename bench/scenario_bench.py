@@ -49,7 +49,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from limit_bench import FreeListTransport, _start_mock, _stop_mock
+from mock_client import FreeListTransport, start_mock, stop_mock
 from scenarios import (
     CONTENDERS,
     SCENARIOS,
@@ -70,7 +70,8 @@ from pacer.spool.jobs import Request
 def mock_args(b: Behaviour, seed: int) -> list[str]:
     """The mock API's flags for a behaviour (Retry-After: the mock always sends one;
     without ``retry_after`` its default of 1 s)."""
-    args = ["--header-style", "none", "--seed", str(seed), "--latency", f"{b.latency:g}",
+    style = "openai" if b.quota_headers else "none"
+    args = ["--header-style", style, "--seed", str(seed), "--latency", f"{b.latency:g}",
             "--jitter", f"{b.jitter * b.latency:g}"]
     if b.lognormal_sigma is not None:
         args += ["--lognormal", f"{b.lognormal_sigma:g}"]
@@ -86,8 +87,10 @@ def mock_args(b: Behaviour, seed: int) -> list[str]:
         args += ["--knee", str(b.knee_start), "--knee-exp", f"{b.knee_exp:g}"]
     if b.slow_link:
         args += ["--slow-link"]
+    if b.tpm is not None:
+        args += ["--tpm", str(b.tpm)]
     if b.outage is not None:
-        args += ["--outage", f"{b.outage[0]:g}:{b.outage[1]:g}:503"]
+        args += ["--outage", f"{b.outage[0]:g}:{b.outage[1]:g}:{b.outage_kind}"]
     if b.fault_rate:
         share = b.fault_rate / 4
         for kind in ("reset", "hang", "close", "malformed"):
@@ -104,7 +107,7 @@ def burn(seconds: float) -> None:
 
 async def run_real(scenario: Scenario, contender: str, seed: int, answer_cpu: float = 0.0,
                    measure_lag: bool = True) -> Outcome:
-    proc, port, t0 = await _start_mock(mock_args(scenario.behaviour, seed))
+    proc, port, t0 = await start_mock(mock_args(scenario.behaviour, seed))
     lag = LoopLag()
     if measure_lag:
         lag.install()
@@ -149,7 +152,7 @@ async def run_real(scenario: Scenario, contender: str, seed: int, answer_cpu: fl
                 lambda s: judged.append(s.upstream_rtt) if s.reason == "ok" else None)
             ids = itertools.count()
             budget = itertools.count()
-            body = {"model": "bench", "messages": [{"role": "user", "content": "hi"}]}
+            body = scenario.body
 
             async def one() -> None:
                 i = next(ids)
@@ -186,7 +189,7 @@ async def run_real(scenario: Scenario, contender: str, seed: int, answer_cpu: fl
     finally:
         if measure_lag:
             lag.uninstall()
-        await _stop_mock(proc)
+        await stop_mock(proc)
     end = trio.current_time() - t0
     lo, hi = ((scenario.steady_from, scenario.duration) if scenario.requests is None
               else (0.0, end))

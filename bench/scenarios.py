@@ -17,23 +17,34 @@ latency is 100 ms x the requests in flight, jittery links, slow senders); Vector
 bands are kept beside each (``vector_band``) as the floor. The rest are pacer's own:
 LLM-like heavy-tailed service times, concurrency caps answered at once, capacity
 steps, rate caps with Retry-After, a proxy whose 429s all say ``retry-after: 60``,
-a short outage, random faults that do not grow with concurrency.
+a short outage, random faults that do not grow with concurrency; rate caps without
+headers (large and small bursts, LLM-like service times, 429s at once or after the
+service time, under and over a concurrency cap), request and token quotas announced
+in headers, a cold start to 32, capacity steps without Retry-After and 30 s outages
+(what ``bench/limit_bench.py`` and ``bench/pacing_bench.py`` measured before).
 """
 
 from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 import trio
 
+from pacer.mockapi.headers import Quota as HeaderQuota
+from pacer.mockapi.headers import render_limit_headers
+from pacer.mockapi.settings import TPM_WINDOW_S
+from pacer.mockapi.tokens import token_cost
+
 __all__ = ["SCENARIOS", "Bands", "Behaviour", "Scenario", "SimTransport", "SimUpstream"]
 
 Action = Literal["429", "defer", "drop"]
+CHAT_BODY: dict[str, Any] = {"model": "sim", "messages": [{"role": "user", "content": "hi"}]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +58,16 @@ class Behaviour:
     ``cap``: requests in service at most (``schedule`` ``((t, cap), ...)`` moves it);
     past it ``cap_action``: ``429`` at once, ``defer`` (a 429 after the service
     time), ``drop`` (never answered). ``rate``: starts per second (a token bucket
-    holding ``max(1, rate / 10)``); past it ``rate_action`` (``429`` or ``defer``).
-    ``retry_after``: sent on every 429. ``outage``: ``(start, end)`` of 503s.
-    ``fault_rate``: share of requests that fail at random whatever the load (a reset,
-    a hang, a 500, a cut connection, in turn).
+    holding ``rate_burst``, by default ``max(1, rate / 10)``; the mock API's holds
+    ``max(1, rate)``); past it ``rate_action`` (``429`` or ``defer``).
+    ``retry_after``: sent on every 429 (a rate or quota 429 without it says the
+    exact wait). ``tpm``: tokens per minute (a bucket holding a minute's worth, each
+    request costing :func:`pacer.mockapi.tokens.token_cost` of its body).
+    ``quota_headers``: every answer announces the rate and token quotas in OpenAI's
+    headers (limit, remaining, time until full); else no quota is announced.
+    ``outage``: ``(start, end)`` of 503s (``outage_kind`` ``refuse``: refused
+    connections). ``fault_rate``: share of requests that fail at random whatever the
+    load (a reset, a hang, a 500, a cut connection, in turn).
     """
 
     latency: float = 0.1
@@ -60,12 +77,16 @@ class Behaviour:
     cap_action: Action = "429"
     schedule: tuple[tuple[float, int], ...] = ()
     rate: float | None = None
+    rate_burst: float | None = None  # the rate bucket's size; None: max(1, rate / 10)
     rate_action: Action = "429"
     retry_after: float | None = None
     knee_start: int | None = None
     knee_exp: float = 1.1
     slow_link: bool = False
     outage: tuple[float, float] | None = None
+    outage_kind: Literal["503", "refuse"] = "503"
+    tpm: int | None = None
+    quota_headers: bool = False
     fault_rate: float = 0.0
 
     def cap_at(self, t: float) -> int | None:
@@ -107,6 +128,7 @@ class Scenario:
     oracle_limit: int | None = None  # the concurrency an oracle is told
     seeds: tuple[int, ...] = (1,)
     max_limit: int = 256  # pacer's configured ceiling (upstreams.max_limit)
+    body: dict[str, Any] = field(default_factory=lambda: dict(CHAT_BODY))
 
     @property
     def unloaded(self) -> float:
@@ -114,6 +136,10 @@ class Scenario:
 
 
 L = 0.1  # Vector's 100 ms links
+# A body of known token cost: max_tokens 84 + 64 characters / 4 = 100 tokens, by
+# pacer's estimate and the upstream's count alike.
+TPM_BODY: dict[str, Any] = {"model": "sim", "max_tokens": 84,
+                            "messages": [{"role": "user", "content": "x" * 64}]}
 
 SCENARIOS: tuple[Scenario, ...] = (
     # --- Vector's suite -------------------------------------------------------------
@@ -207,6 +233,74 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("flaky-35pct", Behaviour(latency=L, fault_rate=0.35), requests=500, workers=40,
              capacity=8 / L, oracle_limit=8, timeout=2.0,
              bands=Bands(max_duration=2.5)),
+    # --- rate caps ------------------------------------------------------------------
+    # A hidden rate cap at 0.4 s (it looks like a concurrency cap of 8 until its
+    # bucket lets a burst through and refuses below it), with the mock API's bucket
+    # of a second's worth...
+    Scenario("rate-20-no-headers",
+             Behaviour(latency=0.4, jitter=0.1, rate=20, rate_burst=20),
+             capacity=20, duration=30.0, steady_from=10.0, workers=82, oracle_limit=8,
+             bands=Bands(min_goodput=0.90, max_429_share=0.05)),
+    # ...and with a bucket of 2: starts that bunch (answers that come back together)
+    # are refused at any concurrency.
+    Scenario("rate-20-small-burst", Behaviour(latency=0.4, jitter=0.1, rate=20),
+             capacity=20, duration=30.0, steady_from=10.0, workers=82, oracle_limit=8,
+             bands=Bands(min_goodput=0.90, max_429_share=0.05)),
+    # A rate cap under a looser concurrency cap (60/s of the 100/s the cap allows):
+    # the rate binds...
+    Scenario("rate-under-cap", Behaviour(latency=L, jitter=0.2, cap=10, rate=60),
+             capacity=60, duration=20.0, steady_from=5.0, oracle_limit=6,
+             bands=Bands(min_goodput=0.90, max_429_share=0.05)),
+    # ...and a concurrency cap under a looser rate cap (40/s of the 60/s): the cap
+    # binds, and no rate may be learned below it.
+    Scenario("cap-under-rate", Behaviour(latency=L, jitter=0.2, cap=4, rate=60),
+             capacity=4 / L, duration=20.0, steady_from=5.0, oracle_limit=4,
+             bands=Bands(min_goodput=0.90, max_429_share=0.03)),
+    # LLM-like service times (lognormal, sigma 0.5) under a rate cap whose 429s come
+    # at once, or after a service time.
+    Scenario("rate-lognormal-429",
+             Behaviour(latency=0.2, lognormal_sigma=0.5, rate=50),
+             capacity=50, duration=30.0, steady_from=10.0, workers=80, oracle_limit=12,
+             bands=Bands(min_goodput=0.90, max_429_share=0.05)),
+    Scenario("rate-lognormal-defer",
+             Behaviour(latency=0.2, lognormal_sigma=0.5, rate=50, rate_action="defer"),
+             capacity=50, duration=30.0, steady_from=10.0, workers=80, oracle_limit=12,
+             bands=Bands(min_goodput=0.90, max_429_share=0.05)),
+    # The rate cap and a tokens-per-minute quota announced in OpenAI's headers: the
+    # headers are enough (nothing to learn from 429s); no 429 after the first minute.
+    Scenario("rate-20-openai-headers",
+             Behaviour(latency=0.4, jitter=0.1, rate=20, rate_burst=20, quota_headers=True),
+             capacity=20, duration=30.0, steady_from=10.0, workers=82, oracle_limit=8,
+             bands=Bands(min_goodput=0.95, max_429_share=0.005)),
+    Scenario("tpm-30000-openai-headers",
+             Behaviour(latency=0.4, jitter=0.1, tpm=30_000, quota_headers=True),
+             body=TPM_BODY, capacity=30_000 / 60 / 100, duration=100.0, steady_from=60.0,
+             workers=82, oracle_limit=2,
+             bands=Bands(min_goodput=0.80, max_429_share=0.0)),
+    # --- cold start, capacity steps, long outages -----------------------------------
+    # Cold start to a cap of 32 within 10 round trips (5 s at 0.5 s): judged from then.
+    Scenario("cap-32-cold-start", Behaviour(latency=0.5, jitter=0.1, cap=32),
+             capacity=32 / 0.5, duration=15.0, steady_from=5.0, workers=178,
+             oracle_limit=32, bands=Bands(min_goodput=0.92, max_429_share=0.02)),
+    # Capacity 20 -> 5 -> 40 at 0.5 s without Retry-After: >= 90 % of the raised cap
+    # within 5 s of the rise (the probe series that finds it overshoots once: 40 ->
+    # 60 costs 20 429s).
+    Scenario("capacity-steps", Behaviour(latency=0.5, jitter=0.1, cap=20,
+                                         schedule=((8.0, 5), (16.0, 40))),
+             capacity=40 / 0.5, duration=30.0, steady_from=21.0, workers=210,
+             oracle_limit=40, bands=Bands(min_goodput=0.90, max_429_share=0.05)),
+    # A 30 s outage under a rate cap announced in headers, as 503s or as refused
+    # connections: full rate within 10 s of the recovery, nothing fails.
+    Scenario("outage-30s-503",
+             Behaviour(latency=0.4, jitter=0.1, rate=20, rate_burst=20, quota_headers=True,
+                       outage=(10.0, 40.0)),
+             capacity=20, duration=60.0, steady_from=50.0, workers=82, oracle_limit=8,
+             bands=Bands(min_goodput=0.90)),
+    Scenario("outage-30s-refuse",
+             Behaviour(latency=0.4, jitter=0.1, rate=20, rate_burst=20, quota_headers=True,
+                       outage=(10.0, 40.0), outage_kind="refuse"),
+             capacity=20, duration=60.0, steady_from=50.0, workers=82, oracle_limit=8,
+             bands=Bands(min_goodput=0.90)),
 )
 
 
@@ -236,8 +330,12 @@ class SimUpstream:
         self.successes: list[float] = []  # completion times, since t0
         self.refused = 0
         self.attempts = 0
-        self._tokens = max(1.0, (behaviour.rate or 0.0) / 10)
+        self._tokens = self._bucket_size = (
+            behaviour.rate_burst if behaviour.rate_burst is not None
+            else max(1.0, (behaviour.rate or 0.0) / 10))
         self._stamp = self.t0
+        self._tpm_tokens = float(behaviour.tpm or 0)
+        self._tpm_stamp = self.t0
         self._faults = 0
 
     def now(self) -> float:
@@ -269,29 +367,68 @@ class SimUpstream:
             base *= n
         return max(0.0, base)
 
-    def _rate_ok(self) -> bool:
-        rate = self.b.rate
-        if rate is None:
-            return True
+    def _refill(self) -> None:
         t = self.clock()
-        self._tokens = min(max(1.0, rate / 10), self._tokens + (t - self._stamp) * rate)
+        if self.b.rate is not None:
+            self._tokens = min(self._bucket_size,
+                               self._tokens + (t - self._stamp) * self.b.rate)
         self._stamp = t
+        if self.b.tpm is not None:
+            self._tpm_tokens = min(float(self.b.tpm), self._tpm_tokens
+                                   + (t - self._tpm_stamp) * self.b.tpm / TPM_WINDOW_S)
+        self._tpm_stamp = t
+
+    def _rate_ok(self) -> bool:
+        if self.b.rate is None:
+            return True
+        self._refill()
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             return True
         return False
 
-    def _refusal_headers(self) -> dict[str, str]:
-        ra = self.b.retry_after
+    def _tpm_wait(self, cost: int) -> float:
+        """Seconds until the token bucket holds ``cost`` (0: take it now)."""
+        tpm = self.b.tpm
+        if tpm is None:
+            return 0.0
+        self._refill()
+        if self._tpm_tokens >= cost:
+            self._tpm_tokens -= cost
+            return 0.0
+        return (cost - self._tpm_tokens) * TPM_WINDOW_S / tpm
+
+    def _quota_headers(self) -> dict[str, str]:
+        """The quotas left, in OpenAI's headers (when the behaviour announces them)."""
+        b = self.b
+        if not b.quota_headers:
+            return {}
+        self._refill()
+        requests = tokens = None
+        if b.rate is not None:
+            requests = HeaderQuota(limit=math.floor(self._bucket_size),
+                                   remaining=math.floor(self._tokens),
+                                   reset=(self._bucket_size - self._tokens) / b.rate,
+                                   window=self._bucket_size / b.rate)
+        if b.tpm is not None:
+            tokens = HeaderQuota(limit=b.tpm, remaining=math.floor(self._tpm_tokens),
+                                 reset=(b.tpm - self._tpm_tokens) * TPM_WINDOW_S / b.tpm,
+                                 window=TPM_WINDOW_S)
+        return dict(render_limit_headers("openai", requests, tokens, time.time))
+
+    def _refusal_headers(self, wait: float | None = None) -> dict[str, str]:
+        ra = self.b.retry_after if wait is None else wait
         return {} if ra is None else {"retry-after": f"{ra:g}"}
 
-    async def handle(self) -> tuple[int, dict[str, str]]:
+    async def handle(self, body: bytes = b"") -> tuple[int, dict[str, str]]:
         """Serve one request: its status and headers (or hang, or raise a
         transport error, as the behaviour says)."""
         b = self.b
         self.attempts += 1
         t = self.now()
         if b.outage is not None and b.outage[0] <= t < b.outage[1]:
+            if b.outage_kind == "refuse":
+                raise httpx.ConnectError("connection refused")
             return 503, {}
         if b.fault_rate and self.rng.random() < b.fault_rate:
             self._faults += 1
@@ -314,14 +451,18 @@ class SimUpstream:
                 await trio.sleep_forever()
             if action == "defer":
                 await trio.sleep(self._service_time(1))
-            return 429, self._refusal_headers()
+            return 429, {**self._quota_headers(), **self._refusal_headers()}
+        wait = self._tpm_wait(token_cost(body))
+        if wait > 0:
+            self.refused += 1
+            return 429, {**self._quota_headers(), **self._refusal_headers(wait)}
         self._move(+1)
         try:
             await trio.sleep(self._service_time(self.in_service))
         finally:
             self._move(-1)
         self.successes.append(self.now())
-        return 200, {}
+        return 200, self._quota_headers()
 
 
 class SimTransport(httpx.AsyncBaseTransport):
@@ -334,7 +475,7 @@ class SimTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await trio.sleep(self.transit)
-        status, headers = await self.upstream.handle()
+        status, headers = await self.upstream.handle(await request.aread())
         await trio.sleep(self.transit)
         body = (b'{"object":"chat.completion","choices":[]}' if status == 200
                 else b'{"error":{"message":"refused"}}')
@@ -445,7 +586,7 @@ async def run_virtual(scenario: Scenario, contender: str = "pacer", seed: int = 
                          timeout=scenario.timeout, max_limit=scenario.max_limit)
     answers: list[tuple[float, bool]] = []
     ids = itertools.count()
-    body = {"model": "sim", "messages": [{"role": "user", "content": "hi"}]}
+    body = scenario.body
     async with httpx.AsyncClient(transport=Recording(sim, transit),
                                  base_url="http://sim") as client:
         limit = make_limit(contender, scenario)

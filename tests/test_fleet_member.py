@@ -350,12 +350,12 @@ async def test_each_node_paces_at_its_share_of_the_fleets_rate(redis: RedisServe
         await hold_slots(nursery, a_up, 20)
         await a.tick()
         now = trio.current_time()
-        assert a_up.pacer.rate(now) == pytest.approx(20.0)  # alone: all of it
+        assert a_up.pacer.status(now).rate == pytest.approx(20.0)  # alone: all of it
         await hold_slots(nursery, b_up, 20)
         for _ in range(3):
             await b.tick()
             await a.tick()
-        ra, rb = a_up.pacer.rate(now), b_up.pacer.rate(now)
+        ra, rb = a_up.pacer.status(now).rate, b_up.pacer.status(now).rate
         assert ra is not None and rb is not None
         assert ra + rb == pytest.approx(20.0) and ra == pytest.approx(rb)
         assert a_up.pacer.learned_rate is None  # the fleet's, never a local one

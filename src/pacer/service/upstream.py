@@ -341,10 +341,12 @@ class Upstream:
             # A success proves the upstream served the attempts in flight when it
             # started (later ones may not have arrived yet, e.g. on a new connection);
             # a 429 came with at least those in flight when it ended (they include any
-            # sent later that overtook it).
+            # sent later that overtook it), and with the bunch that passed the gate
+            # with it (slot.inflight: they may reach the upstream first).
             with_it = gate_inflight
             if refused:
-                with_it = max(with_it, self.limiter.shared_inflight - self.gate.waiting)
+                with_it = max(with_it, slot.inflight,
+                              self.limiter.shared_inflight - self.gate.waiting)
             cause = self.gate.on_response(info, status_for_gate, tokens_used(body),
                                           inflight=with_it, started=slot.start,
                                           limit_changed_at=getattr(self.limit, "changed_at",
