@@ -17,10 +17,6 @@ import trio.testing
 from scenarios import CONTENDERS, SCENARIOS, Scenario, run_virtual
 
 NOT_YET: dict[str, str] = {
-    "rate-lognormal-429": "seed 1 meets it (98.5%); seeds 2 and 3 give 81% and 58%: the"
-                          " limit's latency signal holds it at 6-9 in flight where 12"
-                          " are needed (issue 10, cause 4), and the rate is learned late"
-                          " or not at all",
     "rate-20-small-burst": "69-83% of the rate (3 seeds): starts that bunch are refused"
                            " at any concurrency, each 429 cuts the limit (3-5 of the 8"
                            " needed) until a rate is learned (6-18 s, from that low"

@@ -99,6 +99,8 @@ _NOISE_Z: Final = 2.0
 # A probe fails when its round's rtt grew by more than this share of the relative
 # concurrency it added (a pure queue: the whole share; no queue: none).
 _PROBE_RTT_SHARE: Final = 0.5
+# A probe step is judged on at least this many of its attempts (and half the limit).
+_PROBE_MIN_SAMPLES: Final = 4
 # Slow start's round delay test judges a round on at least this many rtts.
 _ROUND_TEST_SAMPLES: Final = 4
 # ... and only when its concurrency grew by this share over the last round's (a
@@ -370,8 +372,11 @@ class AimdLimit(HookedLimit):
                 self._change(self._limit + step, "probe", sample, now)
                 return
         elif self._phase == "probe" and used:
-            if self._probes.rtts.count < self._limit:
-                return  # judge the step on a full window of its attempts
+            if self._probes.rtts.count < max(_PROBE_MIN_SAMPLES, self._limit // 2):
+                # Half a window of the step's attempts: the test weighs their
+                # standard error, and a full window cost a round trip per step
+                # (a capacity rise took 8 s to find at 0.5 s rtts).
+                return
             if self._probe_only_queued():
                 # More concurrency, proportionally more latency: past a knee, or a
                 # link whose latency grows with load. Not capacity: back down.

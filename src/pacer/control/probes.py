@@ -7,10 +7,10 @@ round trips), or at once while regrowing toward a level that ran clean before an
 outage cut it. A failed probe that gained nothing doubles the clean round trips
 needed before the next (up to :data:`MAX_PROBE_WAIT`). A series of probes starts
 with a step of 1/32 of the limit (at least 1) and doubles it after each step that
-ran clean, up to half the plateau. A step is judged on the attempts sent a smoothed
-rtt after it, that ran at its concurrency (those sent at once met the old queue: on
-a slow link the first takes the old rtt): it only queued when their mean rtt grew
-past a share of the relative step over the plateau's.
+ran clean, up to half the plateau. A step is judged on the attempts sent half a
+smoothed rtt after it, that ran at its concurrency (those sent at once met the old
+queue: on a slow link the first takes the old rtt): it only queued when their mean
+rtt grew past a share of the relative step over the plateau's.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ __all__ = ["MAX_PROBE_WAIT", "ProbeSchedule"]
 
 # Failed probes double the wait, up to this many round trips (the time bound rules anyway).
 MAX_PROBE_WAIT: Final = 1024
+# A step is judged on attempts sent this share of a smoothed rtt after it: by then
+# most attempts sent before it have left (a whole rtt made each step cost two).
+_SETTLE_SHARE: Final = 0.5
 # A probe series starts with a step of the limit over this (at least 1).
 _FIRST_STEP_DIVISOR: Final = 32
 
@@ -85,9 +88,9 @@ class ProbeSchedule:
         self.wait = self.probe_rounds if gained else min(2 * self.wait, MAX_PROBE_WAIT)
 
     def stepped(self, now: float, srtt: float) -> None:
-        """The limit stepped up at ``now``: judge it on attempts sent once the
-        attempts sent before it left (a smoothed rtt on)."""
-        self.settled_at = now + srtt
+        """The limit stepped up at ``now``: judge it on attempts sent once most of
+        the attempts sent before it left (half a smoothed rtt on)."""
+        self.settled_at = now + _SETTLE_SHARE * srtt
         self.rtts = Moments()
 
     def record(self, start: float, inflight: int, limit: int, rtt: float) -> None:
