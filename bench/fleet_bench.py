@@ -64,7 +64,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from limit_bench import make_client
+from mock_client import make_client, start_mock, stop_mock
 
 from fleet_redis import RedisServer
 from pacer.config import FleetConfig, UpstreamConfig
@@ -178,24 +178,15 @@ def capacity(scenario: str) -> float:
 
 
 async def _start_mock(workdir: Path, scenario: str) -> tuple[trio.Process, int]:
-    cmd = [sys.executable, "-m", "pacer.mockapi", "--host", "127.0.0.1", "--port", "0",
-           "--concurrency", str(CAP), "--latency", str(LATENCY), "--jitter", "0.03",
-           "--header-style", "none", "--retry-after", "0.2", "--seed", "1"]
+    args = ["--concurrency", str(CAP), "--latency", str(LATENCY), "--jitter", "0.03",
+            "--header-style", "none", "--retry-after", "0.2", "--seed", "1"]
     if scenario == "rate":
-        cmd += ["--rate", f"{RATE_CAP:g}"]
+        args += ["--rate", f"{RATE_CAP:g}"]
     if scenario == "outage":
-        cmd += ["--outage", "12:27"]
-    out = (workdir / "mock.log").open("wb")
-    proc = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE, stderr=out)
-    assert proc.stdout is not None
-    buf = b""
-    with trio.fail_after(15):
-        while b"\n" not in buf:
-            chunk = await proc.stdout.receive_some(4096)
-            if not chunk:
-                raise RuntimeError("the mock exited before listening")
-            buf += chunk
-    return proc, int(json.loads(buf.split(b"\n", 1)[0])["port"])
+        args += ["--outage", "12:27"]
+    with (workdir / "mock.log").open("wb") as log:
+        proc, port, _ = await start_mock(args, stderr=log)
+    return proc, port
 
 
 def _start_node(name: str, redis_url: str, base_url: str, duration: float,
@@ -292,9 +283,7 @@ async def run_scenario(name: str, duration: float) -> Run:
                     p.wait(10)
                 except subprocess.TimeoutExpired:
                     p.kill()
-            mock.send_signal(signal.SIGTERM)
-            with trio.move_on_after(5):
-                await mock.wait()
+            await stop_mock(mock)
             redis.stop()
         for n in procs:
             run.nodes[n] = _read_log(workdir / f"{n}.log")

@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import IO
 
 import httpx
 import trio
@@ -91,10 +92,12 @@ def make_client(cfg: UpstreamConfig, kind: str) -> httpx.AsyncClient:
     )
 
 
-async def start_mock(args: Sequence[str]) -> tuple[trio.Process, int, float]:
-    """Start the mock; return the process, its port and the Trio time it started."""
+async def start_mock(args: Sequence[str], stderr: IO[bytes] | None = None
+                     ) -> tuple[trio.Process, int, float]:
+    """Start the mock (its log to ``stderr``, else inherited); return the process,
+    its port and the Trio time it started."""
     cmd = [sys.executable, "-m", "pacer.mockapi", "--host", "127.0.0.1", "--port", "0", *args]
-    proc = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE)
+    proc = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE, stderr=stderr)
     assert proc.stdout is not None
     buf = b""
     with trio.fail_after(15):
