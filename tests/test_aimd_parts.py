@@ -71,6 +71,36 @@ def test_no_load_rtt_is_the_windowed_minimum_of_the_slow_ewma() -> None:
     assert est.min_rtt == pytest.approx(0.6, rel=1e-2)
 
 
+def test_an_old_minimum_expires_although_no_new_value_enters() -> None:
+    # Decreases faster than the samples a value needs: nothing enters the window,
+    # and the minimum slow start left (the short answers first) must still expire.
+    est = RttEstimate(smoothing=0.1, window=10.0)
+    for _ in range(20):
+        est.observe(0.3)
+    est.record_baseline(0.0, needed=16)
+    assert est.min_rtt == pytest.approx(0.3)
+    est.restart()
+    est.observe(1.0)
+    est.record_baseline(10.5, needed=16)  # too few samples to enter
+    assert est.min_rtt is None or est.min_rtt != pytest.approx(0.3)
+
+
+def test_a_baseline_carries_the_standard_error_of_the_rtts_it_averaged() -> None:
+    # Heavy-tailed rtts: the baseline entered after 16 of them is uncertain by their
+    # spread then; a spread that comes later (a knee's queue) is not the baseline's.
+    est = RttEstimate(smoothing=0.1, window=30.0)
+    rng = random.Random(2)
+    for _ in range(16):
+        est.observe(rng.lognormvariate(0.0, 1.0))
+    est.record_baseline(1.0, needed=16)
+    spread_then = est.dev
+    assert est.base_noise() == pytest.approx(1.25 * spread_then / math.sqrt(16))
+    for i in range(200):
+        est.observe(5.0 + (i % 2) * 5.0)
+    assert est.dev > spread_then
+    assert est.base_noise() == pytest.approx(1.25 * spread_then / math.sqrt(16))
+
+
 def test_rtt_noise_shrinks_with_the_smoothing() -> None:
     est = RttEstimate(smoothing=0.1, window=30.0)
     rng = random.Random(1)

@@ -46,8 +46,9 @@ class RttEstimate:
         self._brtt: float | None = None
         self._brtt_weight = smoothing / _BASELINE_SLOWER
         self.baseline_warm_count = ewma_memory(self._brtt_weight)
-        # Monotonic deque of (at, slow EWMA): its head is the windowed minimum.
-        self._window: deque[tuple[float, float]] = deque()
+        # Monotonic deque of (at, slow EWMA, its standard error then): its head is
+        # the windowed minimum.
+        self._window: deque[tuple[float, float, float]] = deque()
         self.first_min = math.inf  # slow start's lowest round-mean rtt
         self._first_min_count = 0  # ... and how many rtts that mean took
         self.seed: float | None = None  # a remembered no-load rtt (resume)
@@ -73,15 +74,19 @@ class RttEstimate:
         return self.srtt is not None and self.count >= self.warm_count
 
     def record_baseline(self, now: float, needed: int) -> None:
-        """Enter the slow EWMA into the window, once ``needed`` samples fed it."""
+        """Enter the slow EWMA into the window, once ``needed`` samples fed it.
+        Old values expire either way: when decreases come faster than ``needed``
+        samples, no new value enters, and the old minimum must not rule on."""
+        window = self._window
+        while window and window[0][0] < now - self.window:
+            window.popleft()
         if self._brtt is None or self.count < needed:
             return
-        rtt, window = self._brtt, self._window
+        rtt = self._brtt
         while window and window[-1][1] >= rtt:
             window.pop()
-        window.append((now, rtt))
-        while window[0][0] < now - self.window:
-            window.popleft()
+        samples = min(self.count, self.baseline_warm_count)
+        window.append((now, rtt, DEV_TO_SD * self.dev / math.sqrt(samples)))
 
     def offer_round_mean(self, mean: float, count: int) -> None:
         """A slow-start round's mean rtt, of ``count`` rtts."""
@@ -103,10 +108,15 @@ class RttEstimate:
         return DEV_TO_SD * self.dev * math.sqrt(w / (2.0 - w))
 
     def base_noise(self) -> float:
-        """Standard error of the no-load rtt while it is still slow start's lowest
-        round mean: a round of three heavy-tailed rtts (the first answers back, the
-        short ones) may be half the true mean, and read every later rtt as queued.
-        The windowed baseline (a warm slow EWMA) counts as exact."""
-        if self._window or not math.isfinite(self.first_min):
-            return 0.0
-        return DEV_TO_SD * self.dev / math.sqrt(self._first_min_count)
+        """Standard error of the no-load rtt, a mean of a few rtts: slow start's
+        lowest round (three heavy-tailed rtts, the first answers back, the short
+        ones, may be half the true mean) or the slow EWMA as it entered the window
+        (16 samples in slow start, again the short ones first), by the spread of
+        the rtts then. Taken as exact, either reads every later rtt of a
+        heavy-tailed upstream as queued; the spread of a later queue (a knee's) is
+        not the baseline's."""
+        if self._window:
+            return self._window[0][2]
+        if math.isfinite(self.first_min):
+            return DEV_TO_SD * self.dev / math.sqrt(self._first_min_count)
+        return 0.0
