@@ -1213,12 +1213,13 @@ async def test_serve_survives_abrupt_disconnects(nursery: trio.Nursery) -> None:
 
 
 async def test_serve_outages_503_refuse_and_back(nursery: trio.Nursery) -> None:
-    outages = parse_outages("0:0.15:refuse,0.25:0.45:503,0.6:0.8:refuse")
+    # Windows of a second or so: a loaded machine may take a tenth to answer.
+    outages = parse_outages("0:0.8:refuse,1.2:2.2:503,3:4:refuse")
     upstream = MockUpstream(MockSettings(latency=0.0, outages=outages))
     port = await nursery.start(serve, upstream)
     outcomes: list[int | str] = []
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2) as client:
-        for at in (0.0, 0.3, 0.5, 0.55, 0.65, 0.9, 0.95):
+        for at in (0.0, 1.5, 2.5, 2.75, 3.25, 4.5, 4.75):
             await sleep_until(upstream, at)
             try:
                 outcomes.append((await client.post(CHAT, json=PAYLOAD)).status_code)

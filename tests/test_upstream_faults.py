@@ -83,12 +83,16 @@ FAULTS: dict[str, Case] = {
 }
 OUTAGES: dict[str, Case] = {
     # Storms run from 4 s to 5 s of every 5 s: pacer starts 1.5 s before the first and
-    # has work for about 1.5 s (so a slow start-up still meets it).
-    "storm": Case(("--fault", "storm", "--latency", "0.05"), requests=120, start_at=2.5,
+    # has work for about 3 s (so a fast start-up and a slow one both meet it).
+    "storm": Case(("--fault", "storm", "--latency", "0.05"), requests=240, start_at=2.5,
                   upstream={"max_attempts": 5, "give_up_after": 30, "max_limit": 4}),
-    "outage-503": Case(("--outage", "1:3:503", "--latency", "0.05"), requests=200,
+    # Outages from 2.5 s to 4.5 s: pacer starts at 1 s, and its work (about 4 s)
+    # spans the outage even when a loaded machine takes a second to start it.
+    "outage-503": Case(("--outage", "2.5:4.5:503", "--latency", "0.05"), requests=300,
+                       start_at=1.0,
                        upstream={"max_attempts": 5, "give_up_after": 30, "max_limit": 4}),
-    "outage-refuse": Case(("--outage", "1:3:refuse", "--latency", "0.05"), requests=200,
+    "outage-refuse": Case(("--outage", "2.5:4.5:refuse", "--latency", "0.05"),
+                          requests=300, start_at=1.0,
                           upstream={"max_attempts": 5, "give_up_after": 30, "max_limit": 4}),
 }
 
