@@ -234,3 +234,26 @@ def test_a_probe_step_is_judged_on_attempts_sent_once_it_settled() -> None:
     for _ in range(11):
         p.record(2.2, 11, 11, 0.1)
     assert not p.only_queued(11, 0.5, 2.0)
+
+
+def test_a_probe_step_weighs_the_plateaus_own_standard_error() -> None:
+    # Heavy-tailed rtts: the plateau's mean of a dozen read low (the short ones), and
+    # a step whose rtts are no slower than the true mean must not read as queued.
+    steps = [1.1, 0.3, 2.5, 0.8, 1.6, 0.5, 1.2, 3.0, 0.7, 1.4, 0.9, 1.9]
+    for ref_stderr, queued in ((0.0, True), (0.4, False)):
+        p = ProbeSchedule(probe_rounds=3, max_probe_interval=2.0, base=20)
+        p.start(20, ref_rtt=0.8, ref_stderr=ref_stderr)
+        p.stepped(1.0, srtt=1.2)
+        for rtt in steps:
+            p.record(2.0, 21, 21, rtt)
+        assert p.only_queued(21, 0.5, 2.0) is queued
+
+
+def test_slow_starts_lowest_round_mean_carries_its_standard_error() -> None:
+    est = RttEstimate(smoothing=0.1, window=30.0)
+    assert est.first_min_noise() == 0.0
+    for rtt in (0.2, 0.4, 1.8, 0.3):
+        est.observe(rtt)
+    est.offer_round_mean(0.3, 3)
+    assert est.first_min_noise() == pytest.approx(1.25 * est.dev / math.sqrt(3))
+    assert est.base_noise() == est.first_min_noise()  # nothing in the window yet

@@ -365,8 +365,9 @@ class AimdLimit(HookedLimit):
                 # The plateau's own rtt: the mean of its last round's attempts sent
                 # under it (the smoothed rtt may still carry a higher limit's).
                 fresh = self._round.fresh
-                step = self._probes.start(self._limit,
-                                          fresh.mean if fresh.count else self._rtt.srtt)
+                step = self._probes.start(
+                    self._limit, fresh.mean if fresh.count else self._rtt.srtt,
+                    fresh.stderr if fresh.count > 1 else 0.0)
                 self._phase = "probe"
                 self._new_round(now)
                 self._change(self._limit + step, "probe", sample, now)
@@ -461,7 +462,11 @@ class AimdLimit(HookedLimit):
             self._slow_start_left_at = -math.inf
             if reason == "saturated":
                 # The concurrency that delivers the best rate without a queue.
-                new = max(1, math.floor(self._ss_best_rate * self._rtt.first_min + 0.5))
+                # (That rtt read to its upper noise bound: a round of a few
+                # heavy-tailed rtts, the short ones back first, reads low, and the
+                # cut went 23 -> 5 under a cap of 40.)
+                no_load = self._rtt.first_min + self._rtt.first_min_noise()
+                new = max(1, math.floor(self._ss_best_rate * no_load + 0.5))
             elif reason == "latency":
                 new = min(cut, self._unqueued_concurrency(now))
             elif self._phase == "slow_start" or ramped:

@@ -47,6 +47,7 @@ class ProbeSchedule:
         # A limit that ran clean before failures cut it: probes double back to it.
         self.regrow_to = 0
         self.ref_rtt: float | None = None  # the plateau's rtt as the series began
+        self.ref_stderr = 0.0  # ... and its standard error (a mean of few rtts)
         # rtts of the successes sent once the last step had settled
         self.rtts = Moments()
         self.settled_at = -math.inf
@@ -69,10 +70,12 @@ class ProbeSchedule:
         )
         return due and (regrow or self.clean_rounds >= self.probe_rounds)
 
-    def start(self, limit: int, ref_rtt: float | None) -> int:
-        """A series of probes starts from ``limit``; its first step."""
+    def start(self, limit: int, ref_rtt: float | None, ref_stderr: float = 0.0) -> int:
+        """A series of probes starts from ``limit``, whose rtt was ``ref_rtt`` (a
+        mean, of standard error ``ref_stderr``); its first step."""
         self.base = limit
         self.ref_rtt = ref_rtt
+        self.ref_stderr = ref_stderr
         self.step = self._next_step(max(1, limit // _FIRST_STEP_DIVISOR), limit)
         return self.step
 
@@ -102,13 +105,15 @@ class ProbeSchedule:
         """Did the step's attempts take longer in proportion to the concurrency it
         added? Their mean rtt against the plateau's when the series began: growth
         past ``share`` of the relative step, by more than ``z`` times the mean's
-        standard error, means the extra attempts only queued."""
+        standard error (and the plateau's: heavy-tailed rtts made a round's mean
+        of a dozen read half the true one, and failed every probe for 20 s),
+        means the extra attempts only queued."""
         ref, rtts = self.ref_rtt, self.rtts
         if ref is None or rtts.count < 2:
             return False
         step = (limit - self.base) / self.base
         allowed = ref * (1.0 + share * step)
-        return rtts.mean > allowed + z * rtts.stderr
+        return rtts.mean > allowed + z * math.hypot(rtts.stderr, self.ref_stderr)
 
     def _next_step(self, step: int, limit: int) -> int:
         """``step``, or, while regrowing toward a level that ran clean before failures

@@ -117,6 +117,10 @@ class RttEstimate:
         not the baseline's."""
         if self._window:
             return self._window[0][2]
-        if math.isfinite(self.first_min):
-            return DEV_TO_SD * self.dev / math.sqrt(self._first_min_count)
-        return 0.0
+        return self.first_min_noise()
+
+    def first_min_noise(self) -> float:
+        """Standard error of slow start's lowest round mean (0: none yet)."""
+        if not math.isfinite(self.first_min):
+            return 0.0
+        return DEV_TO_SD * self.dev / math.sqrt(self._first_min_count)
