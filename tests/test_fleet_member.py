@@ -149,6 +149,24 @@ async def test_a_refused_slot_rests_until_the_next_tick(redis: RedisServer) -> N
         done.set()
 
 
+async def test_a_429_of_a_quota_announced_as_spent_neither_cuts_nor_rests_a_slot(
+        redis: RedisServer) -> None:
+    up = upstream()
+    async with FleetStore(redis.url) as store, trio.open_nursery() as nursery:
+        m = member(store, "a", up, initial=4)
+        done = await hold_slots(nursery, up, 6)
+        await m.tick()
+        now = trio.current_time()
+        for _ in range(2):
+            for listener in up.limiter.sample_listeners:
+                listener(Sample(start=now, rtt=0.01, inflight=4, outcome=Outcome.IGNORE,
+                                reason="quota"))
+        assert up.limiter.cap == 4  # the quota's window holds the starts, not the slots
+        grant = await m.tick()
+        assert grant is not None and not grant.cut and grant.limit == 4
+        done.set()
+
+
 async def test_a_pause_and_a_breaker_opening_reach_the_other_nodes(
         redis: RedisServer) -> None:
     a_up, b_up = upstream(), upstream()

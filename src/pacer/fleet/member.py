@@ -119,7 +119,9 @@ class FleetMember:
 
     def _on_sample(self, s: Sample) -> None:
         # A 429 the pacing gate put down to a rate is congestion for the fleet all
-        # the same: the fleet tells its limit's from its rate's.
+        # the same: the fleet tells its limit's from its rate's. One of a quota the
+        # headers said was spent (reason QUOTA) is neither: its window holds this
+        # node's starts until the reset, as one pacer's.
         self._finished += 1
         refused = s.reason == "rate_limited"
         self._refused += refused
