@@ -31,6 +31,16 @@ Scenarios:
 * ``rate``: six nodes against a hidden rate cap of 25 requests/s (``--rate 25``,
   the concurrency cap of 12 above it): goodput as a share of the rate cap and 429s
   after a 5 s warm-up (target: >= 95 %, <= 1 %), and the fleet's learned rate.
+* ``quota``: six nodes against a request quota of 25 requests/s announced in
+  OpenAI headers (``--rate 25 --header-style openai``: ``x-ratelimit-remaining-
+  requests`` is the fleet-wide remaining, the reset the time until the quota is
+  full again); ``quota-solo``: one node alone against the same quota, what one
+  pacer does. ``quota-window`` and ``quota-window-solo``: the same quota as a fixed
+  window of 125 requests per 5 s, all back at the window's end (``--rate-window
+  5``, as GitHub's hourly quota), announced as the reset. Goodput as a share of
+  the quota, 429s, and how far the attempts overshoot the quota (attempts/s over
+  25/s; 429s the quota refused per second), after a 5 s warm-up (target: the fleet
+  as one pacer: no more 429s than alone).
 * ``outage``: six nodes, the mock answers 503 to everything from 12 s to 27 s of its
   own clock (``--outage 12:27``): attempts that reached it during the outage, and
   after its first second (when the fleet's breaker is open: one half-open probe per
@@ -172,16 +182,27 @@ class Run:
     load: float = 0.0
 
 
+QUOTA_SCENARIOS = ("quota", "quota-solo", "quota-window", "quota-window-solo")
+QUOTA_WINDOW = 5.0  # seconds, the fixed window of the quota-window scenarios
+
+
 def capacity(scenario: str) -> float:
     """What the upstream serves at most, requests/s."""
-    return RATE_CAP if scenario == "rate" else CAPACITY
+    return RATE_CAP if scenario in ("rate", *QUOTA_SCENARIOS) else CAPACITY
+
+
+def node_count(scenario: str) -> int:
+    return 1 if scenario.endswith("-solo") else NODES
 
 
 async def _start_mock(workdir: Path, scenario: str) -> tuple[trio.Process, int]:
+    style = "openai" if scenario in QUOTA_SCENARIOS else "none"
     args = ["--concurrency", str(CAP), "--latency", str(LATENCY), "--jitter", "0.03",
-            "--header-style", "none", "--retry-after", "0.2", "--seed", "1"]
-    if scenario == "rate":
+            "--header-style", style, "--retry-after", "0.2", "--seed", "1"]
+    if scenario in ("rate", *QUOTA_SCENARIOS):
         args += ["--rate", f"{RATE_CAP:g}"]
+    if scenario.startswith("quota-window"):
+        args += ["--rate-window", f"{QUOTA_WINDOW:g}"]
     if scenario == "outage":
         args += ["--outage", "12:27"]
     with (workdir / "mock.log").open("wb") as log:
@@ -228,7 +249,7 @@ async def run_scenario(name: str, duration: float) -> Run:
         mock, port = await _start_mock(workdir, name)
         base_url = f"http://127.0.0.1:{port}"
         procs: dict[str, subprocess.Popen[bytes]] = {}
-        names = [f"n{i}" for i in range(NODES)]
+        names = [f"n{i}" for i in range(node_count(name))]
         first = names[:-1] if name == "join" else names
         fixed = CAP // NODES if name == "oracle" else 0
         for n in first:
@@ -407,6 +428,19 @@ def analyse(run: Run) -> dict[str, Any]:
         out["rate_last_share_of_cap"] = (round(changes[-1][1]["new_rate"] / RATE_CAP, 3)
                                          if changes and changes[-1][1].get("new_rate")
                                          else None)
+    if run.scenario in QUOTA_SCENARIOS:
+        pa, pb = _at(run, 5), _at(run, end)
+        span = pb["t"] - pa["t"]
+        out["attempts_per_s_over_quota"] = round(
+            (pb["requests"] - pa["requests"]) / span / RATE_CAP, 4)
+        out["quota_429s_per_s"] = round(
+            (pb["rate_limited_rate"] - pa["rate_limited_rate"]) / span, 3)
+        # Spread or front-loaded: the best second's goodput over the quota's pace
+        # (one pacer spreads a window's quota over it; a fleet pacing as if each
+        # node had it all spends it at once, then waits for the reset).
+        out["peak_1s_goodput_over_quota"] = round(max(
+            (_goodput(run, p["t"], p["t"] + 1) for p in run.polls
+             if 5 <= p["t"] <= end - 1), default=math.nan), 3)
     if run.scenario == "outage":
         hit = [p for p in run.polls if p.get("outage", 0) > 0]
         if hit:
@@ -527,7 +561,8 @@ async def run_cpu(pairs: int, seconds: float) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- main
 
-SCENARIOS = ("steady", "oracle", "kill", "redis-outage", "join", "rate", "outage", "cpu")
+SCENARIOS = ("steady", "oracle", "kill", "redis-outage", "join", "rate", *QUOTA_SCENARIOS,
+             "outage", "cpu")
 
 
 def _spread(values: Sequence[Any]) -> str:

@@ -149,6 +149,24 @@ async def test_a_refused_slot_rests_until_the_next_tick(redis: RedisServer) -> N
         done.set()
 
 
+async def test_a_429_of_a_quota_announced_as_spent_neither_cuts_nor_rests_a_slot(
+        redis: RedisServer) -> None:
+    up = upstream()
+    async with FleetStore(redis.url) as store, trio.open_nursery() as nursery:
+        m = member(store, "a", up, initial=4)
+        done = await hold_slots(nursery, up, 6)
+        await m.tick()
+        now = trio.current_time()
+        for _ in range(2):
+            for listener in up.limiter.sample_listeners:
+                listener(Sample(start=now, rtt=0.01, inflight=4, outcome=Outcome.IGNORE,
+                                reason="quota"))
+        assert up.limiter.cap == 4  # the quota's window holds the starts, not the slots
+        grant = await m.tick()
+        assert grant is not None and not grant.cut and grant.limit == 4
+        done.set()
+
+
 async def test_a_pause_and_a_breaker_opening_reach_the_other_nodes(
         redis: RedisServer) -> None:
     a_up, b_up = upstream(), upstream()
@@ -294,7 +312,7 @@ def test_status_shows_the_fleet(make_config: MakeConfig, spool: SpoolHelper) -> 
     config = load_config(make_config())
     fleet = {"fleet_key": "default", "node": "host-b", "limit": 12.0, "epoch": 3,
              "share": 4, "degraded": False, "fleet_inflight": 12, "live_nodes": 2,
-             "rate": 24.5, "pace": 8.167,
+             "rate": 24.5, "pace": 8.167, "quota_share": 0.3333,
              "nodes": [{"node": "host-a", "share": 8, "inflight": 7, "demand": 30},
                        {"node": "host-b", "share": 4, "inflight": 4, "demand": 4}]}
     held = Spool(spool.root)
@@ -308,6 +326,7 @@ def test_status_shows_the_fleet(make_config: MakeConfig, spool: SpoolHelper) -> 
     text = render_text(info)
     assert "fleet default (default): shared limit 12.0, 2 nodes, 12 slots leased" in text
     assert "learned rate 24.5/s, this node's pace 8.167/s" in text
+    assert "this node spends 0.3333 of header quotas" in text
     assert "host-b (this one)" in text
     row = next(line for line in text.splitlines() if line.startswith("host-a"))
     assert row.split() == ["host-a", "8", "7", "30"]
@@ -333,7 +352,7 @@ def test_the_fleet_state_survives_the_state_file() -> None:
     from pacer.service.state import ServiceState, UpstreamState
 
     fleet = FleetState(fleet_key="api", node="a", limit=12.0, epoch=3, share=4,
-                       degraded=False, fleet_inflight=12,
+                       degraded=False, fleet_inflight=12, quota_share=0.25,
                        nodes=(FleetNodeState("a", 4, 4, 9), FleetNodeState("b", 8, 7, 30)))
     state = ServiceState(upstreams={"api": UpstreamState(fleet=fleet),
                                     "alone": UpstreamState()})
@@ -419,3 +438,74 @@ async def test_without_redis_a_nodes_own_breaker_takes_over(tmp_path: Path) -> N
             assert b_up.breaker.allow(trio.current_time())  # its own half-open probe
     finally:
         server.stop()
+
+
+async def test_each_node_spends_its_part_of_a_quota_announced_in_headers(
+        redis: RedisServer) -> None:
+    a_up, b_up = upstream(), upstream()
+    async with FleetStore(redis.url) as store, trio.open_nursery() as nursery:
+        a, b = member(store, "a", a_up), member(store, "b", b_up)
+        a_done = await hold_slots(nursery, a_up, 20)
+        await a.tick()
+        assert a_up.pacer.quota_share == 1.0  # alone: the whole quota, as one pacer
+        await hold_slots(nursery, b_up, 20)
+        for _ in range(3):
+            await b.tick()
+            await a.tick()
+        # Both read the fleet-wide remaining: each spends its half of it.
+        assert a_up.pacer.quota_share == b_up.pacer.quota_share == 0.5
+        assert a.state().quota_share == 0.5
+        a_done.set()
+        for _ in range(3):
+            await a.tick()
+            await b.tick()
+        assert b_up.pacer.quota_share == 1.0  # a is idle: b may spend it all
+        nursery.cancel_scope.cancel()
+
+
+@REDIS_DOWN_LEAKS
+async def test_without_redis_a_node_keeps_its_part_of_a_quota_shrinking_never_all(
+        tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, port=free_port())
+    server.start()
+    a_up, b_up = upstream(), upstream()
+    clock = [0.0]
+    try:
+        async with FleetStore(server.url, timeout=0.2) as store, trio.open_nursery() as n:
+            settings = MemberSettings(redis_timeout=0.3, degraded=DegradedSettings(
+                floor=1, half_life=10.0))
+            b_ = Bounds(initial_limit=8, min_limit=1, max_limit=100, lease_ttl=5.0,
+                        probe_interval=5.0)
+            a = FleetMember(store, KEY, "a", a_up, b_, settings, clock=lambda: clock[0])
+            b = FleetMember(store, KEY, "b", b_up, b_, settings)
+            await hold_slots(n, a_up, 20)
+            await hold_slots(n, b_up, 20)
+            for _ in range(3):
+                await a.tick()
+                await b.tick()
+            # (a came first and still has its 8 slots in use, above its share of 4)
+            assert a.held == 8 and a_up.pacer.quota_share == 0.5
+            server.stop()
+            assert await a.tick() is None
+            assert a_up.pacer.quota_share == 0.5  # its last part, not the whole quota
+            clock[0] = 10.0  # a half-life: 8 slots -> 1 + 7 / 2 = 4.5, rounded to 5
+            assert await a.tick() is None
+            assert a_up.limiter.cap == 5
+            assert a_up.pacer.quota_share == pytest.approx(0.5 * 5 / 8)
+            clock[0] = 1000.0
+            assert await a.tick() is None
+            assert a_up.pacer.quota_share == pytest.approx(0.5 * 1 / 8)  # at the floor
+            n.cancel_scope.cancel()
+    finally:
+        server.stop()
+
+
+@REDIS_DOWN_LEAKS
+async def test_a_node_that_never_reached_redis_spends_one_slots_worth_of_a_quota() -> None:
+    up = upstream()
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nobody listens there
+    async with FleetStore(url, timeout=0.2) as store:
+        m = member(store, "a", up)
+        assert await m.tick() is None
+        # The fleet's size is unknown: one slot (the floor) of the largest limit.
+        assert up.pacer.quota_share == pytest.approx(1 / 100)

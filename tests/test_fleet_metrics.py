@@ -7,7 +7,7 @@ from test_metrics import samples, snapshot, state, value
 
 FLEET = {"fleet_key": "api", "node": "host-a", "limit": 12.0, "epoch": 3, "share": 2,
          "degraded": False, "fleet_inflight": 11, "live_nodes": 6, "rate": 24.5,
-         "pace": 4.083, "nodes": []}
+         "pace": 4.083, "quota_share": 0.1667, "nodes": []}
 
 
 def test_the_fleets_gauges_follow_the_snapshot() -> None:
@@ -22,6 +22,7 @@ def test_the_fleets_gauges_follow_the_snapshot() -> None:
     assert value(text, "pacer_fleet_degraded", **labels) == 0
     assert value(text, "pacer_fleet_rate", **labels) == 24.5
     assert value(text, "pacer_fleet_pace", **labels) == 4.083
+    assert value(text, "pacer_fleet_quota_share", **labels) == 0.1667
     # Redis lost: degraded, on a safe share; what is not known has no sample.
     data = state(fleet={**FLEET, "degraded": True, "share": 1, "rate": None, "pace": None})
     text = metrics.render().decode()

@@ -561,3 +561,44 @@ async def test_a_probe_whose_slot_was_never_used_has_not_held(redis: RedisServer
         assert g.limit == 13 and g.plateau == 12
         g = await tick(store, report("a", demand=13, in_use=13, oks=13, rtt=0.3), b, skew=1.6)
         assert g.plateau == 13  # used, unrefused, long enough: capacity rose
+
+
+async def test_each_nodes_part_of_a_header_quota_follows_its_slots_and_adds_up_to_one(
+        redis: RedisServer) -> None:
+    b = bounds(initial=9)
+    async with FleetStore(redis.url) as store:
+        g = await tick(store, report("a", demand=40), b)
+        assert g.part == 1.0  # alone: the whole quota, as one pacer
+        await tick(store, report("b", demand=40), b)
+        c = await tick(store, report("c", demand=2), b)
+        a = await tick(store, report("a", demand=40), b)
+        bb = await tick(store, report("b", demand=40), b)
+        # 9 slots: c wants 2, a and b share the other 7 (4 and 3, or 3 and 4).
+        assert c.part == pytest.approx(2 / 9)
+        assert a.part + bb.part + c.part == pytest.approx(1.0)
+        assert {round(a.part * 9), round(bb.part * 9)} == {3, 4}
+        # An idle node has no slot and gets one slot's worth (it spends nothing).
+        idle = await tick(store, report("d", demand=0), b)
+        assert idle.held == 0 and idle.part == pytest.approx(1 / 9)
+
+
+async def test_more_nodes_than_slots_a_node_without_one_gets_one_slots_worth(
+        redis: RedisServer) -> None:
+    b = bounds(initial=2)
+    async with FleetStore(redis.url) as store:
+        for n in "abc":
+            await tick(store, report(n, demand=5), b)
+        grants = {n: await tick(store, report(n, demand=5), b) for n in "abc"}
+        assert sorted(g.held for g in grants.values()) == [0, 1, 1]
+        # Every part is one slot of the two shared out; the node without a slot
+        # cannot spend its part (it has nothing to send with) until it gets one.
+        assert all(g.part == pytest.approx(0.5) for g in grants.values())
+
+
+async def test_with_no_demand_anywhere_a_node_holds_nothing_and_its_part_is_one(
+        redis: RedisServer) -> None:
+    async with FleetStore(redis.url) as store:
+        g = await tick(store, report("a", demand=0), bounds(initial=4))
+        # (nothing shared out: its part, 1, is the part of nothing; with demand, its
+        # next grant brings its slots and its part together)
+        assert g.held == 0 and g.part == 1.0

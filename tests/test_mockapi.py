@@ -182,6 +182,27 @@ async def test_rate_cap_admits_rate_per_second(autojump_clock: trio.testing.Mock
             assert remaining == 0
 
 
+async def test_rate_window_is_a_fixed_quota_back_whole_at_the_windows_end(
+        autojump_clock: trio.testing.MockClock) -> None:
+    upstream = MockUpstream(MockSettings(rate=2, rate_window=5, latency=0))
+    async with client_for(upstream) as client:
+        assert statuses(await burst(client, 12)) == {200: 10, 429: 2}
+        await trio.sleep(4.0 - upstream.elapsed())  # no refill within the window
+        last = await client.post(CHAT)
+        assert last.status_code == 429
+        assert last.headers["x-ratelimit-limit-requests"] == "10"
+        assert last.headers["x-ratelimit-remaining-requests"] == "0"
+        assert parse_go_duration(last.headers["x-ratelimit-reset-requests"]) == pytest.approx(1.0)
+        await trio.sleep(5.0 - upstream.elapsed())  # the next window: all of it back
+        first = await client.post(CHAT)
+        assert first.status_code == 200
+        assert first.headers["x-ratelimit-remaining-requests"] == "9"
+        assert parse_go_duration(first.headers["x-ratelimit-reset-requests"]) == pytest.approx(5.0)
+    assert upstream.stats.rate_limited_rate == 3
+    with pytest.raises(ValueError, match="rate_window needs a rate"):
+        MockSettings(rate_window=5)
+
+
 async def test_fractional_rate(autojump_clock: trio.testing.MockClock) -> None:
     upstream = MockUpstream(MockSettings(rate=0.5, latency=0))
     async with client_for(upstream) as client:

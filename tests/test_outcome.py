@@ -72,6 +72,11 @@ def test_a_rate_cap_refusal_does_not_shrink_the_concurrency_limit() -> None:
         assert d.limit_outcome is Outcome.IGNORE and d.retry and not d.requeue
 
 
+def test_a_refusal_of_a_quota_announced_as_spent_says_so() -> None:
+    assert decide(classify(429), "quota").limit_reason == "quota"
+    assert decide(classify(429), "rate").limit_reason == "rate_limited"
+
+
 def test_a_concurrency_refusal_is_requeued_not_held_for_its_retry_after() -> None:
     d = decide(classify(429, RateLimitInfo(retry_after=60.0)), "concurrency")
     assert d.limit_outcome is Outcome.DROPPED and d.limit_reason == "rate_limited"

@@ -401,6 +401,8 @@ def _fleet(info: dict[str, Any]) -> RenderableType | None:
         if f.get("rate") is not None:
             head.append(f"; learned rate {_cell(f.get('rate'))}/s, this node's pace "
                         f"{_cell(f.get('pace'))}/s")
+        if f.get("quota_share") is not None:
+            head.append(f"; this node spends {_cell(f.get('quota_share'))} of header quotas")
         if f.get("degraded"):
             head.append(f"; Redis unreachable: this node works on a safe share of "
                         f"{_cell(f.get('share'))}", style="bold red")

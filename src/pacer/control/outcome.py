@@ -24,6 +24,7 @@ from pacer.control.ratelimit_headers import RateLimitInfo
 
 __all__ = [
     "AUTH_STATUS",
+    "QUOTA",
     "RETRYABLE_STATUS",
     "Decision",
     "TransportFailure",
@@ -137,6 +138,9 @@ class Decision:
     requeue: bool
 
 
+QUOTA = "quota"  # the limit's reason for a 429 of a quota announced as spent
+
+
 def decide(verdict: Verdict, cause: Cause | None = None, *, held: bool = False,
            paused: bool = False) -> Decision:
     """Combine the verdict with what the pacing gate made of it (``cause``, for a
@@ -148,6 +152,10 @@ def decide(verdict: Verdict, cause: Cause | None = None, *, held: bool = False,
         # A rate cap is the pacing gate's to handle: shrinking the concurrency for
         # it would only make the limit oscillate.
         outcome = Outcome.IGNORE
+        if cause == "quota":
+            # A quota the headers said was spent: its window holds the starts until
+            # its reset, and a fleet's controller learns nothing from it either.
+            reason = QUOTA
     elif outcome is Outcome.SUCCESS and held:
         reason = PACED  # the pace bound, not the limit: no growth from it
     requeue = verdict.reason == "rate_limited" and cause == "concurrency" and not paused

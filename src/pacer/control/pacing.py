@@ -262,6 +262,20 @@ class Pacer:
         self._imposed = rate
         self._set_rates(now)
 
+    def share_quota(self, now: float, share: float) -> None:
+        """Spend only ``share`` (in (0, 1]) of every quota announced in headers, of
+        its remaining and of its pace: a fleet node's part of a quota the whole fleet
+        reads (every node sees the fleet-wide ``remaining``); 1 is all of it."""
+        if not (math.isfinite(share) and 0.0 < share <= 1.0):
+            raise ValueError(f"a quota share must lie in (0, 1], got {share!r}")
+        self._sync(now)
+        self._quotas.share = share
+        self._set_rates(now)
+
+    @property
+    def quota_share(self) -> float:
+        return self._quotas.share
+
     # ---- introspection
 
     @property

@@ -5,7 +5,10 @@ into the window it allows from now: at most ``remaining`` more starts (or tokens
 before ``now + reset``, spread at ``margin × remaining / reset``; with
 ``remaining = 0`` nothing until the reset (or the Retry-After, or ``default_hold``
 when neither is given). :class:`HeaderQuotas` holds the request and the token
-window in force.
+window in force, and the ``share`` of each that this pacer may spend: all of it
+alone; a node of a fleet, whose every member reads the same fleet-wide
+``remaining``, spends only its share of it, so that the fleet together spends
+the quota as one pacer would.
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ class HeaderQuotas:
         self.max_reset = max_reset
         self.requests: QuotaWindow | None = None
         self.tokens: QuotaWindow | None = None
+        # The part of every announced quota this pacer may spend, in [0, 1].
+        self.share = 1.0
 
     def update(self, now: float, info: RateLimitInfo) -> None:
         """Take the windows announced in ``info`` (those it does not mention stay)."""
@@ -100,18 +105,22 @@ class HeaderQuotas:
             self.tokens = None
 
     def request_rate(self, t: float) -> float | None:
-        w = self.requests
-        return w.rate if w is not None and w.active(t) else None
+        return self._rate(self.requests, t)
 
     def token_rate(self, t: float) -> float | None:
-        w = self.tokens
-        return w.rate if w is not None and w.active(t) else None
+        return self._rate(self.tokens, t)
+
+    def _rate(self, w: QuotaWindow | None, t: float) -> float | None:
+        if w is None or not w.active(t) or w.rate is None:
+            return None
+        return w.rate * self.share
 
     def blocked_until(self, t: float, tokens: float) -> float:
         """The earliest time >= ``t`` the remaining quotas allow a start of ``tokens``
-        (a spent quota holds until its reset)."""
+        (a spent quota, or this pacer's share of it, holds until its reset)."""
         for window, cost in ((self.requests, 1.0), (self.tokens, tokens)):
-            if window is not None and cost > 0 and window.used + cost > window.remaining + _EPS:
+            if window is not None and cost > 0 and (
+                    window.used + cost > self.share * window.remaining + _EPS):
                 t = max(t, window.reset_at)
         return t
 

@@ -4,7 +4,8 @@ It starts at the node's last share of the fleet's limit and decays toward a floo
 (halving its distance to the floor every ``half_life`` seconds), so a node cut off
 from a fleet that goes on without it gives its capacity back over time; a drop
 (429, 503, timeout) cuts it at once, at most once per ``cut_gap``. It never grows:
-a node that cannot see the fleet never assumes the whole limit is its own.
+a node that cannot see the fleet never assumes the whole limit is its own. Its
+part of a quota announced in headers shrinks with it (:meth:`DegradedShare.fraction`).
 Pure: time is passed in.
 """
 
@@ -26,6 +27,7 @@ class DegradedShare:
     def __init__(self, start: int, now: float, settings: DegradedSettings) -> None:
         self.settings = settings
         self._start = float(max(start, settings.floor))
+        self._origin = self._start  # the share it started from
         self._since = now
         self._last_cut = -math.inf
 
@@ -34,6 +36,11 @@ class DegradedShare:
         elapsed = max(0.0, now - self._since)
         level = s.floor + (self._start - s.floor) * 0.5 ** (elapsed / s.half_life)
         return max(s.floor, int(level + 0.5))  # rounded (level >= 0): 2 stays 2 a half-life
+
+    def fraction(self, now: float) -> float:
+        """What is left of the share it started from, in (0, 1]: the node's part of
+        a quota shrinks by as much as its slots."""
+        return min(1.0, self.cap(now) / self._origin)
 
     def on_drop(self, now: float) -> bool:
         """A congestion signal seen locally; True if it cut the share."""

@@ -6,7 +6,10 @@ tick (demand, slots in use, congestion signals stamped with the epoch they start
 in, successes, 429s, the starts the pace held, the lowest rtt, a pause or breaker
 opening to share, its half-open probe's outcome) and gets back how many leases it
 holds: the limiter's slots (:meth:`Limiter.set_cap`), and its share of the fleet's
-learned request rate: its pacing gate's pace (:meth:`Pacer.impose_rate`). Between
+learned request rate: its pacing gate's pace (:meth:`Pacer.impose_rate`), and its
+part of the slots shared out: the part of every quota announced in headers it may
+spend (:meth:`Pacer.share_quota`: all nodes read the same fleet-wide ``remaining``,
+and each spending all of it would overshoot the quota up to N times). Between
 ticks the hot path touches no Redis: finished attempts hand their slot to the next
 waiter locally. When Redis cannot be reached it falls back to a
 :class:`~pacer.fleet.degraded.DegradedShare` and rejoins by itself.
@@ -83,6 +86,13 @@ class FleetMember:
         self.known_limit = float(remembered) if remembered > bounds.initial_limit else 0.0
         self.known_rate = 0.0  # the fleet's learned rate as last seen (0: none)
         self.pace: float | None = None  # this node's share of it, in force
+        # This node's part of a quota announced in headers (of the fleet-wide
+        # remaining every node reads): its part of the slots, as last granted. Before
+        # the fleet ever answered (Redis down from the start), the size of the fleet is
+        # unknown: one slot of the limit it remembers, or of the largest allowed.
+        floor = max(1, self.settings.degraded.floor)
+        self.part = min(1.0, floor / max(floor, self.known_limit or bounds.max_limit))
+        self._part_in_force: float | None = None  # as told to the pacing gate
         self._logged_rate: float | None = None
         self.degraded: DegradedShare | None = None
         self._rejoin_until = -math.inf
@@ -109,7 +119,9 @@ class FleetMember:
 
     def _on_sample(self, s: Sample) -> None:
         # A 429 the pacing gate put down to a rate is congestion for the fleet all
-        # the same: the fleet tells its limit's from its rate's.
+        # the same: the fleet tells its limit's from its rate's. One of a quota the
+        # headers said was spent (reason QUOTA) is neither: its window holds this
+        # node's starts until the reset, as one pacer's.
         self._finished += 1
         refused = s.reason == "rate_limited"
         self._refused += refused
@@ -226,6 +238,8 @@ class FleetMember:
         # Leases kept above the share only cover attempts already out: as they end,
         # the slots go back (next tick), not to new attempts.
         self._set_cap(g.held if g.share is None else min(g.held, g.share))
+        self.part = g.part
+        self._share_quota(g.part)
         self._apply_rate(g, now)
         if g.pause_left > 0:
             until = self.upstream.pacer.paused_until
@@ -279,6 +293,14 @@ class FleetMember:
                         node=self.node, error=f"{type(exc).__name__}: {exc}"[:200],
                         share=self.degraded.cap(now), floor=self.settings.degraded.floor)
         self._set_cap(self.degraded.cap(now))
+        # Its last part of the quotas, shrinking with its slots: never the whole quota.
+        self._share_quota(self.part * self.degraded.fraction(now))
+
+    def _share_quota(self, part: float) -> None:
+        part = min(1.0, max(part, 1e-6))
+        if part != self._part_in_force:
+            self._part_in_force = part
+            self.upstream.gate.share_quota(part)
 
     def _set_cap(self, cap: int) -> None:
         if self.upstream.limiter.cap != cap:
@@ -320,4 +342,5 @@ class FleetMember:
             rate=None if self.grant is None or self.grant.rate is None
             else round(self.grant.rate, 3),
             pace=None if self.pace is None else round(self.pace, 3),
+            quota_share=None if self._part_in_force is None else round(self._part_in_force, 4),
         )

@@ -43,7 +43,8 @@ from __future__ import annotations
 #          rtt_noload (text), cut, used (slots in use over the live nodes),
 #          rate (text, 0: none), pace (this node's share of it, text, -1: none),
 #          rate_cut, probe (1: this node holds the probe, 0: another does, -1: none),
-#          breaker_open
+#          breaker_open, part (text: this node's part of the slots shared out, in
+#          (0, 1]: its share of the rate and of quotas announced in headers)
 TICK = r"""
 local ctl, leases, nodes, info, mine = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local node = ARGV[1]
@@ -417,14 +418,14 @@ for i, e in ipairs(demands) do
   left = left - e[1]
 end
 local want = math.min(demand, alloc[node] or demand)
--- The rate is shared as the slots are (a node's pace then fits its slots); a node
--- with no slot yet gets one slot's worth.
+-- The rate is shared as the slots are (a node's pace then fits its slots), and so
+-- is every quota announced in headers (each node spends this part of the fleet-wide
+-- remaining it reads); a node with no slot yet gets one slot's worth.
+local total = 0
+for _, a in pairs(alloc) do total = total + a end
+local part = math.max(1, alloc[node] or 0) / math.max(1, total)
 local pace = -1
-if rate > 0 then
-  local total = 0
-  for _, a in pairs(alloc) do total = total + a end
-  pace = rate * math.max(1, alloc[node] or 0) / math.max(1, total)
-end
+if rate > 0 then pace = rate * part end
 want = math.max(want, in_use)  -- slots in use are not given up under a request
 
 if #held > want then
@@ -464,7 +465,7 @@ for _, k in ipairs({ctl, leases, nodes, info}) do redis.call('PEXPIRE', k, state
 return {#held, tostring(limit), epoch, share, math.max(0, pause_until - now),
         math.max(0, breaker_until - now), redis.call('ZCARD', leases),
         redis.call('ZCARD', nodes), plateau, tostring(rtt_noload), cut, used,
-        tostring(rate), tostring(pace), rate_cut, probe, breaker_open}
+        tostring(rate), tostring(pace), rate_cut, probe, breaker_open, tostring(part)}
 """
 
 # A node leaves: it releases exactly its own leases and its place in the shares.

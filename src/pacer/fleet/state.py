@@ -47,6 +47,8 @@ class FleetState:
     live_nodes: int | None = None  # nodes alive, as of the last tick
     rate: float | None = None  # the fleet's learned request rate (requests/s)
     pace: float | None = None  # this node's share of it
+    # this node's part of any quota announced in headers (of the fleet-wide remaining)
+    quota_share: float | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> FleetState | None:
@@ -61,5 +63,5 @@ class FleetState:
             nodes=tuple(FleetNodeState.from_json(n) for n in nodes)
             if isinstance(nodes, list) else (),
             live_nodes=_opt_int(data.get("live_nodes")), rate=_opt_float(data.get("rate")),
-            pace=_opt_float(data.get("pace")),
+            pace=_opt_float(data.get("pace")), quota_share=_opt_float(data.get("quota_share")),
         )

@@ -85,6 +85,9 @@ class Grant:
     rate_cut: bool = False  # this tick lowered (or first learned) the rate
     probe: int = -1  # the breaker's one probe: 1 this node's, 0 another's, -1 none
     breaker_open: bool = False  # the fleet's breaker is open (or half-open)
+    # this node's part of the slots shared out, (0, 1]: the part of a quota announced
+    # in headers (fleet-wide) it may spend
+    part: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +181,7 @@ class FleetStore:
                      cut=bool(int(r[10])), used=int(r[11]),
                      rate=rate if rate > 0 else None, pace=pace if pace > 0 else None,
                      rate_cut=bool(int(r[14])), probe=int(r[15]),
-                     breaker_open=bool(int(r[16])))
+                     breaker_open=bool(int(r[16])), part=float(_text(r[17])))
 
     async def leave(self, key: str, node: str) -> int:
         """Release exactly this node's leases and its place; the count released."""

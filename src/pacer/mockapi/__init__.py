@@ -12,7 +12,8 @@ default):
 * a hidden concurrency cap: a request that arrives while the cap is full gets a
   429 at once, with ``Retry-After``; the cap may follow a schedule over time;
 * a rate cap (a token bucket of ``rate`` tokens refilled at ``rate``/s, full at
-  start): a request past it gets a 429;
+  start; or, with ``rate_window``, a fixed window of ``rate x rate_window``
+  requests, all back at its end): a request past it gets a 429;
 * a tokens-per-minute cap (``tpm``): a bucket of ``tpm`` tokens, full at start,
   refilled *continuously* at ``tpm``/60 per second (not all at once each
   minute). A request costs :func:`token_cost` tokens; when the bucket holds

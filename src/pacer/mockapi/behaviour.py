@@ -88,7 +88,9 @@ class MockUpstream:
         self._outage_starts = [outage.start for outage in self.settings.outages]
         self._t0: float | None = None
         self._ids = itertools.count(1)
-        self._bucket_size = max(1.0, self.settings.rate) if self.settings.rate else 0.0
+        rate, window = self.settings.rate, self.settings.rate_window
+        self._bucket_size = max(1.0, rate * (window or 1.0)) if rate else 0.0
+        self._window_index = 0  # the fixed window in force (rate_window)
         self._tokens = self._bucket_size
         self._bucket_at = 0.0
         self._tpm_size = float(self.settings.tpm or 0)
@@ -159,6 +161,13 @@ class MockUpstream:
         if rate is None:
             return
         now = self._clock()
+        window = self.settings.rate_window
+        if window is not None:
+            index = math.floor((now - self._bucket_at) / window + _EPS)
+            if index > self._window_index:  # a new window: the whole quota is back
+                self._window_index = index
+                self._tokens = self._bucket_size
+            return
         self._tokens = min(self._bucket_size, self._tokens + (now - self._bucket_at) * rate)
         self._bucket_at = now
 
@@ -175,11 +184,18 @@ class MockUpstream:
         rate = self.settings.rate
         if rate is not None:
             self._refill()
+            window = self.settings.rate_window
+            if window is not None:
+                end = self._bucket_at + (self._window_index + 1) * window
+                reset, length = max(0.0, end - self._clock()), window
+            else:
+                reset = (self._bucket_size - self._tokens) / rate
+                length = self._bucket_size / rate
             return Quota(
                 limit=math.floor(self._bucket_size + _EPS),
                 remaining=max(0, math.floor(self._tokens + _EPS)),
-                reset=(self._bucket_size - self._tokens) / rate,
-                window=self._bucket_size / rate,
+                reset=reset,
+                window=length,
             )
         # A concurrency cap is not announced: real APIs publish rate quotas
         # (requests or tokens per window), never how many may be in flight.

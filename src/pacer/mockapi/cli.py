@@ -45,6 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="requests per second past R get 429 (token bucket, burst R)",
     )
     add(
+        "--rate-window",
+        type=float,
+        default=None,
+        metavar="S",
+        help="the rate cap as a fixed window: R x S requests per S seconds, all back"
+        " at the window's end (announced as the reset)",
+    )
+    add(
         "--latency",
         type=float,
         default=0.05,
@@ -163,6 +171,7 @@ def settings_from_args(args: argparse.Namespace) -> MockSettings:
     return MockSettings(
         concurrency=args.concurrency,
         rate=args.rate,
+        rate_window=getattr(args, "rate_window", None),
         latency=args.latency,
         jitter=args.jitter,
         error_rate=args.error_rate,

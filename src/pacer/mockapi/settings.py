@@ -184,6 +184,10 @@ class MockSettings:
 
     ``concurrency``: hidden cap on requests in service (``None``: no cap).
     ``rate``: requests per second (token bucket, burst = ``max(1, rate)``).
+    ``rate_window``: the rate cap is a fixed window instead: ``rate x rate_window``
+    requests per window of ``rate_window`` seconds from start, all back at once at
+    the window's end, which the headers announce as the reset (as GitHub's hourly
+    quota; ``None``: the bucket).
     ``latency``/``jitter``: service time, uniform in ``latency ± jitter`` (>= 0).
     ``error_rate``: probability that an admitted request ends in a 500.
     ``schedule``: ``((t, cap), ...)``: from ``t`` after start the cap is ``cap``
@@ -211,6 +215,7 @@ class MockSettings:
 
     concurrency: int | None = None
     rate: float | None = None
+    rate_window: float | None = None
     latency: float = 0.05
     jitter: float = 0.0
     error_rate: float = 0.0
@@ -239,6 +244,12 @@ class MockSettings:
             raise ValueError(f"concurrency must be >= 0, got {self.concurrency!r}")
         if self.rate is not None and (not math.isfinite(self.rate) or self.rate <= 0):
             raise ValueError(f"rate must be a finite number > 0, got {self.rate!r}")
+        if self.rate_window is not None:
+            if not (math.isfinite(self.rate_window) and self.rate_window > 0):
+                raise ValueError(
+                    f"rate_window must be a finite number > 0, got {self.rate_window!r}")
+            if self.rate is None:
+                raise ValueError("rate_window needs a rate")
         finite_nonneg("latency", self.latency)
         finite_nonneg("jitter", self.jitter)
         finite_nonneg("knee_slope", self.knee_slope)

@@ -157,6 +157,9 @@ class StateCollector:
              "none learned).", lambda f: f.rate),
             ("pacer_fleet_pace", "This node's share of the fleet's learned rate, "
              "requests/s.", lambda f: f.pace),
+            ("pacer_fleet_quota_share", "This node's part of the quotas announced in "
+             "rate-limit headers (which every node reads fleet-wide), 0 to 1.",
+             lambda f: f.quota_share),
         )
         for name, doc, value in gauges:
             fam = GaugeMetricFamily(name, doc, labels=["upstream", "fleet_key"])

@@ -123,6 +123,12 @@ class PacingGate:
                          limit_changed_at=limit_changed_at, held=held)
         return info
 
+    def share_quota(self, share: float) -> None:
+        """:meth:`Pacer.share_quota` at the current time (a waiting start looks again:
+        a larger share may let it go now)."""
+        self.pacer.share_quota(self.clock(), share)
+        self._poke()
+
     def pause(self, seconds: float, cause: str) -> PauseEvent | None:
         """:meth:`Pacer.pause` at the current time."""
         event = self.pacer.pause(self.clock(), seconds, cause)
