@@ -332,23 +332,23 @@ async def test_empty_flush_is_harmless() -> None:
 async def test_flushes_never_overlap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Was: the daemon's final flush at shutdown could write a job's file from a
     # second thread while the flusher task's batch was still being written.
-    real = results_mod._write_batch
+    real = ResultWriter._write_batch
     gate = threading.Event()
     lock = threading.Lock()
     active = [0, 0]  # now, most at once
 
-    def slow_batch(batch: dict[JobResults, list[bytes]]) -> int | OSError:
+    def slow_batch(self: ResultWriter, batch: dict[JobResults, list[bytes]]) -> int | OSError:
         with lock:
             active[0] += 1
             active[1] = max(active[1], active[0])
         gate.wait(5)
         try:
-            return real(batch)
+            return real(self, batch)
         finally:
             with lock:
                 active[0] -= 1
 
-    monkeypatch.setattr(results_mod, "_write_batch", slow_batch)
+    monkeypatch.setattr(ResultWriter, "_write_batch", slow_batch)
     jr = JobResults(tmp_path, "job")
     jr.open()
     writer = ResultWriter(flush_interval=10, flush_max_lines=100)
@@ -384,18 +384,18 @@ async def test_a_writer_arriving_during_a_failing_flush_still_wakes(
     # Was: a writer that arrived while a flush was failing (ENOSPC) waited on an
     # event that the failed flush threw away; its line reached the file with the
     # next flush, but the writer never woke (the job never completed).
-    real = results_mod._write_batch
+    real = ResultWriter._write_batch
     gate = threading.Event()
     calls = [0]
 
-    def failing_once(batch: dict[JobResults, list[bytes]]) -> int | OSError:
+    def failing_once(self: ResultWriter, batch: dict[JobResults, list[bytes]]) -> int | OSError:
         calls[0] += 1
         if calls[0] == 1:
             gate.wait(5)  # slow: the second writer arrives meanwhile
             return OSError(errno.ENOSPC, "No space left on device")
-        return real(batch)
+        return real(self, batch)
 
-    monkeypatch.setattr(results_mod, "_write_batch", failing_once)
+    monkeypatch.setattr(ResultWriter, "_write_batch", failing_once)
     jr = JobResults(tmp_path, "job")
     jr.open()
     writer = ResultWriter(flush_interval=10, flush_max_lines=100)
@@ -450,7 +450,7 @@ async def test_new_part_files_folder_is_fsynced_once_per_batch_before_acknowledg
     for jr in jobs:
         jr.open()
     assert events == []  # opening defers the folder's fsync to the writer
-    writer = ResultWriter(flush_interval=10, flush_max_lines=1000)
+    writer = ResultWriter(flush_interval=10, flush_max_lines=1000, syncfs=False)
     acknowledged: list[str] = []
 
     async def write(jr: JobResults) -> None:
