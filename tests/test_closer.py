@@ -4,6 +4,7 @@ confined to their jobs. Every test runs with and without syncfs."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Iterable
@@ -128,3 +129,75 @@ async def test_a_failed_fsync_fails_every_job_of_its_batch_before_any_move(
     assert info.value.errno == errno.EIO
     assert os.listdir(spool.folder("active")) == ["a.json"]  # not moved
     assert os.listdir(spool.folder("done")) == []
+
+
+async def test_a_crash_between_the_barriers_is_finished_by_the_next_start(
+        spool: Spool, monkeypatch: pytest.MonkeyPatch, syncfs: bool) -> None:
+    """Stopped after the results' barrier, before any move (a kill -9 there): the
+    results are published and the job files still in active/. The next start reads
+    each job as answered from its published results and only moves the file: no
+    line lost, none written twice."""
+    jobs = [make_job(spool, f"j{i}") for i in range(4)]
+    real_move = Spool.move_out
+
+    def crash(self: Spool, name: str, folder: str) -> str:
+        raise OSError(errno.EIO, "the process died here")
+
+    monkeypatch.setattr(Spool, "move_out", crash)
+    closer = JobCloser(spool, syncfs=syncfs)
+    async with trio.open_nursery() as nursery:
+        for jr in jobs:
+            nursery.start_soon(_close_quietly, closer, jr)
+    assert sorted(os.listdir(spool.folder("active"))) == [f"j{i}.json" for i in range(4)]
+    assert sorted(os.listdir(spool.folder("results"))) == [f"j{i}.jsonl" for i in range(4)]
+    closer.release()
+
+    monkeypatch.setattr(Spool, "move_out", real_move)
+    restarted = JobCloser(spool, syncfs=syncfs)
+    for i in range(4):
+        jr = JobResults(spool.folder("results"), f"j{i}")
+        jr.open()
+        assert jr.answered == {f"j{i}": False}  # nothing to send again
+        assert await restarted.close(jr, f"j{i}.json", "done") == f"j{i}.json"
+    assert os.listdir(spool.folder("active")) == []
+    assert sorted(os.listdir(spool.folder("done"))) == [f"j{i}.json" for i in range(4)]
+    for i in range(4):
+        lines = (spool.folder("results") / f"j{i}.jsonl").read_text().splitlines()
+        assert len(lines) == 1
+
+
+async def test_a_failed_move_leaves_only_its_job_in_active(
+        spool: Spool, monkeypatch: pytest.MonkeyPatch, syncfs: bool) -> None:
+    real_move = Spool.move_out
+
+    def move_out(self: Spool, name: str, folder: str) -> str:
+        if name == "bad.json":
+            raise OSError(errno.EACCES, "Permission denied")
+        return real_move(self, name, folder)
+
+    monkeypatch.setattr(Spool, "move_out", move_out)
+    closer = JobCloser(spool, syncfs=syncfs)
+    jobs = [make_job(spool, stem) for stem in ("a", "bad", "b")]
+    outcomes: dict[str, object] = {}
+
+    async def end(jr: JobResults) -> None:
+        try:
+            outcomes[jr.stem] = await closer.close(jr, f"{jr.stem}.json", "done")
+        except OSError as exc:
+            outcomes[jr.stem] = exc
+
+    async with trio.open_nursery() as nursery:
+        for jr in jobs:
+            nursery.start_soon(end, jr)
+    assert outcomes["a"] == "a.json" and outcomes["b"] == "b.json"
+    assert isinstance(outcomes["bad"], PermissionError)
+    assert os.listdir(spool.folder("active")) == ["bad.json"]
+    assert sorted(os.listdir(spool.folder("done"))) == ["a.json", "b.json"]
+    # Its results are published (durably, before any move): a restart moves it.
+    assert sorted(os.listdir(spool.folder("results"))) == ["a.jsonl", "b.jsonl", "bad.jsonl"]
+    closer.release()
+
+
+async def _close_quietly(closer: JobCloser, jr: JobResults) -> None:
+    with contextlib.suppress(OSError):
+        await closer.close(jr, f"{jr.stem}.json", "done")
