@@ -7,6 +7,7 @@ folder. Blocking; the daemon runs these in worker threads.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -73,11 +74,13 @@ _SYNCFS_FILESYSTEMS = {
 _SYNCFS_KERNEL = (5, 8)
 
 
+@functools.cache
 def _libc() -> Any:
+    """The C library already loaded in this process (``find_library`` would run
+    ``ldconfig`` in a subprocess)."""
     import ctypes
-    import ctypes.util
 
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _kernel_at_least(version: tuple[int, int]) -> bool:
@@ -120,7 +123,8 @@ class Barrier:
         if use_syncfs is False or not _kernel_at_least(_SYNCFS_KERNEL):
             return
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        if use_syncfs or _filesystem_type(fd) in _SYNCFS_FILESYSTEMS:
+        if (use_syncfs or _filesystem_type(fd) in _SYNCFS_FILESYSTEMS) and hasattr(
+                _libc(), "syncfs"):
             self._fd = fd
             self._syncfs = _libc().syncfs
         else:

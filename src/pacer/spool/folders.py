@@ -114,6 +114,9 @@ class Spool:
         self._lock_fd = fd
 
     def unlock(self) -> None:
+        if self._claims is not None:
+            self._claims.close()
+            self._claims = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
