@@ -79,6 +79,19 @@ def toml_text(sections: Mapping[str, Mapping[str, Any]]) -> str:
 MakeConfig = Callable[..., Path]
 
 
+@pytest.fixture(autouse=True)
+def _no_syncfs_on_virtual_time(request: pytest.FixtureRequest,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test on a virtual clock that jumps once the daemon has been idle a few ms
+    of real time: its barriers fsync. A syncfs writes back whatever the whole
+    filesystem holds dirty (other tests' files too) and can take long enough under
+    load for virtual time to race ahead while it runs."""
+    if {"virtual_clock", "autojump_clock"} & set(request.fixturenames):
+        import pacer.spool.durable as durable_mod
+
+        monkeypatch.setattr(durable_mod, "SYNCFS_ALLOWED", False)
+
+
 @pytest.fixture
 def make_config(tmp_path: Path) -> MakeConfig:
     """``make_config(base_url=..., upstream={...}, spool={...}, daemon={...},

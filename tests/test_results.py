@@ -13,7 +13,9 @@ import pytest
 import trio
 import trio.testing
 
+import pacer.spool.durable as durable_mod
 import pacer.spool.results as results_mod
+from pacer.spool.durable import Barrier
 from pacer.spool.results import JobResults, ResultWriter, result_line
 
 
@@ -332,23 +334,23 @@ async def test_empty_flush_is_harmless() -> None:
 async def test_flushes_never_overlap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Was: the daemon's final flush at shutdown could write a job's file from a
     # second thread while the flusher task's batch was still being written.
-    real = results_mod._write_batch
+    real = ResultWriter._write_batch
     gate = threading.Event()
     lock = threading.Lock()
     active = [0, 0]  # now, most at once
 
-    def slow_batch(batch: dict[JobResults, list[bytes]]) -> int | OSError:
+    def slow_batch(self: ResultWriter, batch: dict[JobResults, list[bytes]]) -> int | OSError:
         with lock:
             active[0] += 1
             active[1] = max(active[1], active[0])
         gate.wait(5)
         try:
-            return real(batch)
+            return real(self, batch)
         finally:
             with lock:
                 active[0] -= 1
 
-    monkeypatch.setattr(results_mod, "_write_batch", slow_batch)
+    monkeypatch.setattr(ResultWriter, "_write_batch", slow_batch)
     jr = JobResults(tmp_path, "job")
     jr.open()
     writer = ResultWriter(flush_interval=10, flush_max_lines=100)
@@ -384,18 +386,18 @@ async def test_a_writer_arriving_during_a_failing_flush_still_wakes(
     # Was: a writer that arrived while a flush was failing (ENOSPC) waited on an
     # event that the failed flush threw away; its line reached the file with the
     # next flush, but the writer never woke (the job never completed).
-    real = results_mod._write_batch
+    real = ResultWriter._write_batch
     gate = threading.Event()
     calls = [0]
 
-    def failing_once(batch: dict[JobResults, list[bytes]]) -> int | OSError:
+    def failing_once(self: ResultWriter, batch: dict[JobResults, list[bytes]]) -> int | OSError:
         calls[0] += 1
         if calls[0] == 1:
             gate.wait(5)  # slow: the second writer arrives meanwhile
             return OSError(errno.ENOSPC, "No space left on device")
-        return real(batch)
+        return real(self, batch)
 
-    monkeypatch.setattr(results_mod, "_write_batch", failing_once)
+    monkeypatch.setattr(ResultWriter, "_write_batch", failing_once)
     jr = JobResults(tmp_path, "job")
     jr.open()
     writer = ResultWriter(flush_interval=10, flush_max_lines=100)
@@ -450,7 +452,7 @@ async def test_new_part_files_folder_is_fsynced_once_per_batch_before_acknowledg
     for jr in jobs:
         jr.open()
     assert events == []  # opening defers the folder's fsync to the writer
-    writer = ResultWriter(flush_interval=10, flush_max_lines=1000)
+    writer = ResultWriter(flush_interval=10, flush_max_lines=1000, syncfs=False)
     acknowledged: list[str] = []
 
     async def write(jr: JobResults) -> None:
@@ -476,3 +478,116 @@ async def test_new_part_files_folder_is_fsynced_once_per_batch_before_acknowledg
     again.open()
     assert again.entry_durable
     again.close()
+
+
+# ------------------------------------------------------------ one barrier per batch
+
+
+async def test_a_batch_is_every_line_written_then_one_barrier_then_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With syncfs: no fsync per file; the lines of every job of the batch are in
+    their files before the one barrier, and nobody is told done before it."""
+    events: list[str] = []
+    real_sync = Barrier.sync
+    jobs = [JobResults(tmp_path, f"job{i}") for i in range(5)]
+
+    def sync(self: Barrier, folders: Any = (), files: Any = ()) -> None:
+        assert self.syncfs
+        events.append("sync " + ",".join(str(len(lines_of(jr))) for jr in jobs))
+        real_sync(self, folders, files)
+
+    def no_fsync(_fd: int) -> None:
+        raise AssertionError("a file fsynced on its own")
+
+    monkeypatch.setattr(Barrier, "sync", sync)
+    for jr in jobs:
+        jr.open()
+    monkeypatch.setattr(results_mod.os, "fsync", no_fsync)
+    writer = ResultWriter(flush_interval=10, flush_max_lines=1000, syncfs=True)
+
+    async def write(jr: JobResults) -> None:
+        await writer.write(jr, result_line(jr.stem, "u", 1, status=200))
+        events.append(f"done {jr.stem}")
+
+    async with trio.open_nursery() as nursery:
+        for jr in jobs:
+            nursery.start_soon(write, jr)
+        await trio.testing.wait_all_tasks_blocked()
+        assert events == []
+        assert await writer.flush()
+    assert events[0] == "sync 1,1,1,1,1"  # every file written, then one barrier
+    assert sorted(events[1:]) == [f"done {jr.stem}" for jr in jobs]
+    assert writer.flushes == 1
+    writer.close()
+    for jr in jobs:
+        jr.close()
+
+
+async def test_a_failed_barrier_cuts_every_file_back_and_keeps_the_batch_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What syncfs failed to write back is not known per file: every job's lines
+    of the batch are taken back, the batch stays pending, nobody is acknowledged,
+    and the next flush writes each line once."""
+    real_sync = Barrier.sync
+    fail = [True]
+
+    def sync(self: Barrier, folders: Any = (), files: Any = ()) -> None:
+        if fail[0]:
+            raise OSError(errno.EIO, "Input/output error")
+        real_sync(self, folders, files)
+
+    monkeypatch.setattr(Barrier, "sync", sync)
+    old = JobResults(tmp_path, "old")
+    old.open()
+    old.append([result_line("o1", "u", 1, status=200)])  # durable before the batch
+    jobs = [old, *(JobResults(tmp_path, f"job{i}") for i in range(3))]
+    for jr in jobs[1:]:
+        jr.open()
+    writer = ResultWriter(flush_interval=10, flush_max_lines=1000, syncfs=True)
+    acknowledged: list[str] = []
+
+    async def write(jr: JobResults, custom_id: str) -> None:
+        await writer.write(jr, result_line(custom_id, "u", 1, status=200))
+        acknowledged.append(custom_id)
+
+    async with trio.open_nursery() as nursery:
+        for jr in jobs:
+            nursery.start_soon(write, jr, f"{jr.stem}-a")
+        await trio.testing.wait_all_tasks_blocked()
+        assert not await writer.flush()
+        await trio.testing.wait_all_tasks_blocked()
+        assert acknowledged == []
+        assert lines_of(old) == ["o1"]  # cut back to before the batch
+        assert all(lines_of(jr) == [] for jr in jobs[1:])
+        assert writer.trouble is not None
+        fail[0] = False
+        assert await writer.flush()
+    assert sorted(acknowledged) == sorted(f"{jr.stem}-a" for jr in jobs)
+    assert lines_of(old) == ["o1", "old-a"]
+    assert all(lines_of(jr) == [f"{jr.stem}-a"] for jr in jobs[1:])
+    writer.close()
+    for jr in jobs:
+        jr.close()
+
+
+def test_barrier_without_syncfs_fsyncs_each_file_and_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[object] = []
+    monkeypatch.setattr(durable_mod.os, "fsync", lambda fd: synced.append(fd))
+    barrier = Barrier(tmp_path, use_syncfs=False)
+    assert not barrier.syncfs
+    barrier.sync([tmp_path, tmp_path], [7])
+    assert synced[0] == 7 and len(synced) == 2  # the file, then the folder once
+
+
+def test_barrier_with_syncfs_on_this_filesystem(tmp_path: Path) -> None:
+    barrier = Barrier(tmp_path)
+    if not barrier.syncfs:
+        pytest.skip("no syncfs here (kernel before 5.8, or a filesystem not listed)")
+    (tmp_path / "a").write_bytes(b"x")
+    barrier.sync([tmp_path])  # returns: what was written is on disk
+    barrier.close()
+    assert not barrier.syncfs

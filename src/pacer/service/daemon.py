@@ -174,6 +174,8 @@ class Daemon:
             await self.pool.aclose()
             self.loop_lag.uninstall()
             self.spool.unlock()
+            self.writer.close()
+            self.runner.closer.release()
             self.notifier.close()
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.metrics.stop)
