@@ -252,6 +252,26 @@ def test_the_search_growth_doubles_while_it_runs_clean() -> None:
     assert seen == pytest.approx([11.0, 13.2, 18.48, 33.264, 66.528, 133.056])
 
 
+def test_a_learned_rate_that_keeps_binding_clean_is_searched_again() -> None:
+    """A rate learned from a concurrency cap's burst of 429s (or a cap that rose)
+    binds clean second after second: after ``research_after`` additive steps in a
+    row the search starts over, instead of +2 % a second for minutes."""
+    s = RateLearnerSettings(backoff=0.5, search_growth=0.1, increase_step=0.02,
+                            research_after=3)
+    learner = RateLearner(s)
+    learner.on_rate_limited(0.0, None, 20.0)  # 10/s, searching
+    learner.on_rate_limited(0.5, 0.6, 20.0)  # 5/s: the search is over
+    seen = []
+    for second in range(1, 7):
+        assert learner.rate is not None
+        busy_interval(learner, math.ceil(learner.rate), held=True)
+        if second == 2:
+            learner.on_refusal()  # a 429: the run of clean steps starts over
+        change = learner.maybe_increase(0.5 + second, paused=False)
+        seen.append(None if change is None else change.new_rate)
+    assert seen == pytest.approx([5.1, None, 5.2, 5.3, 5.4, 5.94])
+
+
 def test_a_resumed_rate_is_searched_upward() -> None:
     learner = RateLearner()
     learner.resume(0.0, 0.0)

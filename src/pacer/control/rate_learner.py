@@ -13,7 +13,10 @@ success rate if that is lower, by at most ``backoff²`` at once; at most one dec
 per ``decrease_interval``, unless the refused attempt started after the last
 decrease, at the rate set then: new evidence), and each clean interval (no 429 at
 all) in which the rate bound adds ``increase_step`` x the rate set at the last
-decrease. It bound when ``busy_fraction`` of it was used over at least
+decrease; after ``research_after`` such intervals in a row the search starts again
+(the cap may have risen, or the rate was learned from a concurrency cap's burst of
+429s: 2% a second took minutes back from 9/s to a capacity of 80/s).
+It bound when ``busy_fraction`` of it was used over at least
 ``increase_interval`` s and ``busy_starts`` starts, and, when the caller says which
 starts the pace held back (as :class:`~pacer.service.pacing_gate.PacingGate` does),
 that share of the starts was held: something else, such as the concurrency limit,
@@ -58,6 +61,8 @@ class RateLearnerSettings:
     busy_fraction: float = 0.8
     busy_starts: int = 5
     min_rate: float = 0.1
+    research_after: int = 4
+
 
     def __post_init__(self) -> None:
         if not 0.0 < self.backoff < 1.0:
@@ -66,6 +71,8 @@ class RateLearnerSettings:
             raise ValueError("busy_fraction must be in [0, 1]")
         if self.busy_starts < 1:
             raise ValueError("busy_starts must be >= 1")
+        if self.research_after < 1:
+            raise ValueError("research_after must be >= 1")
         for name in ("decrease_interval", "increase_interval", "min_rate"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -85,6 +92,7 @@ class RateLearner:
         self._base = 0.0  # the rate set at the last decrease
         self._searching = False  # growing multiplicatively until the second decrease
         self._search_step = 0  # clean, bound intervals in a row while searching
+        self._additive_run = 0  # ... and while growing additively
         self._last_decrease = -math.inf
         # The current increase interval: its start, its starts, how many of them the
         # caller said whether the pace held, how many it held, and no 429 in it.
@@ -144,6 +152,7 @@ class RateLearner:
             self._searching = False
         new = max(s.min_rate, new)
         self._search_step = 0
+        self._additive_run = 0
         self._last_decrease = now
         self.rate = self._base = new
         self._new_interval(now)
@@ -172,6 +181,12 @@ class RateLearner:
                 self._search_step += 1
             else:
                 self.rate = old + max(s.min_increase, s.increase_step * self._base)
+                self._additive_run += 1
+                if self._additive_run >= s.research_after:
+                    self._searching = True
+                    self._search_step = 0
             change = RateChange(old, self.rate, "probe", now)
+        elif not self._clean:
+            self._additive_run = 0
         self._new_interval(now)
         return change
