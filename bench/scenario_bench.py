@@ -81,6 +81,7 @@ def mock_args(b: Behaviour, seed: int) -> list[str]:
         args += ["--schedule", ",".join(f"{t:g}:{c}" for t, c in b.schedule)]
     if b.rate is not None:
         args += ["--rate", f"{b.rate:g}", "--rate-action", b.rate_action]
+        args += ["--rate-burst", f"{b.bucket_size():g}"]
     if b.retry_after is not None:
         args += ["--retry-after", f"{b.retry_after:g}"]
     if b.knee_start is not None:

@@ -58,8 +58,9 @@ class Behaviour:
     ``cap``: requests in service at most (``schedule`` ``((t, cap), ...)`` moves it);
     past it ``cap_action``: ``429`` at once, ``defer`` (a 429 after the service
     time), ``drop`` (never answered). ``rate``: starts per second (a token bucket
-    holding ``rate_burst``, by default ``max(1, rate / 10)``; the mock API's holds
-    ``max(1, rate)``); past it ``rate_action`` (``429`` or ``defer``).
+    holding ``rate_burst``, by default ``max(1, rate / 10)``: ``bucket_size()``, which
+    the mock API is told with ``--rate-burst``); past it ``rate_action`` (``429`` or
+    ``defer``).
     ``retry_after``: sent on every 429 (a rate or quota 429 without it says the
     exact wait). ``tpm``: tokens per minute (a bucket holding a minute's worth, each
     request costing :func:`pacer.mockapi.tokens.token_cost` of its body).
@@ -88,6 +89,12 @@ class Behaviour:
     tpm: int | None = None
     quota_headers: bool = False
     fault_rate: float = 0.0
+
+    def bucket_size(self) -> float:
+        """How many starts the rate's bucket holds (0: no rate cap)."""
+        if self.rate is None:
+            return 0.0
+        return self.rate_burst if self.rate_burst is not None else max(1.0, self.rate / 10)
 
     def cap_at(self, t: float) -> int | None:
         cap = self.cap
@@ -330,9 +337,7 @@ class SimUpstream:
         self.successes: list[float] = []  # completion times, since t0
         self.refused = 0
         self.attempts = 0
-        self._tokens = self._bucket_size = (
-            behaviour.rate_burst if behaviour.rate_burst is not None
-            else max(1.0, (behaviour.rate or 0.0) / 10))
+        self._tokens = self._bucket_size = behaviour.bucket_size()
         self._stamp = self.t0
         self._tpm_tokens = float(behaviour.tpm or 0)
         self._tpm_stamp = self.t0

@@ -203,6 +203,19 @@ async def test_rate_window_is_a_fixed_quota_back_whole_at_the_windows_end(
         MockSettings(rate_window=5)
 
 
+async def test_rate_burst_sizes_the_bucket_whatever_the_rate(
+        autojump_clock: trio.testing.MockClock) -> None:
+    upstream = MockUpstream(MockSettings(rate=20, rate_burst=2, latency=0))
+    async with client_for(upstream) as client:
+        assert statuses(await burst(client, 5)) == {200: 2, 429: 3}
+        await trio.sleep(0.05)  # one token back (20/s)
+        assert statuses(await burst(client, 3)) == {200: 1, 429: 2}
+    for bad in ({"rate_burst": 2}, {"rate": 20, "rate_burst": 0.5},
+                {"rate": 2, "rate_window": 5, "rate_burst": 2}):
+        with pytest.raises(ValueError, match="rate_burst"):
+            MockSettings(**bad)  # type: ignore[arg-type]
+
+
 async def test_fractional_rate(autojump_clock: trio.testing.MockClock) -> None:
     upstream = MockUpstream(MockSettings(rate=0.5, latency=0))
     async with client_for(upstream) as client:

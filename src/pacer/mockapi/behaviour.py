@@ -89,7 +89,12 @@ class MockUpstream:
         self._t0: float | None = None
         self._ids = itertools.count(1)
         rate, window = self.settings.rate, self.settings.rate_window
-        self._bucket_size = max(1.0, rate * (window or 1.0)) if rate else 0.0
+        if not rate:
+            self._bucket_size = 0.0
+        elif self.settings.rate_burst is not None:
+            self._bucket_size = self.settings.rate_burst
+        else:
+            self._bucket_size = max(1.0, rate * (window or 1.0))
         self._window_index = 0  # the fixed window in force (rate_window)
         self._tokens = self._bucket_size
         self._bucket_at = 0.0

@@ -45,6 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="requests per second past R get 429 (token bucket, burst R)",
     )
     add(
+        "--rate-burst",
+        type=float,
+        default=None,
+        metavar="B",
+        help="the rate's bucket holds B requests (default R): a provider that allows"
+        " a burst of a couple, however high its rate",
+    )
+    add(
         "--rate-window",
         type=float,
         default=None,
@@ -172,6 +180,7 @@ def settings_from_args(args: argparse.Namespace) -> MockSettings:
         concurrency=args.concurrency,
         rate=args.rate,
         rate_window=getattr(args, "rate_window", None),
+        rate_burst=getattr(args, "rate_burst", None),
         latency=args.latency,
         jitter=args.jitter,
         error_rate=args.error_rate,

@@ -184,6 +184,8 @@ class MockSettings:
 
     ``concurrency``: hidden cap on requests in service (``None``: no cap).
     ``rate``: requests per second (token bucket, burst = ``max(1, rate)``).
+    ``rate_burst``: the bucket's size instead (a provider that allows a burst of a
+    couple of requests, however high its rate; ``None``: ``max(1, rate)``).
     ``rate_window``: the rate cap is a fixed window instead: ``rate x rate_window``
     requests per window of ``rate_window`` seconds from start, all back at once at
     the window's end, which the headers announce as the reset (as GitHub's hourly
@@ -216,6 +218,7 @@ class MockSettings:
     concurrency: int | None = None
     rate: float | None = None
     rate_window: float | None = None
+    rate_burst: float | None = None
     latency: float = 0.05
     jitter: float = 0.0
     error_rate: float = 0.0
@@ -250,6 +253,12 @@ class MockSettings:
                     f"rate_window must be a finite number > 0, got {self.rate_window!r}")
             if self.rate is None:
                 raise ValueError("rate_window needs a rate")
+        if self.rate_burst is not None:
+            if not (math.isfinite(self.rate_burst) and self.rate_burst >= 1):
+                raise ValueError(
+                    f"rate_burst must be a finite number >= 1, got {self.rate_burst!r}")
+            if self.rate is None or self.rate_window is not None:
+                raise ValueError("rate_burst needs a rate (a bucket, not a window)")
         finite_nonneg("latency", self.latency)
         finite_nonneg("jitter", self.jitter)
         finite_nonneg("knee_slope", self.knee_slope)
