@@ -216,11 +216,14 @@ class AimdLimit(HookedLimit):
     def on_sample(self, sample: Sample) -> int:
         now = sample.start + sample.rtt
         if sample.outcome is Outcome.SUCCESS or sample.reason in _FAILURE_REASONS:
-            self._failure_levels.record(sample.inflight, sample.outcome is not Outcome.SUCCESS)
+            self._failure_levels.record(sample.inflight, sample.outcome is not Outcome.SUCCESS,
+                                        sample.start)
         if (sample.outcome is Outcome.DROPPED and sample.reason in _FAILURE_REASONS
-                and not self._failure_levels.grows_at(sample.inflight)):
+                and not self._failure_levels.grows_at(sample.inflight, sample.start)):
             # Failures as common below this concurrency as at it (random resets,
-            # hangs, 500s of a flaky upstream) are not congestion: no cut.
+            # hangs, 500s of a flaky upstream) are not congestion: no cut. Judged on
+            # the attempts started by this one's start, whose answers are known
+            # (a timeout's, a timeout ago: every hang started before it is in).
             return self._limit
         if sample.outcome is Outcome.SUCCESS:
             self._on_success(sample, now)
