@@ -27,7 +27,7 @@ import trio.testing
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from scenarios import SCENARIOS, Outcome, Scenario, run_virtual  # noqa: E402
+from scenarios import SCENARIOS, Outcome, Scenario, run_virtual
 
 
 def seed_range(text: str) -> list[int]:

@@ -64,7 +64,7 @@ def test_binomial_tail_is_exact() -> None:
     assert math.isclose(binomial_tail(1, 3, 0.5), 7 / 8)
     assert math.isclose(binomial_tail(2, 4, 0.25), 1 - 0.75 ** 4 - 4 * 0.25 * 0.75 ** 3)
     assert binomial_tail(3000, 4000, 0.35) < 1e-300 or binomial_tail(3000, 4000, 0.35) == 0.0
-    assert FOUR_SIGMA == pytest.approx(3.167e-5, rel=1e-3)
+    assert pytest.approx(3.167e-5, rel=1e-3) == FOUR_SIGMA
 
 
 def test_random_faults_at_every_level_do_not_grow() -> None:
