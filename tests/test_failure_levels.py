@@ -92,3 +92,20 @@ def test_faults_that_start_later_are_seen_below_once_recorded() -> None:
         for k in range(8):
             levels.record(inflight, k % 3 == 0)  # then the same share everywhere
     assert not levels.grows_at(8)
+
+
+def test_a_busy_level_keeps_its_settled_successes() -> None:
+    """Per level the last attempts *by start* are judged: kept by arrival, a busy
+    level's newer successes (not settled yet) pushed its older ones out while its
+    older hangs, arriving a timeout late, stayed; the level read as all failures."""
+    levels = FailureLevels(per_level=8)
+    for k in range(24):  # levels 1-3: a third fail
+        levels.record(1 + k % 3, k % 3 == 0, start=k / 10)
+    for k in range(8):  # level 4 until 1 s: a quarter hang, the rest succeed
+        levels.record(4, k % 4 == 0, start=k / 8)
+    for k in range(20):  # since then, successes at level 4 arrive at once...
+        levels.record(4, False, start=2.0 + k / 20)
+    levels.record(4, True, start=1.0)  # ... and a hang sent at 1 s times out at 3 s
+    _, _, n_hi, f_hi = levels.counts(4, settled_by=1.0)
+    assert (n_hi, f_hi) == (8, 2)  # the 8 latest sent by 1 s: 2 hangs, 6 successes
+    assert not levels.grows_at(4, settled_by=1.0)
