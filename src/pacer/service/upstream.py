@@ -196,8 +196,9 @@ class Upstream:
         (the request is then left unanswered, for the next run).
 
         At most ``max_attempts`` attempts are sent. A retry the retry budget refuses
-        (retries must not amplify an overload) waits longer instead, up to
-        ``retry_max_delay``; while the breaker is open requests wait without
+        (retries must not amplify an overload) waits instead until a success lets
+        it go, or nothing else is in flight, at most ``retry_max_delay``; while
+        the breaker is open requests wait without
         attempting, so a short outage fails no job; ``give_up_after`` bounds it all.
         """
         stop = stop if stop is not None else trio.Event()
@@ -249,9 +250,9 @@ class Upstream:
                     delay = backoff_delay(sent, self.retry, self.rng, tried.info.retry_after)
                     if verdict.failure and not self.budget.try_spend():
                         # Too many failures lately: hold this retry back until the
-                        # upstream serves again (a success anywhere), at most the
-                        # backoff's ceiling, so retries do not add to an overload but
-                        # follow a recovery.
+                        # upstream serves again (a success anywhere lets one go), or
+                        # nothing else is in flight, at most the backoff's ceiling,
+                        # so retries do not add to an overload but follow a recovery.
                         held_back = self.rng.uniform(0.5, 1.0) * self.retry.max_delay
                         why = f"{verdict.reason}, retry budget exhausted: until a success"
                 self.stats.retries += 1
