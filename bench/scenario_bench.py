@@ -121,8 +121,8 @@ async def run_real(scenario: Scenario, contender: str, seed: int, answer_cpu: fl
     try:
         cfg = UpstreamConfig(name="default", base_url=f"http://127.0.0.1:{port}",
                              initial_limit=1, max_attempts=1000, retry_base_delay=0.05,
-                             retry_max_delay=1.0, timeout=scenario.timeout,
-                             max_limit=scenario.max_limit)
+                             retry_max_delay=scenario.retry_max_delay,
+                             timeout=scenario.timeout, max_limit=scenario.max_limit)
 
         class Recording(FreeListTransport):
             async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

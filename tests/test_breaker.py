@@ -15,6 +15,7 @@ from pacer.control.breaker import (
 
 CLOSED, OPEN, HALF = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 NO_JITTER = BreakerSettings(jitter=0.0)
+SENDER = BreakerSettings(jitter=0.0, failure_rate=0.8)  # the failure rate the sender sets
 
 
 def make(
@@ -26,12 +27,19 @@ def make(
     return breaker, seen
 
 
+def warm(b: Breaker, at: float = 0.0, n: int = 60) -> None:
+    """A clean record of ``n`` successes: a streak is then judged against it."""
+    for _ in range(n):
+        b.on_success(at)
+
+
 def moves(seen: list[BreakerTransition]) -> list[tuple[str, str, str, float]]:
     return [(t.from_state, t.to_state, t.reason, t.at) for t in seen]
 
 
 def test_consecutive_failures_open_then_probe_closes() -> None:
     b, seen = make()
+    warm(b)
     for t in range(4):
         assert b.allow(float(t))
         b.on_failure(float(t), "timeout")
@@ -158,6 +166,7 @@ def test_half_open_admits_exactly_n_probes(probes: int) -> None:
 
 def test_stale_outcomes_are_ignored() -> None:
     b, seen = make()
+    warm(b)
     for _ in range(5):
         assert b.allow(0.0)
     for _ in range(5):
@@ -311,4 +320,53 @@ def test_a_clean_record_opens_after_five() -> None:
     assert b.streak_needed() == 5
     for t in range(30, 35):
         b.on_failure(float(t), "server_error")
+    assert b.state is OPEN
+
+
+def test_a_cold_start_streak_is_judged_as_at_one_half() -> None:
+    """Before any record, five failures in a row are what a flaky upstream (a third
+    of its attempts failing) gives every few hundred attempts: a cold start's streak
+    is judged as at a share of one half (14), and the record takes over as it grows
+    (issue 10: a flaky upstream's breaker opened in its first second)."""
+    b, seen = make()
+    assert b.streak_needed() == 14
+    for t in range(5):
+        b.on_failure(float(t), "connection")
+    assert b.state is CLOSED and seen == []
+    warm(b, 5.0, 100)
+    assert b.streak_needed() == 5
+    for t in range(10, 15):
+        b.on_failure(float(t), "connection")
+    assert b.state is OPEN
+
+
+def test_a_dead_upstream_at_cold_start_still_opens() -> None:
+    """... by the failure-rate rule once it has ``min_calls`` outcomes (10)."""
+    b, seen = make(SENDER)
+    for t in range(9):
+        b.on_failure(t / 100, "connection")
+    assert b.state is CLOSED
+    b.on_failure(0.09, "connection")
+    assert b.state is OPEN and seen[-1].reason == "failure_rate"
+
+
+def test_a_bunch_of_fast_failures_waits_for_its_successes() -> None:
+    """Attempts sent together answer in the order they are ready: their resets
+    come back before their successes. A streak shorter than a success's rtt since
+    its first attempt started may be such a bunch: it opens only once it lasted
+    that long (the successes would then have ended it)."""
+    b, seen = make(SENDER)
+    for k in range(60):  # successes 0.1 s after they start
+        b.on_success(k / 10 + 0.1, started=k / 10)
+    t = 6.0  # twenty attempts sent at once: the resets first
+    for _ in range(8):
+        b.on_failure(t + 0.001, "connection", started=t)
+    assert b.state is CLOSED and seen == []
+    b.on_success(t + 0.1, started=t)  # then the bunch's successes
+    assert b.state is CLOSED
+    # An upstream that stopped: failures keep coming past a success's rtt.
+    for k in range(6):
+        b.on_failure(7.0 + k / 60, "server_error", started=7.0 + k / 60)
+    assert b.state is CLOSED  # 0.1 s not yet passed since the streak's first start
+    b.on_failure(7.11, "server_error", started=7.11)
     assert b.state is OPEN

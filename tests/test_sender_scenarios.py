@@ -444,3 +444,22 @@ async def test_short_outage_recovers_on_evidence_not_a_timer(
     # The work left after the outage takes what it takes at the cap; a retry held
     # back for retry_max_delay would end the run ~15-30 s later.
     assert last <= recovered + (requests / (BLIP_CAP / BLIP_L)) + 2.0
+
+
+# (h') The sharpest case of cause 6: the last requests of a run meet the outage, so
+# nothing else is in flight whose success could let their held retries go. A retry
+# the budget holds back then goes as soon as nothing is in flight (it is itself the
+# test); it used to wait out its share of retry_max_delay (15-30 s here).
+@pytest.mark.parametrize("seed", seeds(5))
+async def test_the_last_requests_of_a_run_follow_a_recovery(
+        autojump_clock: trio.testing.MockClock, seed: int) -> None:
+    mock = MockSettings(concurrency=BLIP_CAP, latency=BLIP_L, header_style="none",
+                        outages=(Outage(0.0, 1.0, "503"),), seed=seed)
+    cfg = sender_config(retry_max_delay=30.0, max_attempts=1000)
+    r = await run_sender(mock, duration=120.0, workers=2, seed=seed, cfg=cfg, requests=2)
+    closed = [t.at for t in r.breaker if t.to_state == "closed"]
+    last = max(at for at, _ in r.answers)
+    print(f"tail seed={seed}: breaker closed at {closed}, last answer {last:.2f} s")
+    assert len(r.answers) == 2 and r.failed() == []
+    # The breaker's cool-downs (1, 1, 2 s, jittered) find the recovery within ~2 s.
+    assert last <= 1.0 + 3.0

@@ -90,6 +90,9 @@ _FAILURE_REASONS: Final = frozenset({"server_error", "timeout", "connection"})
 # Of those, the ones an outage gives at once (a timeout may be a dropped request
 # past a concurrency cap: a capacity signal, not an outage).
 _OUTAGE_REASONS: Final = frozenset({"server_error", "connection"})
+# A fast failure is judged on the attempts sent this many smoothed rtts before it
+# arrived: their successes are back (failure_levels: settled attempts only).
+_SETTLE_RTTS: Final = 2.0
 # Slow start's full-pipe test: a round must serve this much more concurrency than
 # the best before it, or it is a stall; this many stalls in a row end slow start.
 _PIPE_GROWTH: Final = 1.25
@@ -216,9 +219,10 @@ class AimdLimit(HookedLimit):
     def on_sample(self, sample: Sample) -> int:
         now = sample.start + sample.rtt
         if sample.outcome is Outcome.SUCCESS or sample.reason in _FAILURE_REASONS:
-            self._failure_levels.record(sample.inflight, sample.outcome is not Outcome.SUCCESS)
+            self._failure_levels.record(sample.inflight, sample.outcome is not Outcome.SUCCESS,
+                                        sample.start)
         if (sample.outcome is Outcome.DROPPED and sample.reason in _FAILURE_REASONS
-                and not self._failure_levels.grows_at(sample.inflight)):
+                and not self._failure_levels.grows_at(sample.inflight, self._settled_by(sample))):
             # Failures as common below this concurrency as at it (random resets,
             # hangs, 500s of a flaky upstream) are not congestion: no cut.
             return self._limit
@@ -308,6 +312,19 @@ class AimdLimit(HookedLimit):
         }
 
     # ---- the algorithm
+
+    def _settled_by(self, sample: Sample) -> float:
+        """Attempts started by then have their answers in, as the failure ``sample``
+        arrives: all of them for a timeout (none takes longer), and for a fast
+        failure (a reset, a 500) the successes sent with it or before, once
+        ``_SETTLE_RTTS`` smoothed rtts have passed (of a bunch sent together the
+        resets come back first: judged at once, the levels a slow start just
+        opened held nothing but failures)."""
+        now = sample.start + sample.rtt
+        srtt = self._rtt.srtt
+        if srtt is None:
+            return sample.start
+        return min(sample.start, now - _SETTLE_RTTS * srtt)
 
     def _on_success(self, sample: Sample, now: float) -> None:
         fresh = sample.start > self._last_decrease_at

@@ -7,7 +7,8 @@ A streak of failures is judged against the failure share seen before it: an
 upstream that fails a third of its attempts at random (and serves the rest) makes
 five in a row every few hundred attempts, so the streak needed grows to what such a
 share makes less likely than ``streak_chance`` (at most that of a share of one half;
-the share counts once ``min_calls`` outcomes came before the streak).
+the share weighs ``min_calls`` outcomes at one half beside those seen, so that a
+cold start's first streak is judged as at one half).
 ``open`` refuses everything until its cool-down has elapsed; the next ``allow`` then
 moves it to ``half_open``, which lets at most ``half_open_probes`` attempts be in
 flight at once. ``success_to_close`` probe successes close it; one probe failure
@@ -20,6 +21,13 @@ first probe came 0.1 s before the end was found 2 s late, one the probe missed b
 0.1 s at once.) Each cool-down is jittered by a factor in ``[1 - jitter, 1 +
 jitter]`` so that several daemons facing the same upstream do not probe it at the
 same instant, and never exceeds ``max_cooldown``. Closing ends the series.
+
+A streak is judged once it has lasted a success's rtt (smoothed) since the first of
+its attempts started: answers arrive in the order they are ready, not in the order
+the attempts were sent, and of a bunch sent together the fast failures (a reset, a
+500) come back before the successes. A streak shorter than that may be such a
+bunch, whose successes are still on their way (a flaky upstream's slow start sent
+24 at once, and ten resets came back before any success).
 
 Every admitted attempt must be reported exactly once: ``on_success``,
 ``on_failure`` or ``on_ignore`` (cancelled, or says nothing about health); a probe
@@ -42,6 +50,8 @@ from dataclasses import dataclass
 
 # Outcomes (while closed) the failure share before a streak is taken from.
 _HISTORY = 100
+# Weight of one success's rtt in the smoothed one a streak must last.
+_RTT_SMOOTHING = 0.1
 
 __all__ = [
     "Breaker",
@@ -127,6 +137,8 @@ class Breaker:
         self._state = BreakerState.CLOSED
         self._consecutive_failures = 0
         self._last_success_start = -math.inf
+        self._success_rtt: float | None = None  # smoothed, of successes with a start
+        self._streak_started: float | None = None  # the streak's first attempt's start
         self._outcomes: deque[bool] = deque(maxlen=self.settings.window)  # True = failure
         # A longer record, kept across closes: the share a streak is judged against.
         self._history: deque[bool] = deque(maxlen=_HISTORY)
@@ -188,6 +200,9 @@ class Breaker:
         started before it then say nothing about the upstream now)."""
         if started is not None:
             self._last_success_start = max(self._last_success_start, started)
+            rtt = max(0.0, now - started)
+            self._success_rtt = rtt if self._success_rtt is None else (
+                self._success_rtt + _RTT_SMOOTHING * (rtt - self._success_rtt))
         if self._state is BreakerState.CLOSED:
             self._consecutive_failures = 0
             self._outcomes.append(False)
@@ -208,9 +223,11 @@ class Breaker:
             return
         if self._state is BreakerState.CLOSED:
             self._consecutive_failures += 1
+            if self._consecutive_failures == 1:
+                self._streak_started = now if started is None else started
             self._outcomes.append(True)
             self._history.append(True)
-            if self._consecutive_failures >= self.streak_needed():
+            if self._consecutive_failures >= self.streak_needed() and self._streak_settled(now):
                 self._open(now, TransitionReason.CONSECUTIVE_FAILURES, reason)
             elif self._failure_rate_reached():
                 self._open(now, TransitionReason.FAILURE_RATE, reason)
@@ -253,16 +270,27 @@ class Breaker:
     def streak_needed(self) -> int:
         """Failures in a row that open the breaker: ``failure_threshold``, or more
         when the share of failures before this streak makes such a streak likely
-        by chance (``share ** n >= streak_chance``)."""
+        by chance (``share ** n >= streak_chance``).
+
+        The share counts ``min_calls`` outcomes at one half (the most a streak is
+        judged against) beside those seen: before any record (a cold start) a
+        streak is judged as at one half, and the record takes over as it grows.
+        (Counted as a clean record instead, a cold start's first five failures in
+        a row opened the breaker on a flaky upstream that serves two thirds of
+        its attempts, and an upstream's first outcomes are the least known.)"""
         s = self.settings
         streak = min(self._consecutive_failures, len(self._history))
         before = len(self._history) - streak
-        if before < s.min_calls:  # too few outcomes to know a share
-            return s.failure_threshold
-        share = min(0.5, (sum(self._history) - streak) / before)
-        if share <= 0.0:
-            return s.failure_threshold
+        failures = sum(self._history) - streak
+        share = min(0.5, (failures + 0.5 * s.min_calls) / (before + s.min_calls))
         return max(s.failure_threshold, math.ceil(math.log(s.streak_chance) / math.log(share)))
+
+    def _streak_settled(self, now: float) -> bool:
+        """Has the streak lasted a success's rtt since its first attempt started (the
+        successes sent with it would be back by now)?"""
+        if self._success_rtt is None or self._streak_started is None:
+            return True
+        return now >= self._streak_started + self._success_rtt
 
     def _failure_rate_reached(self) -> bool:
         n = len(self._outcomes)

@@ -14,15 +14,20 @@ second over a time window):
   tests are exact;
 - it recovers from successes, which keep coming since first attempts are never
   gated;
-- it cuts retries off entirely while more than ~``ratio / (1 + ratio)`` (≈9 %) of
-  attempts fail, which is exactly when retries would add load to a struggling
-  upstream; below that every failure may be retried, so retries stay under ~10 % of
-  attempts. Finagle's minimum retries per second would keep poking an upstream that
-  is down; here the circuit breaker decides when to probe it instead.
+- it cuts retries off while failures outnumber successes by more than half its
+  tokens, which is exactly when retries would add load to a struggling upstream.
+  Finagle's minimum retries per second would keep poking an upstream that is
+  down; here the circuit breaker decides when to probe it instead.
 
-Every failed attempt costs one token, every success gives back ``ratio``; retries are
-allowed only while the tokens are above half of ``max_tokens``. As in grpc-java, the
-tokens are kept in thousandths so that the arithmetic is exact.
+Every failed attempt costs one token, every success gives back ``ratio`` (by default
+one: each success pays back one failure); retries are allowed only while the tokens
+are above half of ``max_tokens``. gRPC's ratio of 0.1 (ten successes per failure)
+held every retry of an upstream that fails a third of its attempts at random and
+serves the rest at full speed, and took 51 successes to reopen after a 1 s outage
+(issue 10). A failure of an attempt that started before one that has since
+succeeded is not charged: the upstream answered after it (a timeout that lands
+once the upstream is back says nothing about it now). As in grpc-java, the tokens
+are kept in thousandths so that the arithmetic is exact.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ class RetrySettings:
     largest extra wait on top of a Retry-After, as a share of it (at least of
     ``base_delay``); ``max_retry_after`` clamps absurd Retry-After values.
     ``budget_max_tokens`` and ``budget_ratio`` are gRPC's ``maxTokens`` and
-    ``tokenRatio``."""
+    ``tokenRatio`` (its default 0.1; here one success pays back one failure)."""
 
     max_attempts: int = 5
     base_delay: float = 0.5
@@ -55,7 +60,7 @@ class RetrySettings:
     retry_after_jitter: float = 0.1
     max_retry_after: float = 600.0
     budget_max_tokens: float = 10.0
-    budget_ratio: float = 0.1
+    budget_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -105,7 +110,8 @@ class RetryBudget:
 
     First attempts are never gated, only retries. Report only failures that say
     something about the upstream's health (retryable statuses, timeouts,
-    connection errors), not e.g. a 400.
+    connection errors), not e.g. a 400. ``started`` (when the attempt started, on
+    any clock the caller keeps) lets a stale failure go uncharged.
     """
 
     def __init__(self, settings: RetrySettings | None = None) -> None:
@@ -114,6 +120,7 @@ class RetryBudget:
         self._gain = round(s.budget_ratio * _SCALE)
         self._threshold = self._max // 2
         self._tokens = self._max
+        self._last_success_start = -math.inf
         self.granted = 0  # retries allowed by try_spend, for metrics
         self.denied = 0  # retries refused by try_spend, for metrics
 
@@ -121,11 +128,18 @@ class RetryBudget:
     def tokens(self) -> float:
         return self._tokens / _SCALE
 
-    def on_success(self) -> None:
+    def on_success(self, started: float | None = None) -> None:
+        if started is not None:
+            self._last_success_start = max(self._last_success_start, started)
         self._tokens = min(self._max, self._tokens + self._gain)
 
-    def on_failure(self) -> None:
+    def on_failure(self, started: float | None = None) -> bool:
+        """Charge a failure; returns False (nothing charged) when its attempt started
+        before one that has since succeeded."""
+        if started is not None and started < self._last_success_start:
+            return False
         self._tokens = max(0, self._tokens - _SCALE)
+        return True
 
     def can_retry(self) -> bool:
         """Are retries allowed now (tokens above half)? Does not count anything."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -96,9 +97,12 @@ class Upstream:
         # Called after every attempt with (upstream, seconds, outcome): metrics.
         self.on_attempt: Callable[[str, float, str], None] | None = None
         self._limited_at_min = 0
-        # Set (and replaced) at every success: retries the budget held back wake on
-        # it, since recovery is shown by the upstream answering, not by a timer.
-        self._served = trio.Event()
+        # Retries the budget holds back, oldest first. Recovery is shown by the
+        # upstream answering, not by a timer: each success lets one go (all of them
+        # once the budget allows retries again), and when nothing is in flight that
+        # could succeed, one goes anyway and is itself the test (a 1 s outage's last
+        # retry waited out retry_max_delay, 16-28 s, with nothing left to succeed).
+        self._held: deque[trio.Event] = deque()
         self.pacer = Pacer(rng=self.rng)
         self.gate = PacingGate(self.pacer, clock, wall_clock)
         self.pacer.subscribe_pause(self._on_pause)
@@ -192,8 +196,9 @@ class Upstream:
         (the request is then left unanswered, for the next run).
 
         At most ``max_attempts`` attempts are sent. A retry the retry budget refuses
-        (retries must not amplify an overload) waits longer instead, up to
-        ``retry_max_delay``; while the breaker is open requests wait without
+        (retries must not amplify an overload) waits instead until a success lets
+        it go, or nothing else is in flight, at most ``retry_max_delay``; while
+        the breaker is open requests wait without
         attempting, so a short outage fails no job; ``give_up_after`` bounds it all.
         """
         stop = stop if stop is not None else trio.Event()
@@ -229,7 +234,7 @@ class Upstream:
                 self.stats.record_done(ok=True)
                 return Answer(sent, tried.status, tried.body, _request_id(tried.headers))
             if verdict.failure:
-                self.budget.on_failure()
+                self.budget.on_failure(tried.started)
             if decision.retry and sent < self.retry.max_attempts and now < give_up_at:
                 why = verdict.reason
                 held_back = 0.0
@@ -245,9 +250,9 @@ class Upstream:
                     delay = backoff_delay(sent, self.retry, self.rng, tried.info.retry_after)
                     if verdict.failure and not self.budget.try_spend():
                         # Too many failures lately: hold this retry back until the
-                        # upstream serves again (a success anywhere), at most the
-                        # backoff's ceiling, so retries do not add to an overload but
-                        # follow a recovery.
+                        # upstream serves again (a success anywhere lets one go), or
+                        # nothing else is in flight, at most the backoff's ceiling,
+                        # so retries do not add to an overload but follow a recovery.
                         held_back = self.rng.uniform(0.5, 1.0) * self.retry.max_delay
                         why = f"{verdict.reason}, retry budget exhausted: until a success"
                 self.stats.retries += 1
@@ -259,19 +264,40 @@ class Upstream:
                 if held_back > delay:
                     await self._until_served(stop, held_back - delay)
                 continue
+            self._release_if_idle()
             return self._give_up(req, tried, sent)
 
     async def _until_served(self, stop: trio.Event, seconds: float) -> None:
-        """Wait until an attempt succeeds, ``stop`` is set, or ``seconds`` pass."""
-        served = self._served
-        with trio.move_on_after(seconds):
-            async with trio.open_nursery() as nursery:
-                async def wake_on(event: trio.Event) -> None:
-                    await event.wait()
-                    nursery.cancel_scope.cancel()
+        """Wait until this held retry is let go (a success, or nothing else in
+        flight), ``stop`` is set, or ``seconds`` pass."""
+        turn = trio.Event()
+        self._held.append(turn)
+        self._release_if_idle()
+        try:
+            with trio.move_on_after(seconds):
+                async with trio.open_nursery() as nursery:
+                    async def wake_on(event: trio.Event) -> None:
+                        await event.wait()
+                        nursery.cancel_scope.cancel()
 
-                nursery.start_soon(wake_on, stop)
-                nursery.start_soon(wake_on, served)
+                    nursery.start_soon(wake_on, stop)
+                    nursery.start_soon(wake_on, turn)
+        finally:
+            if not turn.is_set():
+                self._held.remove(turn)
+
+    def _release_held(self, everyone: bool) -> None:
+        """Let the oldest held retry go, or all of them."""
+        while self._held:
+            self._held.popleft().set()
+            if not everyone:
+                return
+
+    def _release_if_idle(self) -> None:
+        """Nothing in flight could bring the success held retries wait for: the
+        oldest goes, and its own answer is the evidence."""
+        if self.limiter.inflight == 0:
+            self._release_held(everyone=False)
 
     def _give_up(self, req: Request, tried: _Tried, sent: int) -> Answer:
         """The request's final answer is its last error."""
@@ -284,10 +310,9 @@ class Upstream:
         """Tell the breaker (and the retry budget) how the attempt went."""
         if verdict.ok:
             self.breaker.on_success(now, tried.started)
-            self.budget.on_success()
+            self.budget.on_success(tried.started)
             self._limited_at_min = 0
-            self._served.set()
-            self._served = trio.Event()
+            self._release_held(everyone=self.budget.can_retry())
             return
         if verdict.failure:
             self.breaker.on_failure(now, verdict.reason, tried.started)
