@@ -56,8 +56,10 @@ def write_config(path: Path, base_url: str, *, spool_dir: str = "spool",
         "metrics": {"textfile": "metrics.prom", **(metrics or {})},
         "upstreams.default": {**common, "api_key_env": KEY_VAR, "max_attempts": 6,
                               "give_up_after": 20, "max_limit": 8},
-        "upstreams.wrong": {**common, "api_key_env": WRONG_VAR, "max_attempts": 2,
-                            "give_up_after": 3},
+        # Retries that outlast the mock's 1 s outage: a slow start under load put
+        # both of two attempts in it, and no 401 was ever seen.
+        "upstreams.wrong": {**common, "api_key_env": WRONG_VAR, "max_attempts": 8,
+                            "give_up_after": 10},
     }
     path.write_text(toml_text(sections))
     return path
