@@ -157,7 +157,7 @@ def claim_job_file(path: Path, stem: str, view: UpstreamView, *, max_bytes: int,
                 items = _until_first_valid(
                     iter_jsonl(Bounded(fh, quick.end), stem, view, max_line))
                 if items is not None:
-                    return ClaimedJob(quick.lines, set(quick.line_ids), items, fh,
+                    return ClaimedJob(quick.lines, quick.ids, items, fh,
                                       _jsonl=True, line_ids=quick.line_ids)
             fh.seek(0)  # the quick pass could not tell: validate every line first
             summary = validate_jsonl(fh, stem, view, max_line)

@@ -23,11 +23,13 @@ from typing import IO
 
 from pacer.spool.jobs import MAX_CUSTOM_ID
 
-# A line whose first key is custom_id, with a value that needs no decoding. ("^" in
-# MULTILINE starts every line; no part of the pattern can cross a newline.)
-_ID_AT_LINE_START = re.compile(
-    rb'^[ \t]*\{[ \t]*"custom_id"[ \t]*:[ \t]*"([\x20\x21\x23-\x5b\x5d-\x7e]{1,%d})"'
-    % MAX_CUSTOM_ID, re.MULTILINE)
+# A line whose first key is custom_id, with a value that needs no decoding, after
+# the newline that ends the line before (no part of the pattern can cross another
+# newline). Searching for the newline is 4x faster than a MULTILINE "^".
+_ID = rb'[ \t]*\{[ \t]*"custom_id"[ \t]*:[ \t]*"([\x20\x21\x23-\x5b\x5d-\x7e]{1,%d})"' % (
+    MAX_CUSTOM_ID)
+_FIRST_ID = re.compile(_ID)
+_NEXT_IDS = re.compile(rb"\n" + _ID)
 _KEY = b'"custom_id"'
 BLOCK = 4 << 20  # bytes read at once: bounds the memory the pass takes
 
@@ -36,6 +38,7 @@ BLOCK = 4 << 20  # bytes read at once: bounds the memory the pass takes
 class Prescan:
     lines: int  # every line is a request or a bad line: no blank lines
     line_ids: list[str]  # the custom_id read off line N is line_ids[N - 1]
+    ids: set[str]  # the same, as a set
     end: int  # bytes read: the sending pass reads no further
 
 
@@ -45,7 +48,10 @@ def _block_ids(part: bytes, max_line: int) -> list[bytes] | None:
     lines = part.count(b"\n")
     if b"\\u" in part or part.count(_KEY) != lines:
         return None
-    ids = _ID_AT_LINE_START.findall(part)
+    first = _FIRST_ID.match(part)
+    if first is None:
+        return None
+    ids = [first.group(1), *_NEXT_IDS.findall(part)]
     if len(ids) != lines:
         return None
     # (+1: the newline; a line of exactly max_line bytes is fine.)
@@ -81,10 +87,14 @@ def prescan_jsonl(fh: IO[bytes], stem: str, max_line: int,
         tail = data[cut:]
         if not chunk:
             break
-    if not raw_ids or len(set(raw_ids)) != len(raw_ids):
-        return None  # empty, or a possible duplicate: the full validation says
-    line_ids = [i.decode("ascii") for i in raw_ids]
-    default_prefix = f"{stem}:"
-    if any(i.startswith(default_prefix) for i in line_ids):
-        return None  # it could equal a broken line's default id
-    return Prescan(len(line_ids), line_ids, end)
+    if not raw_ids:
+        return None  # empty: the full validation says so
+    # One C call each rather than one Python call per line (ids hold no newline).
+    joined = b"\n" + b"\n".join(raw_ids)
+    if joined.find(b"\n" + f"{stem}:".encode()) != -1:
+        return None  # an id that could equal a broken line's default id
+    line_ids = joined[1:].decode("ascii").split("\n")
+    distinct = set(line_ids)
+    if len(distinct) != len(line_ids):
+        return None  # a possible duplicate: the full validation names it
+    return Prescan(len(line_ids), line_ids, distinct, end)
