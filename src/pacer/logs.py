@@ -74,7 +74,7 @@ def _console_traceback(exc_info: ExcInfo) -> str:
 def _with_rich() -> None:
     """structlog's console part with rich, if it was imported without it
     (``pacer.startup``) and rich is there."""
-    if structlog.dev.rich is not None:
+    if getattr(structlog.dev, "rich", None) is not None:
         return
     try:
         import rich  # noqa: F401
