@@ -720,3 +720,39 @@ async def test_job_rewritten_in_place_after_validation_keeps_one_line_per_custom
     counts = Counter(ln["custom_id"] for ln in spool.results("chg"))
     assert counts == {"a": 1, "b": 1, "c": 1}, counts
     assert len(upstream.seen) <= 3
+
+
+# ------------------------------------------- a big .jsonl checked by the quick pass
+
+
+async def test_duplicate_ids_far_apart_reject_a_big_job_with_nothing_sent(
+        make_config: MakeConfig, spool: SpoolHelper) -> None:
+    cfg = hostile_config(make_config)
+    rows = [id_first_line(f"r{i}") for i in range(3000)] + [id_first_line("r7")]
+    spool.drop("dup.jsonl", b"\n".join(rows) + b"\n")
+    upstream = Upstream()
+    await drain(cfg, upstream)
+
+    assert spool.jobs("rejected") == ["dup.jsonl"]
+    info = spool.error("dup.jsonl")
+    assert info["code"] == "duplicate_custom_id" and "line 3001" in info["message"]
+    assert upstream.seen == []
+    assert spool.names("results") == []
+
+
+async def test_a_bad_line_at_the_end_of_a_big_job_gets_its_error_line(
+        make_config: MakeConfig, spool: SpoolHelper) -> None:
+    cfg = hostile_config(make_config)
+    rows = [id_first_line(f"r{i}") for i in range(2000)] + [b'{"custom_id": "last", "url": ']
+    spool.drop("tail.jsonl", b"\n".join(rows) + b"\n")
+    upstream = Upstream()
+    rc, _ = await drain(cfg, upstream)
+
+    assert rc == 1 and spool.jobs("failed") == ["tail.jsonl"]
+    results = spool.results("tail")
+    assert len(results) == len({r["custom_id"] for r in results}) == 2001
+    errors = [r for r in results if r["error"]]
+    # Not JSON: the id cannot be read off the line, so it is the default one.
+    assert [(r["custom_id"], r["error"]["code"]) for r in errors] == [
+        ("tail:2001", "invalid_json")]
+    assert len(upstream.seen) == 2000
