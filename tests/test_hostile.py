@@ -255,6 +255,17 @@ def line(cid: str | None, **extra: Any) -> bytes:
     return json.dumps(obj).encode()
 
 
+def id_first_line(cid: str) -> bytes:
+    """A request line the quick pass reads (``spool/prescan.py``): custom_id first."""
+    return json.dumps({"custom_id": cid, "method": "POST", "url": CHAT,
+                       "body": {"model": "m", "messages": []}}).encode()
+
+
+# The file checked whole by the quick pass, or (custom_id not first) line by line.
+LINE_OF = pytest.mark.parametrize("line_of", [line, id_first_line],
+                                  ids=["every-line", "quick-pass"])
+
+
 # --------------------------------------------------------------- the fake upstream
 
 
@@ -623,25 +634,30 @@ class ChangeAfterValidation:
     change: Callable[[Path], None]
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        real = claimed_mod.validate_jsonl
+        # Whichever pass checks the file whole (the quick one, or every line).
+        for name in ("prescan_jsonl", "validate_jsonl"):
+            monkeypatch.setattr(claimed_mod, name, self._then_change(getattr(claimed_mod, name)))
 
-        def validate(fh: Any, stem: str, *args: Any) -> Any:
+    def _then_change(self, real: Callable[..., Any]) -> Callable[..., Any]:
+        def check(fh: Any, stem: str, *args: Any) -> Any:
             summary = real(fh, stem, *args)
-            self.change(self.root / "active" / f"{stem}.jsonl")
+            if summary is not None:
+                self.change(self.root / "active" / f"{stem}.jsonl")
             return summary
 
-        monkeypatch.setattr(claimed_mod, "validate_jsonl", validate)
+        return check
 
 
+@LINE_OF
 async def test_job_appended_after_validation_keeps_one_line_per_custom_id(
         make_config: MakeConfig, spool: SpoolHelper,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, line_of: Callable[[str], bytes]) -> None:
     cfg = hostile_config(make_config)
-    spool.drop("chg.jsonl", b"".join(line(c) + b"\n" for c in ("a", "b", "c")))
+    spool.drop("chg.jsonl", b"".join(line_of(c) + b"\n" for c in ("a", "b", "c")))
 
     def append(path: Path) -> None:
         with open(path, "ab") as fh:
-            fh.write(line("a") + b"\n" + line("d") + b"\n")
+            fh.write(line_of("a") + b"\n" + line_of("d") + b"\n")
 
     ChangeAfterValidation(spool.root, append).install(monkeypatch)
     upstream = Upstream()
@@ -657,12 +673,13 @@ async def test_job_appended_after_validation_keeps_one_line_per_custom_id(
     assert len(upstream.seen) == sum(counts.values())
 
 
+@LINE_OF
 async def test_job_truncated_after_validation_does_not_stay_in_active(
         make_config: MakeConfig, spool: SpoolHelper,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, line_of: Callable[[str], bytes]) -> None:
     cfg = hostile_config(make_config)
-    first = line("a") + b"\n"
-    spool.drop("chg.jsonl", first + line("b") + b"\n" + line("c") + b"\n")
+    first = line_of("a") + b"\n"
+    spool.drop("chg.jsonl", first + line_of("b") + b"\n" + line_of("c") + b"\n")
     ChangeAfterValidation(spool.root,
                           lambda path: os.truncate(path, len(first))).install(monkeypatch)
     rc, _ = await drain(cfg, Upstream())
@@ -681,15 +698,16 @@ async def test_huge_int_message_is_for_people(
     assert "sys." not in message and "digits" in message
 
 
+@LINE_OF
 async def test_job_rewritten_in_place_after_validation_keeps_one_line_per_custom_id(
         make_config: MakeConfig, spool: SpoolHelper,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, line_of: Callable[[str], bytes]) -> None:
     """The same bytes count, other lines: every line now says custom_id "a"."""
     cfg = hostile_config(make_config)
-    spool.drop("chg.jsonl", b"".join(line(c) + b"\n" for c in ("a", "b", "c")))
+    spool.drop("chg.jsonl", b"".join(line_of(c) + b"\n" for c in ("a", "b", "c")))
 
     def rewrite(path: Path) -> None:
-        path.write_bytes(b"".join(line("a") + b"\n" for _ in range(3)))
+        path.write_bytes(b"".join(line_of("a") + b"\n" for _ in range(3)))
 
     ChangeAfterValidation(spool.root, rewrite).install(monkeypatch)
     upstream = Upstream()
@@ -702,3 +720,39 @@ async def test_job_rewritten_in_place_after_validation_keeps_one_line_per_custom
     counts = Counter(ln["custom_id"] for ln in spool.results("chg"))
     assert counts == {"a": 1, "b": 1, "c": 1}, counts
     assert len(upstream.seen) <= 3
+
+
+# ------------------------------------------- a big .jsonl checked by the quick pass
+
+
+async def test_duplicate_ids_far_apart_reject_a_big_job_with_nothing_sent(
+        make_config: MakeConfig, spool: SpoolHelper) -> None:
+    cfg = hostile_config(make_config)
+    rows = [id_first_line(f"r{i}") for i in range(3000)] + [id_first_line("r7")]
+    spool.drop("dup.jsonl", b"\n".join(rows) + b"\n")
+    upstream = Upstream()
+    await drain(cfg, upstream)
+
+    assert spool.jobs("rejected") == ["dup.jsonl"]
+    info = spool.error("dup.jsonl")
+    assert info["code"] == "duplicate_custom_id" and "line 3001" in info["message"]
+    assert upstream.seen == []
+    assert spool.names("results") == []
+
+
+async def test_a_bad_line_at_the_end_of_a_big_job_gets_its_error_line(
+        make_config: MakeConfig, spool: SpoolHelper) -> None:
+    cfg = hostile_config(make_config)
+    rows = [id_first_line(f"r{i}") for i in range(2000)] + [b'{"custom_id": "last", "url": ']
+    spool.drop("tail.jsonl", b"\n".join(rows) + b"\n")
+    upstream = Upstream()
+    rc, _ = await drain(cfg, upstream)
+
+    assert rc == 1 and spool.jobs("failed") == ["tail.jsonl"]
+    results = spool.results("tail")
+    assert len(results) == len({r["custom_id"] for r in results}) == 2001
+    errors = [r for r in results if r["error"]]
+    # Not JSON: the id cannot be read off the line, so it is the default one.
+    assert [(r["custom_id"], r["error"]["code"]) for r in errors] == [
+        ("tail:2001", "invalid_json")]
+    assert len(upstream.seen) == 2000

@@ -60,3 +60,35 @@ def test_console_exception_message_is_redacted() -> None:
         structlog.reset_defaults()
     assert "ValueError" in out.getvalue()
     assert key not in out.getvalue()
+
+
+def test_the_daemon_starts_without_rich_and_the_console_still_draws_tracebacks() -> None:
+    """``pacer run`` imports structlog without rich (pacer.startup: 50 ms of start-up);
+    JSON logs do not need it, the console format loads it back."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import io, json, sys
+        from pacer.startup import import_structlog_lean
+        import_structlog_lean()
+        import pacer.service.runner
+        from pacer.logs import configure_logging, get_logger
+        assert "rich" not in sys.modules, "rich was imported"
+        for fmt in ("json", "console"):
+            out = io.StringIO()
+            configure_logging("info", fmt, out)
+            try:
+                1 / 0
+            except ZeroDivisionError:
+                get_logger("t").exception("t.failed")
+            print(json.dumps([fmt, out.getvalue(), "rich" in sys.modules]))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    (fmt1, text1, rich1), (fmt2, text2, rich2) = map(json.loads, done.stdout.splitlines())
+    assert fmt1 == "json" and not rich1
+    assert json.loads(text1)["exception"][0]["exc_type"] == "ZeroDivisionError"
+    assert fmt2 == "console" and rich2
+    assert "Traceback" in text2 and "ZeroDivisionError" in text2

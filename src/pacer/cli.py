@@ -94,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(config.to_dict(), indent=2))
             return EXIT_OK
         if args.command == "run":
+            if args.log_format == "json":
+                from pacer.startup import import_structlog_lean
+
+                import_structlog_lean()
             from pacer.service.runner import run_daemon
 
             return run_daemon(config, drain=args.drain, log_format=args.log_format,

@@ -7,6 +7,7 @@ Context such as ``job``, ``custom_id`` and ``upstream`` is bound with
 
 from __future__ import annotations
 
+import importlib
 import io
 import logging
 import re
@@ -70,6 +71,18 @@ def _console_traceback(exc_info: ExcInfo) -> str:
     return out.getvalue().rstrip("\n")
 
 
+def _with_rich() -> None:
+    """structlog's console part with rich, if it was imported without it
+    (``pacer.startup``) and rich is there."""
+    if getattr(structlog.dev, "rich", None) is not None:
+        return
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return
+    importlib.reload(structlog.dev)
+
+
 def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
     """Configure structlog for the process (call again to change level or format)."""
     stream = stream or sys.stdout
@@ -80,6 +93,7 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | N
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if fmt == "console":
+        _with_rich()
         # The traceback becomes text before redaction (the renderer would draw it
         # after), without local variables (rich shows them by default, and one may
         # hold a key) and without colour codes (they could split a secret).

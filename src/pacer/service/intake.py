@@ -65,6 +65,7 @@ class Intake:
         for cand in leftovers:
             log.info("job.resumed", job=cand.name)
             start_job(cand.name)
+        claims = 0
         while not self.stopping:
             if self.disk.deferred and self.disk.error is None:
                 name = self.disk.deferred.popleft()
@@ -73,9 +74,13 @@ class Intake:
                     start_job(name)
                 continue
             if self.pending and (room := self._room(active())) > 0:
-                names = [self.pending.popleft()
-                         for _ in range(min(room, len(self.pending), CLAIM_BATCH))]
-                for claimed in await self._claim(names):
+                # The first batches are small (1, 1, 2, 4, ... CLAIM_BATCH): the first
+                # job is on its way before 64 files were claimed and prepared.
+                size = min(room, len(self.pending), CLAIM_BATCH, max(1, claims))
+                names = [self.pending.popleft() for _ in range(size)]
+                started = await self._claim(names)
+                claims += len(started)
+                for claimed in started:
                     start_job(claimed)
                 continue
             if self.drain and not self.pending and not active() and not self.disk.deferred:

@@ -1,6 +1,6 @@
 """The job runner: one task per claimed job, one task per request it sends.
 
-A job task validates its file whole (nothing is sent from a file rejected whole),
+A job task checks its file whole (nothing is sent from a file rejected whole),
 opens its results, then feeds its requests to the fair scheduler a few dozen at a
 time, topping up as they are dispatched, and waits until each has its result line.
 Then the results are published and the job file moved to ``done/`` or ``failed/``.
@@ -119,7 +119,8 @@ class JobRunner:
                 self.on_job_end()
 
     def _prepare(self, job: Job) -> ClaimedJob:
-        """Validate the whole file before anything is sent, and open its results."""
+        """Check the whole file before anything is sent (``claim_job_file``), and
+        open its results."""
         cfg = self.config().spool
         claimed = claimed_mod.claim_job_file(
             self.spool.folder("active") / job.name, job.stem, self.view(),

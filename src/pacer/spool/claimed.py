@@ -1,11 +1,15 @@
-"""A claimed job file in ``active/``: opened safely, validated whole, then read lazily.
+"""A claimed job file in ``active/``: opened safely, checked whole, then read lazily.
 
 Blocking code, run in a worker thread. The file is opened with ``O_NOFOLLOW`` (a
 symlink is never followed) and ``O_NONBLOCK`` (a FIFO never blocks the open), and
 ``fstat`` on the open descriptor decides: only a regular file within
-``max_job_bytes`` is read. Everything is validated before the first request is
-sent; afterwards the requests are read again in small batches, and only up to the
-end that was validated, each validated ``custom_id`` once.
+``max_job_bytes`` is read. Before the first request is sent, a ``.jsonl`` is
+checked whole for what rejects it whole: the quick pass (``spool/prescan.py``)
+counts its lines and proves its ``custom_id`` s distinct, and its lines are then
+validated as they are read in small batches, up to the first valid one before
+anything is handed out (a file with none is rejected whole); when the quick pass
+cannot tell, every line is validated first. Either way the requests are read only
+up to the end that was checked, each checked ``custom_id`` once.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import IO
 
@@ -29,8 +33,13 @@ from pacer.spool.jobs import (
     read_single,
     validate_jsonl,
 )
+from pacer.spool.prescan import prescan_jsonl
 
 MAX_NAME_BYTES = 255
+# Bad lines held back while the first valid line of a quickly checked ``.jsonl`` is
+# looked for (a file without one is rejected whole, and its bad lines get no result
+# lines); past this many the whole file is validated first instead.
+HOLD_BAD_LINES = 1024
 
 
 def open_job_file(path: Path, max_bytes: int) -> tuple[IO[bytes], int]:
@@ -63,6 +72,9 @@ class ClaimedJob:
     _items: Iterator[Request | BadRequest] = field(default_factory=lambda: iter(()))
     _fh: IO[bytes] | None = None
     _jsonl: bool = False
+    # From the quick pass: the custom_id read off line N is line_ids[N - 1] (a line
+    # that turns out not to be JSON gets its default id instead).
+    line_ids: list[str] | None = None
     exhausted: bool = False  # read through: nothing more will come
 
     @property
@@ -84,12 +96,21 @@ class ClaimedJob:
                 self.exhausted = True
                 break
             for item in batch:
-                if self._jsonl:
-                    if item.custom_id not in self.custom_ids:
-                        continue
+                if item.custom_id in self.custom_ids:
                     self.custom_ids.discard(item.custom_id)
+                elif (cid := self._read_off(item)) is not None and cid in self.custom_ids:
+                    self.custom_ids.discard(cid)  # its error line stands for that id
+                else:
+                    continue  # not what was checked: the file changed meanwhile
                 out.append(item)
         return out
+
+    def _read_off(self, item: Request | BadRequest) -> str | None:
+        """The id the quick pass read off a bad line's line (one not JSON after all)."""
+        if (isinstance(item, BadRequest) and self.line_ids is not None
+                and 0 < item.line <= len(self.line_ids)):
+            return self.line_ids[item.line - 1]
+        return None
 
     def vanished(self) -> list[str]:
         """The ``custom_id`` s validated but not found on the second read (the file
@@ -102,9 +123,26 @@ class ClaimedJob:
             self._fh = None
 
 
+def _until_first_valid(items: Iterator[Request | BadRequest],
+                       ) -> Iterator[Request | BadRequest] | None:
+    """``items`` again, once its first valid line was found (the bad lines before it
+    held back); None if more than ``HOLD_BAD_LINES`` come first. Raises
+    :class:`JobFileError` when no line is valid."""
+    held: list[Request | BadRequest] = []
+    for item in items:
+        held.append(item)
+        if isinstance(item, Request):
+            return chain(held, items)
+        if len(held) > HOLD_BAD_LINES:
+            return None
+    errors = [item.message for item in held[:5] if isinstance(item, BadRequest)]
+    raise JobFileError("no_valid_request", "no line is a valid request: " + "; ".join(errors))
+
+
 def claim_job_file(path: Path, stem: str, view: UpstreamView, *, max_bytes: int,
                    max_line: int, results_name: str) -> ClaimedJob:
-    """Validate the whole job file at ``path`` before anything is sent.
+    """Check the job file at ``path`` for what rejects it whole, before anything of
+    it is sent.
 
     Raises :class:`JobFileError` for a file that is rejected whole."""
     if len(os.fsencode(results_name)) > MAX_NAME_BYTES:
@@ -113,6 +151,15 @@ def claim_job_file(path: Path, stem: str, view: UpstreamView, *, max_bytes: int,
     fh, _size = open_job_file(path, max_bytes)
     try:
         if path.name.endswith(".jsonl"):
+            quick = prescan_jsonl(fh, stem, max_line)
+            if quick is not None:
+                fh.seek(0)
+                items = _until_first_valid(
+                    iter_jsonl(Bounded(fh, quick.end), stem, view, max_line))
+                if items is not None:
+                    return ClaimedJob(quick.lines, quick.ids, items, fh,
+                                      _jsonl=True, line_ids=quick.line_ids)
+            fh.seek(0)  # the quick pass could not tell: validate every line first
             summary = validate_jsonl(fh, stem, view, max_line)
             fh.seek(0)
             # What was validated is what is sent: lines appended since are not read.
