@@ -599,6 +599,26 @@ def test_slow_start_does_not_grow_on_attempts_that_queued() -> None:
     assert limit.limit == grown + 1
 
 
+def test_slow_starts_delay_test_weighs_the_rtts_quiet_spread_not_the_queues() -> None:
+    """A new connection's slow first answer, then a knee: the rtts spread as the
+    queue grows, and a delay test against the current spread let slow start run to
+    36-48 past a knee of 10 (real sockets). Against the spread at its quietest, an
+    answer 1.4x the no-load rtt stops the growth."""
+    limit, _ = make()
+    limit.on_sample(ok(0.0, 1.4 * RTT, 1))  # the connection's setup
+    t = RTT * 1.4
+    rng = random.Random(3)
+    while limit.limit < 32:  # quiet answers: warm, the no-load rtt known
+        start = limit.limit
+        for _ in range(start):
+            limit.on_sample(ok(t, RTT * (1 + rng.uniform(-0.01, 0.01)), start))
+        t += RTT
+    grown = limit.limit
+    for i in range(8):  # the knee: each answer slower, the spread growing with them
+        limit.on_sample(ok(t + i / 64, RTT * (1.2 + 0.05 * i), grown))
+    assert limit.limit <= grown + 3, "answers 1.4x and slower grew the limit"
+
+
 def test_a_refusal_admitted_above_the_current_limit_is_the_old_episode() -> None:
     """Hundreds of slots pass the pacing gate one by one, so an attempt admitted
     before a cut may be stamped after it; its in-flight count (above what the

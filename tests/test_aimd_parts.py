@@ -257,3 +257,15 @@ def test_slow_starts_lowest_round_mean_carries_its_standard_error() -> None:
     est.offer_round_mean(0.3, 3)
     assert est.first_min_noise() == pytest.approx(1.25 * est.dev / math.sqrt(3))
     assert est.base_noise() == est.first_min_noise()  # nothing in the window yet
+
+
+def test_the_quiet_spread_is_the_lowest_since_warm() -> None:
+    est = RttEstimate(smoothing=0.1, window=30.0)
+    est.observe(0.2)  # a slow first answer: spread before warm does not count
+    for _ in range(30):
+        est.observe(0.1)
+    quiet = est.quiet_dev
+    assert quiet == pytest.approx(est.dev)
+    for i in range(1, 10):
+        est.observe(0.1 + 0.01 * i)  # a queue: the spread grows, the quiet one stays
+    assert est.dev > quiet and est.quiet_dev == quiet

@@ -431,7 +431,11 @@ class AimdLimit(HookedLimit):
         tolerance, base = self.settings.latency_tolerance, self.min_rtt
         if tolerance is None or base is None or not self._rtt.warm:
             return False
-        return sample.upstream_rtt > tolerance * base + _NOISE_Z * DEV_TO_SD * self._rtt.dev
+        # The rtt's spread at its quietest, not now: a queue that grows spreads the
+        # rtts too, and a new connection's first answers are slow, and with the
+        # current spread slow start ran to 36-48 past a knee of 10 over real sockets.
+        dev = min(self._rtt.dev, self._rtt.quiet_dev)
+        return sample.upstream_rtt > tolerance * base + _NOISE_Z * DEV_TO_SD * dev
 
     def _probe_only_queued(self) -> bool:
         """Did the probe step's attempts only queue (:meth:`ProbeSchedule.only_queued`:

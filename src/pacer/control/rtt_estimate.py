@@ -41,6 +41,7 @@ class RttEstimate:
         self.srtt: float | None = None
         self.count = 0  # samples since the last restart
         self.dev = 0.0  # mean deviation of the rtt samples (EWMA)
+        self.quiet_dev = math.inf  # the lowest it has been since it was warm
         self.warm_count = ewma_memory(smoothing)
         # A slower EWMA of the same samples feeds the no-load rtt.
         self._brtt: float | None = None
@@ -62,6 +63,8 @@ class RttEstimate:
         else:
             self.dev += weight * (abs(rtt - self.srtt) - self.dev)
             self.srtt += weight * (rtt - self.srtt)
+        if self.warm:
+            self.quiet_dev = min(self.quiet_dev, self.dev)
         weight = max(self._brtt_weight, 1.0 / self.count)
         self._brtt = rtt if self._brtt is None else self._brtt + weight * (rtt - self._brtt)
 
