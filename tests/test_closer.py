@@ -93,13 +93,9 @@ async def test_jobs_ending_together_share_the_barriers(spool: Spool, log: list[s
     assert all(s.startswith("sync active") for s in syncs[1::2])
 
 
-async def test_a_failure_is_the_outcome_of_its_job_only(spool: Spool, log: list[str],
-                                                        syncfs: bool) -> None:
-    closer = JobCloser(spool, syncfs=syncfs)
-    good, bad = make_job(spool, "good"), make_job(spool, "bad")
-    bad.close()
-    bad.part.unlink()  # its publish will fail
-    bad._fh = open(os.devnull, "ab")  # noqa: SIM115 - looks open, so publish renames
+async def close_all(closer: JobCloser, jobs: list[JobResults]) -> dict[str, object]:
+    """Close ``jobs`` together into done/; each one's outcome: its name there, or the
+    error its closing raised."""
     outcomes: dict[str, object] = {}
 
     async def end(jr: JobResults) -> None:
@@ -109,8 +105,19 @@ async def test_a_failure_is_the_outcome_of_its_job_only(spool: Spool, log: list[
             outcomes[jr.stem] = exc
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(end, good)
-        nursery.start_soon(end, bad)
+        for jr in jobs:
+            nursery.start_soon(end, jr)
+    return outcomes
+
+
+async def test_a_failure_is_the_outcome_of_its_job_only(spool: Spool, log: list[str],
+                                                        syncfs: bool) -> None:
+    closer = JobCloser(spool, syncfs=syncfs)
+    good, bad = make_job(spool, "good"), make_job(spool, "bad")
+    bad.close()
+    bad.part.unlink()  # its publish will fail
+    bad._fh = open(os.devnull, "ab")  # noqa: SIM115 - looks open, so publish renames
+    outcomes = await close_all(closer, [good, bad])
     assert outcomes["good"] == "good.json"
     assert isinstance(outcomes["bad"], FileNotFoundError)
     assert os.listdir(spool.folder("active")) == ["bad.json"]  # left for a restart
@@ -178,17 +185,7 @@ async def test_a_failed_move_leaves_only_its_job_in_active(
     monkeypatch.setattr(Spool, "move_out", move_out)
     closer = JobCloser(spool, syncfs=syncfs)
     jobs = [make_job(spool, stem) for stem in ("a", "bad", "b")]
-    outcomes: dict[str, object] = {}
-
-    async def end(jr: JobResults) -> None:
-        try:
-            outcomes[jr.stem] = await closer.close(jr, f"{jr.stem}.json", "done")
-        except OSError as exc:
-            outcomes[jr.stem] = exc
-
-    async with trio.open_nursery() as nursery:
-        for jr in jobs:
-            nursery.start_soon(end, jr)
+    outcomes = await close_all(closer, jobs)
     assert outcomes["a"] == "a.json" and outcomes["b"] == "b.json"
     assert isinstance(outcomes["bad"], PermissionError)
     assert os.listdir(spool.folder("active")) == ["bad.json"]
