@@ -75,7 +75,6 @@ class JobCloser:
         assert ending.outcome is not None
         return ending.outcome
 
-
     def _end_batch(self, batch: list[_Ending]) -> None:
         if self.barrier is None:
             try:

@@ -20,12 +20,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import trio
 
 from pacer.spool.durable import Barrier, fsync_dir
 from pacer.spool.folders import iter_result_ids
+
+_T = TypeVar("_T")
 
 
 def result_line(custom_id: str, upstream: str | None, attempts: int, *,
@@ -120,28 +122,24 @@ class JobResults:
         After :meth:`close` (a job task that ended while its last answers were still
         pending in the writer) the part file is opened for just this append; after
         :meth:`publish` appending is an error."""
-        if self._fh is not None:
-            _append_all_or_nothing(self._fh.fileno(), b"".join(lines))
-            return
-        if self.final.exists() and not self.part.exists():
-            raise RuntimeError(f"the results of {self.stem!r} are already published")
-        fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        try:
-            _append_all_or_nothing(fd, b"".join(lines))
-        finally:
-            os.close(fd)
+        self._on_part(_append_all_or_nothing, b"".join(lines))
 
     def write_unsynced(self, lines: list[bytes]) -> int:
         """Write ``lines`` without fsync (a :class:`Barrier` makes them durable
         with others'); returns where they start, for :meth:`cut_back`. All or
         nothing, as :meth:`append`."""
+        return self._on_part(_write_all_or_nothing, b"".join(lines))
+
+    def _on_part(self, write: Callable[[int, bytes], _T], data: bytes) -> _T:
+        """``write(fd, data)`` on the part file: the open one, or, after
+        :meth:`close`, opened for just this write."""
         if self._fh is not None:
-            return _write_all_or_nothing(self._fh.fileno(), b"".join(lines))
+            return write(self._fh.fileno(), data)
         if self.final.exists() and not self.part.exists():
             raise RuntimeError(f"the results of {self.stem!r} are already published")
         fd = os.open(self.part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         try:
-            return _write_all_or_nothing(fd, b"".join(lines))
+            return write(fd, data)
         finally:
             os.close(fd)
 
@@ -312,7 +310,6 @@ class ResultWriter:
             for event in carried:
                 event.set()
             return True
-
 
     def _write_batch(self, batch: dict[JobResults, list[bytes]]) -> int | OSError:
         """Append each job's lines; jobs done are dropped from ``batch``, so that on
