@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pacer.spool.access import hand_over, spool_identity
-from pacer.spool.durable import TEMP_NAME, Barrier, dumps_bytes, fsync_dir, write_durable
+from pacer.spool.durable import TEMP_NAME, dumps_bytes, fsync_dir, write_durable
 from pacer.spool.names import JOB_SUFFIXES, job_stem, job_weight
 
 __all__ = [
@@ -66,7 +66,6 @@ class Spool:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._lock_fd: int | None = None
-        self._claims: Barrier | None = None  # opened at the first claim
 
     def folder(self, name: str) -> Path:
         return self.root / name
@@ -114,9 +113,6 @@ class Spool:
         self._lock_fd = fd
 
     def unlock(self) -> None:
-        if self._claims is not None:
-            self._claims.close()
-            self._claims = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -224,14 +220,6 @@ class Spool:
         """
         claimed: list[str | None] = []
         error: OSError | None = None
-        if self._claims is None:
-            # fsyncs, not syncfs: a claim is on the way to the first request of an
-            # idle daemon, and syncfs also writes back what other programs left
-            # dirty on the filesystem (pick-up median 11 ms -> 24-93 ms measured).
-            try:
-                self._claims = Barrier(self.root, use_syncfs=False)
-            except OSError as exc:
-                return [], exc
         for name in names:
             try:
                 claimed.append(self._move_in(name))
@@ -240,8 +228,11 @@ class Spool:
                 break
         if any(c is not None for c in claimed):
             try:
-                assert self._claims is not None
-                self._claims.sync([self.folder("active"), self.folder("incoming")])
+                # Two fsyncs, not a syncfs (spool/durable.Barrier): a claim is on
+                # the way to an idle daemon's first request, and syncfs also writes
+                # back what other programs left dirty (pick-up 11 ms -> 24-93 ms).
+                fsync_dir(self.folder("active"))
+                fsync_dir(self.folder("incoming"))
             except OSError as exc:
                 return [], exc
         return claimed, error
