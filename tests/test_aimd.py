@@ -183,6 +183,23 @@ def test_changed_at_tells_when_the_limit_last_moved() -> None:
     assert limit.changed_at == t + 0.125
 
 
+def test_room_for_a_learned_rate_raises_the_limit_as_a_plateau_never_lowers_it() -> None:
+    limit, rec = steady_at(4, max_limit=12)
+    limit.make_room(3, at=1.0)
+    assert limit.limit == 4 and rec.changes == []
+    limit.make_room(7, at=1.0)
+    assert (limit.limit, limit.plateau, limit.phase, limit.changed_at) == (7, 7, "steady", 1.0)
+    assert rec.changes == [LimitChange(4, 7, "rate_room", 0, None, 1.0)]
+    limit.make_room(50, at=2.0)
+    assert limit.limit == 12  # max_limit
+
+
+def test_no_room_is_made_during_slow_start() -> None:
+    limit, rec = make(latency_tolerance=None)
+    limit.make_room(8, at=0.0)
+    assert limit.limit == 1 and rec.changes == []
+
+
 # ---- decreases ------------------------------------------------------------------------
 
 

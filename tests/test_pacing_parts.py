@@ -146,6 +146,31 @@ def test_well_below_twice_is_a_rate_cap_once_is_not() -> None:
     assert refuse(traffic, judge, 1.5, 3) == "rate"
 
 
+def test_evidence_confirmed_by_serving_its_concurrency_again_is_a_rate_cap() -> None:
+    """A rate cap with a tiny burst refuses now and then at a plateau it serves (a
+    fallen capacity would refuse it from then on): served again soon after, the one
+    refusal is enough (issue 10, rate-20-small-burst: the second refusal took 7 s)."""
+    traffic, judge = judge_after(4)
+    traffic.on_refusal(1.0)
+    first = judge.judge(1.0, 4, 0.99, 0.5, rate_known=False, pace_bound=False)
+    assert first.cause == "concurrency" and first.evidence
+    assert not judge.confirmed(1.05, 2)  # fewer in flight: proves nothing
+    served(traffic, 1.0, 1.3, 0.05, 3)  # served one below the refused concurrency
+    assert judge.confirmed(1.3, 3)
+    assert not judge.confirmed(1.35, 3)  # once
+
+
+def test_a_capacity_that_fell_is_not_confirmed_as_a_rate() -> None:
+    # Refused at 20 after serving 20; from then on only 5 are served.
+    traffic, judge = judge_after(20)
+    refuse(traffic, judge, 1.0, 20, 0.99, 0.5)
+    served(traffic, 1.0, 2.0, 0.05, 5)
+    assert not judge.confirmed(2.0, 5)
+    # A capacity that rose again many round trips later is no confirmation either.
+    served(traffic, 2.0, 3.0, 0.05, 20)
+    assert not judge.confirmed(3.0, 20)
+
+
 def test_evidence_older_than_its_window_is_forgotten() -> None:
     traffic, judge = judge_after(6)
     refuse(traffic, judge, 1.0, 3)

@@ -257,6 +257,23 @@ class AimdLimit(HookedLimit):
             self._changed_at = at
             self._hooks.emit(LimitChange(old, self._limit, "resumed", 0, None, at))
 
+    def make_room(self, concurrency: int, at: float) -> None:
+        """Raise the limit to ``concurrency`` if it is lower (reason ``rate_room``),
+        held as the plateau: a pacing gate's learned rate grew, and it can only be
+        searched further while the concurrency limit leaves room for its starts
+        (each waits for the other to bind: 10 s at 10/s under a cap of 20/s)."""
+        s = self.settings
+        new = max(s.min_limit, min(concurrency, s.max_limit))
+        if new <= self._limit or self._phase == "slow_start":
+            return
+        old = self._limit
+        self._limit = self._plateau = new
+        self._phase = "steady"
+        self._probes.held(at)
+        self._new_round(at)
+        self._changed_at = at
+        self._hooks.emit(LimitChange(old, new, "rate_room", 0, None, at))
+
     # ---- introspection, for status
 
     @property

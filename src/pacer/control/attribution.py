@@ -25,8 +25,11 @@ one it served a moment before (its bucket let a burst through). So a 429 is
   concurrency cap, 429s come at once after a rise, and each lowers the limit
   again until none comes; over a rate cap, once the upstream's burst is spent).
 
-``rate_evidence`` such 429s within ``rate_evidence_window`` s teach a rate; until
-then they are left to the concurrency limit. Once a rate is known, a 429 is put down
+``rate_evidence`` such 429s within ``rate_evidence_window`` s teach a rate; so does
+one whose concurrency (or one less) the successes sent after it prove again within
+``confirm_rtts`` typical service times (:meth:`RefusalJudge.confirmed`: a capacity
+that fell keeps refusing it, a rate cap's burst refills). Until then they are left
+to the concurrency limit. Once a rate is known, a 429 is put down
 to it when it is evidence, or when the pace bound at its start.
 
 Apart from that, its ``Retry-After`` pauses the whole upstream (``hold``) when
@@ -66,6 +69,7 @@ class AttributionSettings:
     rate_evidence: int = 2
     rate_evidence_window: float = 10.0
     settle_share: float = 1.5
+    confirm_rtts: float = 8.0
 
     def __post_init__(self) -> None:
         if self.rate_evidence < 1:
@@ -74,7 +78,7 @@ class AttributionSettings:
             raise ValueError("rate_evidence_window must be a finite number > 0, "
                              f"got {self.rate_evidence_window!r}")
         for name in ("concurrency_429s", "concurrency_429_ratio", "concurrency_margin",
-                     "concurrency_slack", "settle_share"):
+                     "concurrency_slack", "settle_share", "confirm_rtts"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -100,6 +104,8 @@ class RefusalJudge:
         self.settings = settings if settings is not None else AttributionSettings()
         self._evidence: deque[float] = deque()  # times of 429s evidencing a rate cap
         self._last_evidence = -math.inf
+        # The last evidence not yet enough to teach a rate: (when, in flight).
+        self._unconfirmed: tuple[float, int] | None = None
 
     def judge(self, now: float, inflight: int | None, started: float | None,
               limit_changed_at: float | None, *, rate_known: bool,
@@ -115,7 +121,37 @@ class RefusalJudge:
         if verdict.evidence:
             self._evidence.append(now)
             self._last_evidence = now
+            self._unconfirmed = (None if verdict.cause == "rate" or inflight is None
+                                 else (now, inflight))
         return verdict
+
+    def confirmed(self, now: float, inflight: int | None) -> bool:
+        """After a success of ``inflight``: does it confirm the last evidence that was
+        not enough by itself? A capacity that fell refuses that concurrency from then
+        on; a rate cap serves it again as soon as its burst refills. So once the
+        successes sent since prove that concurrency again (and the evidence is still
+        fresh: ``confirm_rtts`` typical service times), it was a rate cap, without
+        waiting for a second refusal (which, at a limit the refusals keep low, took
+        7 s over a rate cap of 20/s with a burst of 2)."""
+        pending = self._unconfirmed
+        if pending is None or inflight is None:
+            return False
+        at, refused_at = pending
+        # One below it, too: the refusal cut the limit, and at a few in flight a
+        # capacity that fell by one is as well served by a rate just under it.
+        enough = max(2, refused_at - 1)
+        if inflight < enough:
+            return False
+        if now - at > min(self.settings.rate_evidence_window,
+                          self.settings.confirm_rtts * self.traffic.typical_rtt(now)):
+            # Long enough for a capacity that fell to have risen again.
+            self._unconfirmed = None
+            return False
+        proof = self.traffic.proven_concurrency(now, at)
+        if proof is None or proof < enough:
+            return False
+        self._unconfirmed = None
+        return True
 
     def _judge(self, now: float, inflight: int | None, started: float | None,
                limit_changed_at: float | None, *, rate_known: bool,

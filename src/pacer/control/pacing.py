@@ -418,6 +418,10 @@ class Pacer:
         self._quotas.update(now, info)
         if status is not None and 200 <= status < 300:
             self._traffic.on_success(now, inflight, started)
+            if (self._learner.rate is None and self.settings.learn_rate
+                    and self._judge.confirmed(now, inflight)):
+                self._rate_hooks.emit(self._learner.on_rate_limited(
+                    now, None, self._traffic.success_rate(now)))
         if status == 429:
             self._traffic.on_refusal(now)
             self._learner.on_refusal()  # whatever it is put down to: no increase now

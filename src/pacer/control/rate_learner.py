@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["RateChange", "RateLearner", "RateLearnerSettings"]
+__all__ = ["RateChange", "RateLearner", "RateLearnerSettings", "room_for"]
 
 _EPS: Final = 1e-9
 
@@ -81,6 +81,12 @@ class RateLearnerSettings:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def room_for(rate: float, rtt: float, headroom: float = 1.25) -> int:
+    """The concurrency a rate of ``rate`` starts/s needs at ``rtt`` s each (Little's
+    law), with ``headroom``: enough that the rate, not the concurrency, binds."""
+    return max(1, math.ceil(rate * rtt * headroom))
 
 
 class RateLearner:

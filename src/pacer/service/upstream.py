@@ -28,6 +28,7 @@ from pacer.control.breaker import Breaker, BreakerSettings, BreakerTransition
 from pacer.control.limit import FixedLimit, Limit, LimitChange
 from pacer.control.outcome import Decision, Verdict, classify, decide
 from pacer.control.pacing import Pacer, PauseEvent, RateChange
+from pacer.control.rate_learner import room_for
 from pacer.control.ratelimit_headers import RateLimitInfo, parse_rate_limit_headers
 from pacer.control.retry import RetryBudget, RetrySettings, backoff_delay
 from pacer.control.tokens import estimate_tokens, tokens_used
@@ -124,6 +125,9 @@ class Upstream:
         log.info("rate.changed", upstream=self.name, reason=c.reason,
                  old_rate=None if c.old_rate is None else round(c.old_rate, 3),
                  new_rate=None if c.new_rate is None else round(c.new_rate, 3))
+        srtt = getattr(self.limit, "smoothed_rtt", None)
+        if c.new_rate is not None and srtt and isinstance(self.limit, AimdLimit):
+            self.limit.make_room(room_for(c.new_rate, srtt), c.at)
 
     def _on_breaker(self, t: BreakerTransition) -> None:
         self.stats.breaker_transitions += 1
