@@ -251,32 +251,31 @@ class JobRunner:
         """The request task the scheduler starts: send, say it is ``answered()``,
         then write the result line."""
         job = self.jobs[queue.name]
-        with structlog.contextvars.bound_contextvars(job=job.name):
-            try:
-                with structlog.contextvars.bound_contextvars(custom_id=item.custom_id,
-                                                             upstream=item.upstream):
-                    try:
-                        answer = await self.upstreams[item.upstream].send(item, self.stop)
-                    except Exception as exc:  # a bug must cost one request, not the daemon
-                        self.summary.count_error("request_crashed")
-                        log.exception("request.crashed", error=f"{type(exc).__name__}: {exc}")
-                        answer = Answer(0, error_code="internal_error",
-                                        error_message=f"{type(exc).__name__} inside pacer")
-                    if answer is None:
-                        return  # stopping: left for the next run
-                    answered()
-                    line = result_line(item.custom_id, item.upstream, answer.attempts,
-                                       status=answer.status, body=answer.body,
-                                       request_id=answer.request_id,
-                                       error_code=answer.error_code,
-                                       error_message=answer.error_message)
-                    await self.writer.write(job.results, line)
-                    if answer.ok:
-                        job.succeeded += 1
-                    else:
-                        job.failed += 1
-            finally:
-                job.count_queued(item.upstream, -1)
+        try:
+            with structlog.contextvars.bound_contextvars(job=job.name, custom_id=item.custom_id,
+                                                         upstream=item.upstream):
+                try:
+                    answer = await self.upstreams[item.upstream].send(item, self.stop)
+                except Exception as exc:  # a bug must cost one request, not the daemon
+                    self.summary.count_error("request_crashed")
+                    log.exception("request.crashed", error=f"{type(exc).__name__}: {exc}")
+                    answer = Answer(0, error_code="internal_error",
+                                    error_message=f"{type(exc).__name__} inside pacer")
+                if answer is None:
+                    return  # stopping: left for the next run
+                answered()
+                line = result_line(item.custom_id, item.upstream, answer.attempts,
+                                   status=answer.status, body=answer.body,
+                                   request_id=answer.request_id,
+                                   error_code=answer.error_code,
+                                   error_message=answer.error_message)
+                await self.writer.write(job.results, line)
+                if answer.ok:
+                    job.succeeded += 1
+                else:
+                    job.failed += 1
+        finally:
+            job.count_queued(item.upstream, -1)
 
     # -- rejection ----------------------------------------------------------------------
 

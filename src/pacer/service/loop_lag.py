@@ -33,13 +33,18 @@ __all__ = ["LoopLag"]
 class LoopLag(trio.abc.Instrument):
     """Per-task lateness while installed (:meth:`install`, inside ``trio.run``)."""
 
-    def __init__(self, clock: Callable[[], float] = trio.current_time) -> None:
-        self.clock = clock
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self.clock = clock if clock is not None else trio.current_time
+        self._own_clock = clock is None
         self._ready_at: dict[Task, float] = {}  # when a rescheduled task became ready
         self._lag: dict[Task, float] = {}  # seconds each task waited for the loop
         self.worst = 0.0  # the longest wait seen (benchmarks, status)
 
     def install(self) -> None:
+        if self._own_clock:
+            # The run's clock itself: its hooks run three times per task step, and
+            # trio.current_time goes through two more calls to reach it.
+            self.clock = trio.lowlevel.current_clock().current_time
         trio.lowlevel.add_instrument(self)
 
     def uninstall(self) -> None:
