@@ -352,6 +352,39 @@ def test_a_successful_probe_steps_further_not_slow_start() -> None:
     assert (limit.limit, limit.phase, limit.probe_wait) == (25, "steady", 3)
 
 
+def test_a_probe_step_waits_for_an_attempt_it_sent_that_is_still_out() -> None:
+    """Regression (issue 10, drops-at-high-concurrency): a cap of 5 that drops the
+    rest gives no answer to the step's extra attempt until its timeout, while the 5
+    it serves come back clean; each step was held, and the limit crept to 57."""
+    limit, rec = steady_at(10, max_probe_interval=100.0)
+    t = rounds(limit, 0.125, 3)
+    assert (limit.limit, limit.phase) == (11, "probe")
+    stepped = t
+    for _ in range(3):  # every answer tells that an attempt sent at the step is out
+        for _ in range(limit.limit):
+            limit.on_sample(Sample(t, RTT, 11, Outcome.SUCCESS, oldest_start=stepped))
+        t += RTT
+    assert (limit.limit, limit.phase, limit.plateau) == (11, "probe", 10)  # not held
+    assert rec.reasons() == ["probe"]
+    # Once it is answered (late but clean), the step is judged as any other.
+    limit.on_sample(Sample(stepped, t - stepped, 11, Outcome.SUCCESS))
+    for _ in range(limit.limit):
+        limit.on_sample(ok(t, RTT, 11))
+    assert (limit.limit, limit.plateau) == (13, 11)
+
+
+def test_an_older_attempt_still_out_says_nothing_of_the_step() -> None:
+    # Heavy-tailed service times: one sent before the step is still out.
+    limit, _ = steady_at(10, max_probe_interval=100.0)
+    t = rounds(limit, 0.125, 3)
+    assert limit.limit == 11
+    for _ in range(2):
+        for _ in range(limit.limit):
+            limit.on_sample(Sample(t, RTT, limit.limit, Outcome.SUCCESS, oldest_start=0.0))
+        t += RTT
+    assert limit.limit == 13
+
+
 def test_a_failed_first_probe_falls_back_and_waits_longer() -> None:
     limit, _ = steady_at(10, max_probe_interval=100.0)
     t = rounds(limit, 0.125, 3)

@@ -102,6 +102,33 @@ async def test_leaving_without_a_verdict_is_ignore_and_one_sample_only(
     assert limiter.inflight == 0
 
 
+async def test_a_sample_tells_when_the_oldest_other_attempt_started(
+        autojump_clock: MockClock) -> None:
+    """An upstream that drops what it cannot serve says nothing until the timeout:
+    the samples of the others tell that an attempt is still out, and since when."""
+    limit = Recording(3)
+    limiter = Limiter(limit)
+    hung = trio.Event()
+
+    async def dropped() -> None:
+        async with limiter.acquire():
+            await hung.wait()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(dropped)
+        await trio.sleep(0.5)
+        async with limiter.acquire() as slot:
+            await trio.sleep(0.1)
+            slot.success()
+        hung.set()
+    async with limiter.acquire() as slot:
+        slot.success()
+    t0 = limit.samples[0].start - 0.5
+    assert limit.samples[0].oldest_start == pytest.approx(t0)  # the hung one's start
+    assert limit.samples[1].oldest_start is None  # the hung one ended first (ignore)
+    assert limit.samples[2].oldest_start is None  # alone
+
+
 class Tracking(Recording):
     """A limit that shows who listens to it."""
 

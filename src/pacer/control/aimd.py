@@ -36,6 +36,9 @@ It learns the fastest safe concurrency of an upstream that never says its limit.
    attempts failed or only queued falls back to the last plateau that ran clean, and
    a series that found nothing waits twice as long for the next. (Resuming slow
    start instead overshot by up to 2x and fell back far below: 17 -> 58 -> 17.)
+   A step with an attempt it sent still out past a retransmission timeout's worth
+   of rtts (:attr:`~pacer.control.limit.Sample.oldest_start`) waits for it: an
+   upstream that drops what it cannot serve says nothing until the timeout.
 5. **Latency** (:mod:`pacer.control.rtt_estimate`). The smoothed rtt of successes
    sent since the last decrease above ``latency_tolerance`` x the no-load rtt, by
    more than the noise of both, is queueing (Vegas/Gradient): checked on every
@@ -104,6 +107,9 @@ _NOISE_Z: Final = 2.0
 _PROBE_RTT_SHARE: Final = 0.5
 # A probe step is judged on at least this many of its attempts (and half the limit).
 _PROBE_MIN_SAMPLES: Final = 4
+# A probe step waits for an attempt it sent that is still out after at least this
+# many smoothed rtts (it may have been dropped) before it is held as clean.
+_STRAGGLER_RTTS: Final = 1.5
 # Slow start's round delay test judges a round on at least this many rtts.
 _ROUND_TEST_SAMPLES: Final = 4
 # ... and only when its concurrency grew by this share over the last round's (a
@@ -412,6 +418,12 @@ class AimdLimit(HookedLimit):
                 # standard error, and a full window cost a round trip per step
                 # (a capacity rise took 8 s to find at 0.5 s rtts).
                 return
+            if self._step_unanswered(sample, now):
+                # An attempt the step sent is still out long after its like came
+                # back: the upstream may have dropped it (no answer until the
+                # timeout). Wait for it rather than hold the step as clean (a cap of
+                # 5 that drops the rest crept to a limit of 57 so).
+                return
             if self._probe_only_queued():
                 # More concurrency, proportionally more latency: past a knee, or a
                 # link whose latency grows with load. Not capacity: back down.
@@ -453,6 +465,17 @@ class AimdLimit(HookedLimit):
         # current spread slow start ran to 36-48 past a knee of 10 over real sockets.
         dev = min(self._rtt.dev, self._rtt.quiet_dev)
         return sample.upstream_rtt > tolerance * base + _NOISE_Z * DEV_TO_SD * dev
+
+    def _step_unanswered(self, sample: Sample, now: float) -> bool:
+        """Is an attempt sent since the probe step (every attempt sent before it
+        answered) still out past a retransmission timeout's worth of its like
+        (TCP's: smoothed rtt + 4 x mean deviation, and at least ``_STRAGGLER_RTTS``
+        smoothed rtts)? (An older one still out says nothing of the step: heavy-tailed
+        service times.)"""
+        oldest, srtt = sample.oldest_start, self._rtt.srtt
+        if oldest is None or srtt is None or oldest < self._probes.stepped_at:
+            return False
+        return now - oldest > max(_STRAGGLER_RTTS * srtt, srtt + 4.0 * self._rtt.dev)
 
     def _probe_only_queued(self) -> bool:
         """Did the probe step's attempts only queue (:meth:`ProbeSchedule.only_queued`:

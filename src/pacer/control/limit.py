@@ -32,6 +32,9 @@ class Sample:
     ``server_error``, ``connection``) and is ``ok`` otherwise. ``lag`` is the part
     of ``rtt`` that was the caller's own lateness (its event loop busy when the
     answer came), measured by the caller: the upstream did not add it.
+    ``oldest_start``: when the longest-outstanding other attempt started, as this
+    one finished (``None``: none, or not told): an upstream that drops what it
+    cannot serve says nothing of it until the timeout.
     """
 
     start: float
@@ -40,6 +43,7 @@ class Sample:
     outcome: Outcome
     reason: str = "ok"
     lag: float = 0.0
+    oldest_start: float | None = None
 
     @property
     def upstream_rtt(self) -> float:

@@ -50,6 +50,7 @@ class ProbeSchedule:
         self.ref_stderr = 0.0  # ... and its standard error (a mean of few rtts)
         # rtts of the successes sent once the last step had settled
         self.rtts = Moments()
+        self.stepped_at = -math.inf
         self.settled_at = -math.inf
 
     def held(self, now: float) -> None:
@@ -93,6 +94,7 @@ class ProbeSchedule:
     def stepped(self, now: float, srtt: float) -> None:
         """The limit stepped up at ``now``: judge it on attempts sent once most of
         the attempts sent before it left (half a smoothed rtt on)."""
+        self.stepped_at = now
         self.settled_at = now + _SETTLE_SHARE * srtt
         self.rtts = Moments()
 

@@ -69,6 +69,7 @@ class Attempt:
             outcome=outcome,
             reason=reason,
             lag=0.0 if lag is None else max(0.0, lag() - self._lag_at_start),
+            oldest_start=self._limiter.oldest_start(self),
         )
         self._limiter.limit.on_sample(sample)
         for listener in self._limiter.sample_listeners:  # fleet: the shared controller
@@ -88,6 +89,8 @@ class Limiter:
         self.lag = lag
         self._capacity = trio.CapacityLimiter(limit.limit)
         self.inflight = 0
+        # The attempts in flight, oldest admitted first (a dict keeps that order).
+        self._outstanding: dict[Attempt, None] = {}
         # fleet: a slot source outside this process (a fleet's leases) may bound the
         # slots instead of the limit (``set_cap``); the limit still learns from every
         # sample, and ``sample_listeners`` hear them too.
@@ -126,6 +129,14 @@ class Limiter:
         """In flight here and (fleet) on the other nodes sharing the limit."""
         return self.inflight + self.elsewhere
 
+    def oldest_start(self, besides: Attempt) -> float | None:
+        """When the attempt admitted first of those still in flight, ``besides``
+        left out, started (``None``: no other)."""
+        for attempt in self._outstanding:
+            if attempt is not besides:
+                return attempt.start
+        return None
+
     @property
     def waiting(self) -> int:
         return self._capacity.statistics().tasks_waiting
@@ -141,10 +152,12 @@ class Limiter:
         await self._capacity.acquire_on_behalf_of(borrower)
         self.inflight += 1
         attempt = Attempt(self, self.clock(), self.inflight)
+        self._outstanding[attempt] = None
         try:
             yield attempt
         finally:
             self.inflight -= 1
+            del self._outstanding[attempt]
             self._capacity.release_on_behalf_of(borrower)
             if not attempt.done:
                 attempt.ignore()
