@@ -49,7 +49,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mock_client import FreeListTransport, start_mock, stop_mock
+from mock_client import start_mock, stop_mock
 from scenarios import (
     CONTENDERS,
     SCENARIOS,
@@ -62,6 +62,7 @@ from scenarios import (
 )
 
 from pacer.config import UpstreamConfig
+from pacer.service.http1 import Http1Transport
 from pacer.service.loop_lag import LoopLag
 from pacer.service.upstream import Upstream
 from pacer.spool.jobs import Request
@@ -124,7 +125,7 @@ async def run_real(scenario: Scenario, contender: str, seed: int, answer_cpu: fl
                              retry_max_delay=scenario.retry_max_delay,
                              timeout=scenario.timeout, max_limit=scenario.max_limit)
 
-        class Recording(FreeListTransport):
+        class Recording(Http1Transport):
             async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
                 start = trio.current_time() - t0
                 status: int | None = None
@@ -142,7 +143,7 @@ async def run_real(scenario: Scenario, contender: str, seed: int, answer_cpu: fl
 
         client = httpx.AsyncClient(base_url=cfg.base_url, trust_env=False,
                                    timeout=httpx.Timeout(cfg.timeout, connect=5.0),
-                                   transport=Recording())
+                                   transport=Recording(max_connections=4096))
         async with client:
             up = Upstream(cfg, client, rng=random.Random(seed),
                           limit=make_limit(contender, scenario),  # type: ignore[arg-type]

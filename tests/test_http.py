@@ -190,7 +190,7 @@ async def test_exchange_over_loopback_reuses_connections(echo_url: str,
         async def one(i: int) -> None:
             req = Request(custom_id=f"c{i}", method="POST", url="/v1/x", upstream="u",
                           body={"i": i})
-            status, _headers, body, error, _msg = await exchange(client, req, 10.0)
+            status, _headers, body, error, _msg, _wire = await exchange(client, req, 10.0)
             assert (status, error) == (200, None)
             assert body["got"] == {"i": i}
             assert body["auth"] == "Bearer sk-test-key"

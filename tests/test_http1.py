@@ -27,8 +27,9 @@ import trio.testing
 import trustme
 
 from pacer.config import UpstreamConfig
+from pacer.service import wire_time
 from pacer.service.http import build_client, exchange
-from pacer.service.http1 import MAX_HEAD_BYTES, Http1Transport
+from pacer.service.http1 import MAX_HEAD_BYTES, WIRE_TIMING, Http1Transport
 from pacer.spool.jobs import Request
 
 
@@ -479,3 +480,38 @@ async def test_unsupported_scheme() -> None:
     async with httpx.AsyncClient(transport=Http1Transport(max_connections=1)) as client:
         with pytest.raises(httpx.UnsupportedProtocol):
             await client.get("ftp://127.0.0.1/")
+
+
+# ------------------------------------------------------------ the upstream's own time
+
+
+async def test_the_kernel_times_the_answer_to_its_last_byte(serve: Any) -> None:
+    """On Linux over plain TCP each answer carries the upstream's own time, read
+    from the kernel's arrival stamps: up to the last byte of the body."""
+    async def slow_body(stream: Stream, _seen: Seen) -> bool:
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhe")
+        await trio.sleep(0.2)
+        await stream.send_all(b"llo")
+        return True
+
+    server = await serve(slow_body)
+    async with client_for(server) as client:
+        req = Request(custom_id="c", method="GET", url="/a", upstream="u")
+        status, _headers, _body, failure, _msg, wire = await exchange(client, req, 5.0)
+    assert (status, failure) == (200, None)
+    with trio.socket.socket() as probe:
+        if not wire_time.enable(probe):
+            pytest.skip("no kernel arrival stamps here")
+    assert wire is not None and wire >= 0.2
+
+
+async def test_a_tls_answer_has_no_kernel_time(serve: Any) -> None:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    server = await serve(answer(ok()), tls=server_ctx)
+    async with client_for(server, verify=client_ctx) as client:
+        r = await client.get("/a")
+    assert r.extensions[WIRE_TIMING] is None

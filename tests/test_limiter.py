@@ -129,6 +129,24 @@ async def test_a_sample_tells_when_the_oldest_other_attempt_started(
     assert limit.samples[2].oldest_start is None  # alone
 
 
+async def test_the_kernels_time_leaves_the_rest_of_the_rtt_to_pacer(
+        autojump_clock: MockClock) -> None:
+    """When the transport measured the upstream's own time, the rest of the rtt was
+    pacer's (its loop busy, parsing): the limit judges only the upstream's."""
+    limit = Recording(1)
+    limiter = Limiter(limit, lag=lambda: 0.0)
+    async with limiter.acquire() as slot:
+        await trio.sleep(0.5)
+        slot.wire = 0.1
+        slot.success()
+    async with limiter.acquire() as slot:  # not measured: the loop's lag (none)
+        await trio.sleep(0.5)
+        slot.success()
+    first, second = limit.samples
+    assert (first.rtt, first.lag, first.upstream_rtt) == pytest.approx((0.5, 0.4, 0.1))
+    assert (second.lag, second.upstream_rtt) == pytest.approx((0.0, 0.5))
+
+
 class Tracking(Recording):
     """A limit that shows who listens to it."""
 

@@ -18,7 +18,7 @@ import trio
 
 from pacer.config import UpstreamConfig
 from pacer.control.outcome import TransportFailure
-from pacer.service.http1 import Http1Transport
+from pacer.service.http1 import WIRE_TIMING, Http1Transport
 from pacer.spool.jobs import Request
 
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
@@ -199,9 +199,12 @@ def transport_failure(exc: httpx.HTTPError) -> TransportFailure:
 
 
 async def exchange(client: httpx.AsyncClient, req: Request, timeout: float) -> tuple[
-        int | None, httpx.Headers | None, Any, TransportFailure | None, str | None]:
+        int | None, httpx.Headers | None, Any, TransportFailure | None, str | None,
+        float | None]:
     """Send and read the whole answer, under one deadline (httpx's timeouts are
-    per read: a body trickling in byte by byte would never trip them)."""
+    per read: a body trickling in byte by byte would never trip them). The last
+    value is the upstream's own time as the kernel saw it, when the transport
+    measured it (:mod:`pacer.service.wire_time`)."""
     status: int | None = None
     headers: httpx.Headers | None = None
     with trio.move_on_after(timeout) as scope:
@@ -212,7 +215,7 @@ async def exchange(client: httpx.AsyncClient, req: Request, timeout: float) -> t
         except (ValueError, UnicodeError, httpx.HTTPError) as exc:
             # Validation should have caught it: final, and says nothing about load.
             return (None, None, None, "invalid_request",
-                    f"cannot send: {type(exc).__name__}: {exc}")
+                    f"cannot send: {type(exc).__name__}: {exc}", None)
         try:
             response = await client.send(request, stream=True)
             try:
@@ -222,14 +225,15 @@ async def exchange(client: httpx.AsyncClient, req: Request, timeout: float) -> t
                     data += chunk
                     if len(data) > MAX_RESPONSE_BYTES:
                         return (None, headers, None, "response_too_large",
-                                f"response body larger than {MAX_RESPONSE_BYTES} bytes")
+                                f"response body larger than {MAX_RESPONSE_BYTES} bytes", None)
+                timing = response.extensions.get(WIRE_TIMING)
                 return (status, headers,
                         _decode_body(bytes(data), headers.get("content-type", "")),
-                        None, None)
+                        None, None, None if timing is None else timing.seconds)
             finally:
                 await response.aclose()
         except httpx.HTTPError as exc:
             text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            return None, None, None, transport_failure(exc), text
+            return None, None, None, transport_failure(exc), text, None
     assert scope.cancelled_caught
-    return None, None, None, "timeout", f"no complete answer within {timeout} s"
+    return None, None, None, "timeout", f"no complete answer within {timeout} s", None

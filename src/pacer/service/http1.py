@@ -37,7 +37,14 @@ import httptools
 import httpx
 import trio
 
-__all__ = ["Http1Transport"]
+from pacer.service import wire_time
+from pacer.service.wire_time import WireTiming
+
+__all__ = ["WIRE_TIMING", "Http1Transport"]
+
+# The response extension holding its :class:`~pacer.service.wire_time.WireTiming`
+# (plain TCP on Linux): the upstream's own time, once the body is read.
+WIRE_TIMING = "pacer.wire_timing"
 
 _READ_SIZE = 64 * 1024
 # An answer's status line and headers, at most (h11 allows 16 KiB by default;
@@ -72,6 +79,7 @@ class _Answer:
         "parser",
         "reason",
         "status",
+        "timing",
     )
 
     def __init__(self) -> None:
@@ -85,6 +93,7 @@ class _Answer:
         self.body: list[bytes] = []
         self.framed = False  # a content-length or chunked body (else: until close)
         self.extra = False  # bytes after the answer: the connection is not reusable
+        self.timing: WireTiming | None = None  # when the connection is stamped
 
     # -- httptools' callbacks (they must not raise) --
 
@@ -135,12 +144,14 @@ class _Answer:
 class _Connection:
     """One kept-alive stream to an origin."""
 
-    __slots__ = ("_poll", "idle_since", "stream")
+    __slots__ = ("_poll", "idle_since", "stamped", "stream")
 
     def __init__(self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]) -> None:
         self.stream = stream
         sock = stream.transport_stream.socket if isinstance(stream, trio.SSLStream) \
             else stream.socket
+        # Plain TCP: the kernel stamps what arrives, for the upstream's own time.
+        self.stamped = isinstance(stream, trio.SocketStream) and wire_time.enable(sock)
         # Reused connections are checked for readability (the server closed them,
         # or sent something unasked) with one poll of their own.
         self._poll = select.poll()
@@ -179,7 +190,7 @@ class _Body(httpx.AsyncByteStream):
                     yield chunk
             if answer.complete or self._conn is None:
                 return
-            data = await _receive(self._conn, self._read_timeout)
+            data = await _receive(self._conn, self._read_timeout, answer.timing)
             if not data:
                 if answer.framed:
                     raise httpx.RemoteProtocolError(_CUT_BODY)
@@ -196,9 +207,14 @@ class _Body(httpx.AsyncByteStream):
                                   and not answer.extra)
 
 
-async def _receive(conn: _Connection, timeout: float) -> bytes | bytearray:
+async def _receive(conn: _Connection, timeout: float,
+                   timing: WireTiming | None = None) -> bytes | bytearray:
     with trio.move_on_after(timeout) as scope:
         try:
+            if timing is not None and isinstance(conn.stream, trio.SocketStream):
+                data, at = await wire_time.receive(conn.stream.socket, _READ_SIZE)
+                timing.arrived(at)
+                return data
             return await conn.stream.receive_some(_READ_SIZE)
         except (trio.BrokenResourceError, OSError) as exc:
             raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
@@ -330,7 +346,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
         return httpx.Response(
             answer.status, headers=answer.headers,
             stream=_Body(self, origin, conn, answer, _timeout(timeouts, "read")),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": answer.reason})
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": answer.reason,
+                        WIRE_TIMING: answer.timing})
 
     async def _take_place(self, timeout: float) -> None:
         try:
@@ -352,12 +369,14 @@ class Http1Transport(httpx.AsyncBaseTransport):
         if scope.cancelled_caught:
             raise httpx.WriteTimeout("timed out sending the request")
         answer = _Answer()
+        if conn.stamped:
+            answer.timing = WireTiming()
         got = 0
         while not answer.head_done and not answer.complete:
             if got > MAX_HEAD_BYTES:
                 raise httpx.RemoteProtocolError(
                     f"the answer's head is larger than {MAX_HEAD_BYTES} bytes")
-            chunk = await _receive(conn, read_timeout)
+            chunk = await _receive(conn, read_timeout, answer.timing)
             if not chunk:
                 if got:
                     raise httpx.RemoteProtocolError(

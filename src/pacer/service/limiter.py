@@ -20,13 +20,16 @@ from pacer.control.limit import Limit, LimitChange, Outcome, Sample
 class Attempt:
     """One slot held under the limiter; record its outcome once."""
 
-    __slots__ = ("_done", "_lag_at_start", "_limiter", "_start", "inflight")
+    __slots__ = ("_done", "_lag_at_start", "_limiter", "_start", "inflight", "wire")
 
     def __init__(self, limiter: Limiter, start: float, inflight: int) -> None:
         self._limiter = limiter
         self._done = False
         self.start = start
         self.inflight = inflight
+        # The upstream's own time as the kernel saw it (service.wire_time), when the
+        # transport measured it: then the rest of the rtt was pacer's own.
+        self.wire: float | None = None
 
     @property
     def start(self) -> float:
@@ -62,13 +65,18 @@ class Attempt:
         self._done = True
         now = self._limiter.clock()
         lag = self._limiter.lag
+        rtt = now - self.start
+        if self.wire is not None:
+            own = min(rtt, max(0.0, rtt - self.wire))
+        else:
+            own = 0.0 if lag is None else max(0.0, lag() - self._lag_at_start)
         sample = Sample(
             start=self.start,
-            rtt=now - self.start,
+            rtt=rtt,
             inflight=self.inflight,
             outcome=outcome,
             reason=reason,
-            lag=0.0 if lag is None else max(0.0, lag() - self._lag_at_start),
+            lag=own,
             oldest_start=self._limiter.oldest_start(self),
         )
         self._limiter.limit.on_sample(sample)

@@ -359,7 +359,7 @@ class Upstream:
             # (fleet: shared_inflight counts the other nodes' attempts too)
             slot.inflight = max(1, self.limiter.shared_inflight - self.gate.held_back)
             gate_inflight = max(1, self.limiter.shared_inflight - self.gate.waiting)
-            status, headers, body, failure, message = await exchange(
+            status, headers, body, failure, message, slot.wire = await exchange(
                 self.client, req, self.cfg.timeout)
             info = (parse_rate_limit_headers(headers, self.wall_clock())
                     if headers is not None else RateLimitInfo())
