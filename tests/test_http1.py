@@ -505,13 +505,24 @@ async def test_the_kernel_times_the_answer_to_its_last_byte(serve: Any) -> None:
     assert wire is not None and wire >= 0.2
 
 
-async def test_a_tls_answer_has_no_kernel_time(serve: Any) -> None:
+async def test_a_tls_answer_is_timed_by_the_kernel_too(serve: Any) -> None:
+    async def slow(stream: Stream, _seen: Seen) -> bool:
+        await trio.sleep(0.2)
+        await stream.send_all(ok())
+        return True
+
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
     client_ctx = ssl.create_default_context()
     ca.configure_trust(client_ctx)
-    server = await serve(answer(ok()), tls=server_ctx)
+    server = await serve(slow, answer(ok()), tls=server_ctx)
     async with client_for(server, verify=client_ctx) as client:
         r = await client.get("/a")
-    assert r.extensions[WIRE_TIMING] is None
+        assert r.json() == {"ok": True}
+        timing = r.extensions[WIRE_TIMING]
+        assert (await client.get("/b")).json() == {"ok": True}  # the stream still works
+    with trio.socket.socket() as probe:
+        if not wire_time.enable(probe):
+            pytest.skip("no kernel arrival stamps here")
+    assert timing is not None and timing.seconds is not None and timing.seconds >= 0.2

@@ -38,7 +38,7 @@ import httpx
 import trio
 
 from pacer.service import wire_time
-from pacer.service.wire_time import WireTiming
+from pacer.service.wire_time import StampedStream, WireTiming
 
 __all__ = ["WIRE_TIMING", "Http1Transport"]
 
@@ -58,6 +58,7 @@ _NO_RESPONSE = "Server disconnected without sending a response."
 _CUT_BODY = "peer closed connection without sending complete message body"
 
 Origin = tuple[bytes, bytes, int]
+_TcpStream = trio.SocketStream | StampedStream
 
 
 def _timeout(timeouts: dict[str, float | None], key: str) -> float:
@@ -146,12 +147,12 @@ class _Connection:
 
     __slots__ = ("_poll", "idle_since", "stamped", "stream")
 
-    def __init__(self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]) -> None:
+    def __init__(self, stream: _TcpStream | trio.SSLStream[_TcpStream]) -> None:
         self.stream = stream
-        sock = stream.transport_stream.socket if isinstance(stream, trio.SSLStream) \
-            else stream.socket
-        # Plain TCP: the kernel stamps what arrives, for the upstream's own time.
-        self.stamped = isinstance(stream, trio.SocketStream) and wire_time.enable(sock)
+        tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        sock = tcp.socket
+        # The kernel stamps what arrives, for the upstream's own time (Linux).
+        self.stamped = tcp if isinstance(tcp, StampedStream) else None
         # Reused connections are checked for readability (the server closed them,
         # or sent something unasked) with one poll of their own.
         self._poll = select.poll()
@@ -165,9 +166,8 @@ class _Connection:
         """Close now, without a TLS close_notify (a synchronous close cannot be
         cancelled halfway, and it is what a dropped connection needs)."""
         stream = self.stream
-        sock = stream.transport_stream.socket if isinstance(stream, trio.SSLStream) \
-            else stream.socket
-        sock.close()
+        tcp = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        tcp.socket.close()
 
 
 class _Body(httpx.AsyncByteStream):
@@ -211,11 +211,10 @@ async def _receive(conn: _Connection, timeout: float,
                    timing: WireTiming | None = None) -> bytes | bytearray:
     with trio.move_on_after(timeout) as scope:
         try:
-            if timing is not None and isinstance(conn.stream, trio.SocketStream):
-                data, at = await wire_time.receive(conn.stream.socket, _READ_SIZE)
-                timing.arrived(at)
-                return data
-            return await conn.stream.receive_some(_READ_SIZE)
+            data = await conn.stream.receive_some(_READ_SIZE)
+            if timing is not None and conn.stamped is not None:
+                timing.arrived(conn.stamped)
+            return data
         except (trio.BrokenResourceError, OSError) as exc:
             raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
         except trio.ClosedResourceError as exc:
@@ -272,9 +271,11 @@ class Http1Transport(httpx.AsyncBaseTransport):
         name = host.decode("ascii")
         with trio.move_on_after(timeout):
             try:
-                tcp = await trio.open_tcp_stream(name.strip("[]"), port)
+                plain = await trio.open_tcp_stream(name.strip("[]"), port)
             except OSError as exc:
                 raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
+            tcp: _TcpStream = (StampedStream(plain) if wire_time.enable(plain.socket)
+                               else plain)
             if scheme != b"https":
                 return _Connection(tcp)
             tls = trio.SSLStream(tcp, self._tls(), server_hostname=name.strip("[]"),

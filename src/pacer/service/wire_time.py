@@ -6,13 +6,15 @@ a second on two cores), an answer waits in the socket until its task runs, and a
 rtt timed by the task grows although the upstream answered on time (issue 10,
 cause 5: the limit was cut for latency the upstream never added). The kernel
 stamps each packet as it arrives (``SO_TIMESTAMPNS``); reading with ``recvmsg``
-returns the stamp of the data read. Linux only, plain TCP only (a TLS stream reads
-records through its own buffer); elsewhere :func:`enable` says no and the caller
-falls back on the loop's measured lag (:mod:`pacer.service.loop_lag`).
+returns the stamp of the data read. :class:`StampedStream` reads a TCP connection
+so, under TLS too (the TLS layer reads its records through it). Linux only;
+elsewhere :func:`enable` says no and the caller falls back on the loop's measured
+lag (:mod:`pacer.service.loop_lag`).
 """
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 import sys
@@ -20,7 +22,7 @@ import time
 
 import trio
 
-__all__ = ["WireTiming", "enable", "receive"]
+__all__ = ["StampedStream", "WireTiming", "enable"]
 
 # Not in Python's socket module: the asm-generic values, which x86, arm and riscv
 # use (alpha, mips, parisc and sparc differ: not enabled there).
@@ -50,16 +52,51 @@ def enable(sock: trio.socket.SocketType) -> bool:
     return True
 
 
-async def receive(sock: trio.socket.SocketType, size: int) -> tuple[bytes, float | None]:
-    """Up to ``size`` bytes from ``sock`` and when they arrived (``time.time()``'s
-    clock; ``None`` if the kernel gave no stamp)."""
-    data, ancillary, _flags, _address = await sock.recvmsg(size, _ANCILLARY_SIZE)
+def _stamp(ancillary: list[tuple[int, int, bytes]]) -> float | None:
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS \
                 and len(payload) >= _TIMESPEC.size:
             seconds, nanoseconds = _TIMESPEC.unpack_from(payload)
-            return data, seconds + nanoseconds / 1e9
-    return data, None
+            return float(seconds + nanoseconds / 1e9)
+    return None
+
+
+class StampedStream(trio.abc.HalfCloseableStream):
+    """A TCP stream (a :class:`trio.SocketStream` whose socket :func:`enable` d
+    stamps) whose reads note when their bytes arrived: ``last_arrival``, on
+    ``time.time()``'s clock."""
+
+    def __init__(self, inner: trio.SocketStream) -> None:
+        self.inner = inner
+        self.socket = inner.socket
+        self.last_arrival: float | None = None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        size = 65536 if max_bytes is None else max_bytes
+        if size < 1:
+            raise ValueError("max_bytes must be >= 1")
+        try:
+            data, ancillary, _flags, _address = await self.socket.recvmsg(size, _ANCILLARY_SIZE)
+        except OSError as exc:  # as trio.SocketStream translates them
+            if exc.errno == errno.EBADF:
+                raise trio.ClosedResourceError("this stream was closed") from None
+            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+        at = _stamp(ancillary)
+        if at is not None:
+            self.last_arrival = at
+        return data
 
 
 class WireTiming:
@@ -71,9 +108,10 @@ class WireTiming:
         self.sent_at = time.time()  # the request's last byte handed to the kernel
         self.last_arrival: float | None = None
 
-    def arrived(self, at: float | None) -> None:
-        if at is not None:
-            self.last_arrival = at
+    def arrived(self, stream: StampedStream) -> None:
+        """The answer's bytes read so far came through ``stream``."""
+        if stream.last_arrival is not None:
+            self.last_arrival = stream.last_arrival
 
     @property
     def seconds(self) -> float | None:
