@@ -43,7 +43,7 @@ from pacer.service.wire_time import StampedStream, WireTiming
 __all__ = ["WIRE_TIMING", "Http1Transport"]
 
 # The response extension holding its :class:`~pacer.service.wire_time.WireTiming`
-# (plain TCP on Linux): the upstream's own time, once the body is read.
+# (Linux, plain TCP and TLS; else None): the upstream's own time, once the body is read.
 WIRE_TIMING = "pacer.wire_timing"
 
 _READ_SIZE = 64 * 1024

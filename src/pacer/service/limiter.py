@@ -96,7 +96,6 @@ class Limiter:
         # limit never reads pacer's own delays as the upstream's latency.
         self.lag = lag
         self._capacity = trio.CapacityLimiter(limit.limit)
-        self.inflight = 0
         # The attempts in flight, oldest admitted first (a dict keeps that order).
         self._outstanding: dict[Attempt, None] = {}
         # fleet: a slot source outside this process (a fleet's leases) may bound the
@@ -137,6 +136,10 @@ class Limiter:
         """In flight here and (fleet) on the other nodes sharing the limit."""
         return self.inflight + self.elsewhere
 
+    @property
+    def inflight(self) -> int:
+        return len(self._outstanding)
+
     def oldest_start(self, besides: Attempt) -> float | None:
         """When the attempt admitted first of those still in flight, ``besides``
         left out, started (``None``: no other)."""
@@ -158,13 +161,11 @@ class Limiter:
         """
         borrower = object()
         await self._capacity.acquire_on_behalf_of(borrower)
-        self.inflight += 1
-        attempt = Attempt(self, self.clock(), self.inflight)
+        attempt = Attempt(self, self.clock(), self.inflight + 1)
         self._outstanding[attempt] = None
         try:
             yield attempt
         finally:
-            self.inflight -= 1
             del self._outstanding[attempt]
             self._capacity.release_on_behalf_of(borrower)
             if not attempt.done:

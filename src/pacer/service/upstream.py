@@ -125,9 +125,9 @@ class Upstream:
         log.info("rate.changed", upstream=self.name, reason=c.reason,
                  old_rate=None if c.old_rate is None else round(c.old_rate, 3),
                  new_rate=None if c.new_rate is None else round(c.new_rate, 3))
-        srtt = getattr(self.limit, "smoothed_rtt", None)
-        if c.new_rate is not None and srtt and isinstance(self.limit, AimdLimit):
-            self.limit.make_room(room_for(c.new_rate, srtt), c.at)
+        if isinstance(self.limit, AimdLimit) and c.new_rate is not None \
+                and self.limit.smoothed_rtt:
+            self.limit.make_room(room_for(c.new_rate, self.limit.smoothed_rtt), c.at)
 
     def _on_breaker(self, t: BreakerTransition) -> None:
         self.stats.breaker_transitions += 1
