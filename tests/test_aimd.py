@@ -152,6 +152,26 @@ def test_slow_start_ends_just_below_the_refused_concurrency() -> None:
     )
 
 
+def test_every_drop_within_an_rtt_of_leaving_slow_start_steps_down_by_one() -> None:
+    """Attempts admitted before slow start ended still go out after its first drop
+    (their starts spread): refused one after the other just past the cap, each is
+    the overshoot, not a fallen capacity. Sized by what was delivered (slow start
+    had ramped up within the last rtt) the third went 33 -> 18 under a cap of 32."""
+    limit, rec = make(latency_tolerance=None)
+    t = 0.0
+    for _ in range(5):
+        t = send_round(limit, t)
+    assert limit.limit == 32
+    limit.on_sample(drop(t, 32, rtt=0.001))
+    limit.on_sample(drop(t + 0.01, 31, rtt=0.001))
+    limit.on_sample(drop(t + 0.02, 30, rtt=0.001))
+    assert [c.new_limit for c in rec.changes[-3:]] == [31, 30, 29]
+    # A smoothed rtt later a drop is the capacity's again, sized by what it still
+    # delivered (nothing here): half at most.
+    limit.on_sample(drop(t + RTT + 0.01, 29, rtt=0.001))
+    assert limit.limit == 14
+
+
 def test_slow_start_exit_never_below_half() -> None:
     limit, _ = make(initial_limit=20, latency_tolerance=None)
     limit.on_sample(drop(0.0, 3))  # a stray 429 at inflight 3
@@ -172,6 +192,20 @@ def test_paced_successes_feed_the_rtt_but_never_grow_the_limit() -> None:
         limit.on_sample(Sample(i * RTT, RTT, 1, Outcome.SUCCESS, PACED))
     assert limit.limit == 1 and rec.changes == []
     assert limit.smoothed_rtt == RTT
+
+
+def test_the_spread_rate_is_twice_the_limits_own_pace_past_slow_start() -> None:
+    limit, _ = make(latency_tolerance=None)
+    assert limit.spread_rate is None
+    t = send_round(limit, 0.0)  # 1 -> 2
+    t = send_round(limit, t)  # 2 -> 4
+    assert limit.smoothed_rtt == pytest.approx(RTT)
+    assert limit.spread_rate is None  # slow start's rounds are read unspread
+    limit.on_sample(drop(t, 4))
+    assert limit.phase == "steady" and limit.limit == 3
+    assert limit.spread_rate == pytest.approx(2 * 3 / RTT)
+    send_round(limit, t + 0.01, rtt=2 * RTT)
+    assert limit.spread_rate == pytest.approx(2 * 3 / limit.smoothed_rtt)
 
 
 def test_changed_at_tells_when_the_limit_last_moved() -> None:

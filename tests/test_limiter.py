@@ -188,3 +188,86 @@ async def _hold(limiter: Limiter) -> None:
     async with limiter.acquire() as slot:
         await trio.sleep(1)
         slot.success()
+
+
+class Spreading(Recording):
+    """A limit that asks for its starts to be spread (as AimdLimit.spread_rate)."""
+
+    def __init__(self, limit: int, spread_rate: float | None) -> None:
+        super().__init__(limit)
+        self.spread_rate = spread_rate
+
+
+async def _hold_for(limiter: Limiter, seconds: float, started: list[float]) -> None:
+    async with limiter.acquire() as slot:
+        started.append(trio.current_time())
+        await trio.sleep(seconds)
+        slot.success()
+
+
+async def test_the_slots_a_rise_opens_are_let_in_spread_out(autojump_clock: MockClock) -> None:
+    """Issue 10: a probe's extra start sent right beside the refill of the answer that
+    stepped it was refused by a rate cap with a burst of 2 (every probe past 3 in
+    flight, for 10 s). The slots a rise opens go one per 1/spread_rate, from every
+    admission; a slot in use before the rise is refilled at once."""
+    limit = Spreading(2, spread_rate=10.0)
+    limiter = Limiter(limit)
+    started: list[float] = []
+    async with trio.open_nursery() as nursery:
+        for _ in range(2):
+            nursery.start_soon(_hold_for, limiter, 1.0, started)
+        await trio.sleep(0.5)
+        for _ in range(3):
+            nursery.start_soon(_hold_for, limiter, 1.0, started)
+        await trio.testing.wait_all_tasks_blocked()
+        limit.set(5, at=trio.current_time())
+        await trio.sleep(0.5)  # t = 1.0: the first two end, two waiters refill at once
+        for _ in range(2):
+            nursery.start_soon(_hold_for, limiter, 1.0, started)
+    assert started == pytest.approx([0.0, 0.0, 0.5, 0.6, 0.7, 1.0, 1.0])
+
+
+async def test_a_cut_closes_the_slots_and_a_rise_spreads_them_again(
+        autojump_clock: MockClock) -> None:
+    limit = Spreading(3, spread_rate=10.0)
+    limiter = Limiter(limit)
+    started: list[float] = []
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(_hold_for, limiter, 0.1, started)
+    limit.set(1, at=trio.current_time())  # t = 0.1
+    limit.set(3, at=trio.current_time())
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(_hold_for, limiter, 0.1, started)
+    # The first slot refills at once; the two reopened ones wait their turn, after
+    # the four admissions before them (a debt of 2 at t = 0.1, paid by t = 0.4).
+    assert started == pytest.approx([0.0, 0.0, 0.0, 0.1, 0.4, 0.5])
+
+
+async def test_without_a_spread_rate_a_rise_admits_at_once(autojump_clock: MockClock) -> None:
+    limit = Spreading(1, spread_rate=None)
+    limiter = Limiter(limit)
+    started: list[float] = []
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(_hold_for, limiter, 1.0, started)
+        await trio.testing.wait_all_tasks_blocked()
+        limit.set(4, at=trio.current_time())
+    assert started == [0.0, 0.0, 0.0, 0.0]
+
+
+async def test_cancelled_while_spread_gives_its_slot_back(autojump_clock: MockClock) -> None:
+    limit = Spreading(1, spread_rate=0.1)  # one admission past the open slots per 10 s
+    limiter = Limiter(limit)
+    started: list[float] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_hold_for, limiter, 100.0, started)
+        await trio.testing.wait_all_tasks_blocked()
+        limit.set(2, at=trio.current_time())
+        with trio.move_on_after(1.0):
+            await _hold_for(limiter, 1.0, started)
+        assert started == [0.0] and limiter.inflight == 1
+        assert limiter._capacity.borrowed_tokens == 1  # the cancelled one gave it back
+        nursery.cancel_scope.cancel()
+    assert [s.outcome for s in limit.samples] == [Outcome.IGNORE]

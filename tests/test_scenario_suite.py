@@ -16,14 +16,7 @@ import pytest
 import trio.testing
 from scenarios import CONTENDERS, SCENARIOS, Scenario, run_virtual
 
-NOT_YET: dict[str, str] = {
-    "rate-20-small-burst": "84.7-95.5% of the rate (seeds 1-5, two below 90%): starts"
-                           " that bunch are refused at any concurrency, and the"
-                           " refusals come just after the limit's own probes and read"
-                           " as a concurrency cap until one comes at a plateau the"
-                           " upstream then serves again (8-12 s in); the rate is then"
-                           " searched up from what the low limit let through",
-}
+NOT_YET: dict[str, str] = {}
 
 
 def params() -> list[object]:

@@ -110,6 +110,9 @@ _PROBE_MIN_SAMPLES: Final = 4
 # A probe step waits for an attempt it sent that is still out after at least this
 # many smoothed rtts (it may have been dropped) before it is held as clean.
 _STRAGGLER_RTTS: Final = 1.5
+# Starts are spread to at most this many times the limit's own pace (TCP pacing
+# uses 2 in slow start, 1.2 after it).
+_SPREAD_GAIN: Final = 2.0
 # Slow start's round delay test judges a round on at least this many rtts.
 _ROUND_TEST_SAMPLES: Final = 4
 # ... and only when its concurrency grew by this share over the last round's (a
@@ -197,7 +200,8 @@ class AimdLimit(HookedLimit):
         self._ss_stalls = 0
         self._probes = ProbeSchedule(s.probe_rounds, s.max_probe_interval, s.initial_limit)
         self._changed_at: float | None = None  # when the limit last moved
-        self._slow_start_left_at = -math.inf
+        # Until then the drops are those of leaving slow start (a smoothed rtt after).
+        self._ramp_until = -math.inf
         # Failures per concurrency: do they grow with it (congestion) or not (faults)?
         self._failure_levels = FailureLevels()
 
@@ -308,6 +312,21 @@ class AimdLimit(HookedLimit):
     def smoothed_rtt(self) -> float | None:
         """EWMA of the rtt of successes sent since the last decrease (before: older)."""
         return self._rtt.srtt
+
+    @property
+    def spread_rate(self) -> float | None:
+        """How fast the slots a rise opens may be used (starts per second; the
+        limiter spreads them): ``_SPREAD_GAIN`` times the limit's own pace, limit /
+        smoothed rtt. A probe's extra start sent right beside the refill of the
+        answer that stepped it reaches a rate cap with a small burst as a burst (one
+        of 20/s with a burst of 2 refused every probe past 3 in flight for 10 s).
+        ``None`` (no spreading) before an rtt is known, and in slow start, whose
+        round tests read the rtt growth of each doubling: spread, a link whose
+        latency grows with load left slow start at 4 in flight, not 1."""
+        srtt = self._rtt.srtt
+        if not srtt or self._phase == "slow_start":
+            return None
+        return _SPREAD_GAIN * self._limit / srtt
 
     @property
     def changed_at(self) -> float | None:
@@ -516,11 +535,13 @@ class AimdLimit(HookedLimit):
             new = self._plateau
             self._probes.failed(self._plateau)
         else:
-            # Within a round trip of leaving slow start, a first drop says that it
-            # left a little too high (the in-flight counts are blurred by answers
-            # in transit), not that the capacity fell.
-            ramped = now - self._slow_start_left_at < (self._rtt.srtt or 0.0)
-            self._slow_start_left_at = -math.inf
+            # Within a round trip of leaving slow start, a drop says that it left a
+            # little too high (the in-flight counts are blurred by answers in
+            # transit, and attempts admitted before that exit still go out), not
+            # that the capacity fell (a cut sized by what was delivered, after a
+            # slow start that ramped up within the last rtt, went 33 -> 18 under a
+            # cap of 32).
+            ramped = now < self._ramp_until
             if reason == "saturated":
                 # The concurrency that delivers the best rate without a queue.
                 # (That rtt read to its upper noise bound: a round of a few
@@ -546,7 +567,7 @@ class AimdLimit(HookedLimit):
                 new = max(new, old // 2)
         new = max(s.min_limit, min(new, old, s.max_limit))
         if self._phase == "slow_start":
-            self._slow_start_left_at = now
+            self._ramp_until = now + (self._rtt.srtt or 0.0)
         if self._phase != "probe":
             # A capacity found or fallen: probe soon.
             self._probes.soon()

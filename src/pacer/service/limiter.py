@@ -1,8 +1,9 @@
 """The *limiter*: enforces whatever a :class:`~pacer.control.limit.Limit` currently says.
 
 It follows the limit through its change hook by reassigning
-``trio.CapacityLimiter.total_tokens``: raising it wakes waiters at once, lowering it
-lets in-flight holders finish and blocks new ones. Each acquired slot is an
+``trio.CapacityLimiter.total_tokens``: lowering it lets in-flight holders finish and
+blocks new ones; the slots a rise opens are let in spread out (see
+:meth:`Limiter.acquire`). Each acquired slot is an
 :class:`Attempt`, on which the caller records exactly one outcome (success with an
 rtt, ignore, dropped), like Netflix's ``Limiter.Listener``.
 """
@@ -14,6 +15,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from pacer.control.bucket import TokenBucket
 from pacer.control.limit import Limit, LimitChange, Outcome, Sample
 
 
@@ -96,6 +98,11 @@ class Limiter:
         # limit never reads pacer's own delays as the upstream's latency.
         self.lag = lag
         self._capacity = trio.CapacityLimiter(limit.limit)
+        # Slots a rise of the limit opened are let in spread out, one start's
+        # share of the limit's spread rate apart from every other admission; the
+        # slots in use before it are refilled at once. ``_open``: how many are.
+        self._open = max(1, limit.limit)
+        self._spacing = TokenBucket(1.0)
         # The attempts in flight, oldest admitted first (a dict keeps that order).
         self._outstanding: dict[Attempt, None] = {}
         # fleet: a slot source outside this process (a fleet's leases) may bound the
@@ -117,6 +124,7 @@ class Limiter:
 
     def _follow(self, change: LimitChange) -> None:
         self._capacity.total_tokens = self._tokens()
+        self._open = min(self._open, max(1, change.new_limit))
 
     def set_cap(self, cap: int | None) -> None:
         """fleet: hold at most ``cap`` slots (0 allowed: none now), whatever the
@@ -152,6 +160,26 @@ class Limiter:
     def waiting(self) -> int:
         return self._capacity.statistics().tasks_waiting
 
+    async def _spread(self) -> None:
+        """Answers that come back together free their slots together, and a rise of
+        the limit opens more at that moment (slow start, a probe): sent at once,
+        such a bunch reaches a rate cap with a small burst as a burst (one of 20/s
+        with a burst of 2 refused every probe past 3 in flight for 10 s). An
+        admission past the slots open waits its turn at the limit's spread rate
+        (:attr:`AimdLimit.spread_rate <pacer.control.aimd.AimdLimit.spread_rate>`),
+        counted from every admission; the others go at once."""
+        rate = getattr(self.limit, "spread_rate", None)
+        now = self.clock()
+        self._spacing.set_rate(now, rate)
+        if rate is not None and self.inflight >= self._open:
+            at = self._spacing.earliest(now, 1.0)
+            self._spacing.take(now, 1.0)  # its turn is taken now: others queue after
+            if at > now:
+                await trio.sleep_until(at)
+            self._open = min(self._open + 1, self._tokens())
+        else:
+            self._spacing.take(now, 1.0)
+
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[Attempt]:
         """Hold one slot for the body of the ``async with``.
@@ -161,6 +189,11 @@ class Limiter:
         """
         borrower = object()
         await self._capacity.acquire_on_behalf_of(borrower)
+        try:
+            await self._spread()
+        except BaseException:
+            self._capacity.release_on_behalf_of(borrower)
+            raise
         attempt = Attempt(self, self.clock(), self.inflight + 1)
         self._outstanding[attempt] = None
         try:
