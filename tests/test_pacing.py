@@ -307,14 +307,15 @@ def test_the_learned_rate_is_probed_upward_while_it_binds() -> None:
     t = feed_successes(pacer, 0.0, 2.0, 0.05)
     pacer.on_response(t, EMPTY, 429, inflight=1)
     # First a quick search (x1.1, then x1.2, ...: the growth doubles per clean, busy
-    # second in a row)...
-    greedy(pacer, 2.0, 4.5)
+    # half second in a row)...
+    greedy(pacer, 2.0, 3.3)
     probes = [r for r in rates if r.reason == "probe"]
     assert [r.new_rate for r in probes] == pytest.approx([19.8, 19.8 * 1.2])
-    assert 3.0 <= probes[0].at < 3.1
+    assert 2.5 <= probes[0].at < 2.6 and 3.0 <= probes[1].at < 3.1
+    greedy(pacer, 3.3, 4.5)
     # ...then, after the next decrease, additive steps of 2 % of the rate set then.
     pacer.on_response(4.5, EMPTY, 429, inflight=1)
-    top = 19.8 * 1.2
+    top = 19.8 * 1.2 * 1.4 * 1.8
     assert rates[-1] == RateChange(approx(top), approx(top * 0.81), "rate_limited", 4.5)
     base = top * 0.81
     greedy(pacer, 4.5, 6.6)

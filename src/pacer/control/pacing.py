@@ -124,6 +124,7 @@ class PacerSettings:
     backoff: float = 0.9
     decrease_interval: float = 1.0
     increase_interval: float = 1.0
+    search_interval: float = 0.5
     increase_step: float = 0.02
     search_growth: float = 0.1
     min_increase: float = 0.001
@@ -170,7 +171,8 @@ class PacerSettings:
     def learner(self) -> RateLearnerSettings:
         return RateLearnerSettings(
             backoff=self.backoff, decrease_interval=self.decrease_interval,
-            increase_interval=self.increase_interval, increase_step=self.increase_step,
+            increase_interval=self.increase_interval, search_interval=self.search_interval,
+            increase_step=self.increase_step,
             search_growth=self.search_growth, min_increase=self.min_increase,
             busy_fraction=self.busy_fraction, busy_starts=self.busy_starts,
             min_rate=self.min_rate)
