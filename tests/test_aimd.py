@@ -72,7 +72,7 @@ def steady_at(plateau: int, **kwargs: object) -> tuple[AimdLimit, Recorder]:
 def test_defaults() -> None:
     s = AimdSettings()
     assert (s.initial_limit, s.min_limit, s.max_limit) == (1, 1, 256)
-    assert (s.backoff_ratio, s.latency_tolerance, s.rtt_smoothing) == (0.9, 1.2, 0.1)
+    assert (s.backoff_ratio, s.latency_tolerance, s.rtt_smoothing) == (0.9, 1.15, 0.1)
     assert (s.min_rtt_window, s.probe_rounds, s.max_probe_interval) == (30.0, 3, 2.0)
     limit = AimdLimit()
     assert (limit.limit, limit.phase, limit.ceiling, limit.min_rtt) == (1, "slow_start", None, None)

@@ -143,7 +143,7 @@ class AimdSettings:
     min_limit: int = 1
     max_limit: int = 256
     backoff_ratio: float = 0.9
-    latency_tolerance: float | None = 1.2
+    latency_tolerance: float | None = 1.15
     rtt_smoothing: float = 0.1
     min_rtt_window: float = 30.0
     probe_rounds: int = 3
