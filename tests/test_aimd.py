@@ -66,6 +66,17 @@ def steady_at(plateau: int, **kwargs: object) -> tuple[AimdLimit, Recorder]:
     return limit, rec
 
 
+def slow_started_to_32() -> tuple[AimdLimit, Recorder, float]:
+    """Five slow-start round trips from 1 (no latency signal): the limit at 32, and
+    when the last round came back."""
+    limit, rec = make(latency_tolerance=None)
+    t = 0.0
+    for _ in range(5):
+        t = send_round(limit, t)
+    assert limit.limit == 32
+    return limit, rec, t
+
+
 # ---- settings -------------------------------------------------------------------------
 
 
@@ -139,11 +150,7 @@ def test_slow_start_grows_only_on_samples_that_used_half_the_limit() -> None:
 
 
 def test_slow_start_ends_just_below_the_refused_concurrency() -> None:
-    limit, rec = make(latency_tolerance=None)
-    t = 0.0
-    for _ in range(5):
-        t = send_round(limit, t)
-    assert limit.limit == 32
+    limit, rec, t = slow_started_to_32()
     limit.on_sample(drop(t, 32, rtt=0.125))
     assert limit.limit == 31
     assert (limit.phase, limit.ceiling, limit.plateau) == ("steady", 32, 31)
@@ -157,11 +164,7 @@ def test_every_drop_within_an_rtt_of_leaving_slow_start_steps_down_by_one() -> N
     (their starts spread): refused one after the other just past the cap, each is
     the overshoot, not a fallen capacity. Sized by what was delivered (slow start
     had ramped up within the last rtt) the third went 33 -> 18 under a cap of 32."""
-    limit, rec = make(latency_tolerance=None)
-    t = 0.0
-    for _ in range(5):
-        t = send_round(limit, t)
-    assert limit.limit == 32
+    limit, rec, t = slow_started_to_32()
     limit.on_sample(drop(t, 32, rtt=0.001))
     limit.on_sample(drop(t + 0.01, 31, rtt=0.001))
     limit.on_sample(drop(t + 0.02, 30, rtt=0.001))
@@ -284,10 +287,7 @@ def test_one_decrease_per_round_trip() -> None:
 
 
 def test_the_first_drop_right_after_slow_start_is_sized_as_its_exit() -> None:
-    limit, rec = make(latency_tolerance=None)
-    t = 0.0
-    for _ in range(5):
-        t = send_round(limit, t)
+    limit, rec, t = slow_started_to_32()
     limit.on_sample(drop(t, 32, rtt=0.125))  # slow start ends at 31, at 1.375
     # Sent after that, refused with 31 in flight within a round trip: slow start left
     # one too high (counts are blurred), the capacity did not fall. Not the AIMD step

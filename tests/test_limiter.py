@@ -205,6 +205,12 @@ async def _hold_for(limiter: Limiter, seconds: float, started: list[float]) -> N
         slot.success()
 
 
+def _start(nursery: trio.Nursery, n: int, limiter: Limiter, seconds: float,
+           started: list[float]) -> None:
+    for _ in range(n):
+        nursery.start_soon(_hold_for, limiter, seconds, started)
+
+
 async def test_the_slots_a_rise_opens_are_let_in_spread_out(autojump_clock: MockClock) -> None:
     """Issue 10: a probe's extra start sent right beside the refill of the answer that
     stepped it was refused by a rate cap with a burst of 2 (every probe past 3 in
@@ -214,16 +220,13 @@ async def test_the_slots_a_rise_opens_are_let_in_spread_out(autojump_clock: Mock
     limiter = Limiter(limit)
     started: list[float] = []
     async with trio.open_nursery() as nursery:
-        for _ in range(2):
-            nursery.start_soon(_hold_for, limiter, 1.0, started)
+        _start(nursery, 2, limiter, 1.0, started)
         await trio.sleep(0.5)
-        for _ in range(3):
-            nursery.start_soon(_hold_for, limiter, 1.0, started)
+        _start(nursery, 3, limiter, 1.0, started)
         await trio.testing.wait_all_tasks_blocked()
         limit.set(5, at=trio.current_time())
         await trio.sleep(0.5)  # t = 1.0: the first two end, two waiters refill at once
-        for _ in range(2):
-            nursery.start_soon(_hold_for, limiter, 1.0, started)
+        _start(nursery, 2, limiter, 1.0, started)
     assert started == pytest.approx([0.0, 0.0, 0.5, 0.6, 0.7, 1.0, 1.0])
 
 
@@ -233,13 +236,11 @@ async def test_a_cut_closes_the_slots_and_a_rise_spreads_them_again(
     limiter = Limiter(limit)
     started: list[float] = []
     async with trio.open_nursery() as nursery:
-        for _ in range(3):
-            nursery.start_soon(_hold_for, limiter, 0.1, started)
+        _start(nursery, 3, limiter, 0.1, started)
     limit.set(1, at=trio.current_time())  # t = 0.1
     limit.set(3, at=trio.current_time())
     async with trio.open_nursery() as nursery:
-        for _ in range(3):
-            nursery.start_soon(_hold_for, limiter, 0.1, started)
+        _start(nursery, 3, limiter, 0.1, started)
     # The first slot refills at once; the two reopened ones wait their turn, after
     # the four admissions before them (a debt of 2 at t = 0.1, paid by t = 0.4).
     assert started == pytest.approx([0.0, 0.0, 0.0, 0.1, 0.4, 0.5])
@@ -250,8 +251,7 @@ async def test_without_a_spread_rate_a_rise_admits_at_once(autojump_clock: MockC
     limiter = Limiter(limit)
     started: list[float] = []
     async with trio.open_nursery() as nursery:
-        for _ in range(4):
-            nursery.start_soon(_hold_for, limiter, 1.0, started)
+        _start(nursery, 4, limiter, 1.0, started)
         await trio.testing.wait_all_tasks_blocked()
         limit.set(4, at=trio.current_time())
     assert started == [0.0, 0.0, 0.0, 0.0]
