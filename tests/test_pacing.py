@@ -28,6 +28,9 @@ from pacer.mockapi import MockSettings, MockUpstream, mock_transport
 from pacer.service.pacing_gate import STOP_POLL, PacingGate
 
 EMPTY = RateLimitInfo()
+# The learned rate's backoff, and the first rate learned from 20 successes a second.
+B = PacerSettings().backoff
+FIRST = 20.0 * B
 CHAT = "/v1/chat/completions"
 
 
@@ -278,12 +281,12 @@ def test_after_a_pause_the_learned_rate_applies_from_the_resume() -> None:
     pacer = Pacer(exact())
     t = feed_successes(pacer, 0.0, 2.0, 0.05)  # 20/s
     pacer.on_response(t, EMPTY, 429, inflight=1)
-    assert pacer.learned_rate == pytest.approx(18.0)
+    assert pacer.learned_rate == pytest.approx(FIRST)
     pacer.pause(t, 1.0, "test")
     starts = greedy(pacer, t, 3.5)
     assert starts[0] == 3.0
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert min(gaps) == pytest.approx(1 / 18.0)
+    assert min(gaps) == pytest.approx(1 / FIRST)
 
 
 def test_the_rate_is_learned_from_429s_and_lowered_at_most_once_a_second() -> None:
@@ -291,14 +294,14 @@ def test_the_rate_is_learned_from_429s_and_lowered_at_most_once_a_second() -> No
     _, rates = recorder(pacer)
     t = feed_successes(pacer, 0.0, 2.0, 0.05)  # 40 successes in 2 s
     pacer.on_response(t, EMPTY, 429, inflight=1)
-    assert rates == [RateChange(None, approx(18.0), "rate_limited", 2.0)]
-    assert pacer.status(2.0).rate == pytest.approx(18.0)
+    assert rates == [RateChange(None, approx(FIRST), "rate_limited", 2.0)]
+    assert pacer.status(2.0).rate == pytest.approx(FIRST)
     pacer.on_response(2.5, EMPTY, 429, inflight=1)  # within a second: no change
     assert len(rates) == 1
-    # A second later: down to the success rate x 0.9 (10/s measured over [1, 3]),
+    # A second later: down to the success rate x B (10/s measured over [1, 3]),
     # but by at most two backoffs at once.
     pacer.on_response(3.0, EMPTY, 429, inflight=1)
-    assert rates[-1] == RateChange(approx(18.0), approx(18.0 * 0.81), "rate_limited", 3.0)
+    assert rates[-1] == RateChange(approx(FIRST), approx(FIRST * B * B), "rate_limited", 3.0)
 
 
 def test_the_learned_rate_is_probed_upward_while_it_binds() -> None:
@@ -310,14 +313,14 @@ def test_the_learned_rate_is_probed_upward_while_it_binds() -> None:
     # half second in a row)...
     greedy(pacer, 2.0, 3.3)
     probes = [r for r in rates if r.reason == "probe"]
-    assert [r.new_rate for r in probes] == pytest.approx([19.8, 19.8 * 1.2])
+    assert [r.new_rate for r in probes] == pytest.approx([FIRST * 1.1, FIRST * 1.1 * 1.2])
     assert 2.5 <= probes[0].at < 2.6 and 3.0 <= probes[1].at < 3.1
     greedy(pacer, 3.3, 4.5)
     # ...then, after the next decrease, additive steps of 2 % of the rate set then.
     pacer.on_response(4.5, EMPTY, 429, inflight=1)
-    top = 19.8 * 1.2 * 1.4 * 1.8
-    assert rates[-1] == RateChange(approx(top), approx(top * 0.81), "rate_limited", 4.5)
-    base = top * 0.81
+    top = FIRST * 1.1 * 1.2 * 1.4 * 1.8
+    assert rates[-1] == RateChange(approx(top), approx(top * B * B), "rate_limited", 4.5)
+    base = top * B * B
     greedy(pacer, 4.5, 6.6)
     assert [r.reason for r in rates[-2:]] == ["probe", "probe"]
     assert [r.new_rate for r in rates[-2:]] == pytest.approx([base * 1.02, base * 1.04])
@@ -360,7 +363,7 @@ def test_an_idle_learned_rate_is_not_raised() -> None:
     t = feed_successes(pacer, 0.0, 2.0, 0.05)
     pacer.on_response(t, EMPTY, 429, inflight=1)
     pacer.commit(3.0)
-    assert pacer.status(10.0).rate == pytest.approx(18.0)
+    assert pacer.status(10.0).rate == pytest.approx(FIRST)
     assert [r.reason for r in rates] == ["rate_limited"]
 
 

@@ -121,7 +121,7 @@ class PacerSettings:
     """
 
     margin: float = 0.9
-    backoff: float = 0.9
+    backoff: float = 0.93
     decrease_interval: float = 1.0
     increase_interval: float = 1.0
     search_interval: float = 0.5

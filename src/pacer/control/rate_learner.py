@@ -54,7 +54,7 @@ class RateChange:
 class RateLearnerSettings:
     """Times in seconds, rates in requests per second (see the module docstring)."""
 
-    backoff: float = 0.9
+    backoff: float = 0.93
     decrease_interval: float = 1.0
     increase_interval: float = 1.0
     search_interval: float = 0.5
