@@ -110,8 +110,9 @@ _PROBE_MIN_SAMPLES: Final = 4
 # A probe step waits for an attempt it sent that is still out after at least this
 # many smoothed rtts (it may have been dropped) before it is held as clean.
 _STRAGGLER_RTTS: Final = 1.5
-# Starts are spread to at most this many times the limit's own pace (TCP pacing
-# uses 2 in slow start, 1.2 after it).
+# The slots a rise opens are spread at this many times the limit's own pace (TCP's
+# pacing gain in slow start; at 3 a rate cap with a burst of 2 refused the probes
+# again, on 3 seeds of 8).
 _SPREAD_GAIN: Final = 2.0
 # Slow start's round delay test judges a round on at least this many rtts.
 _ROUND_TEST_SAMPLES: Final = 4

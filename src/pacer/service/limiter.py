@@ -161,13 +161,13 @@ class Limiter:
         return self._capacity.statistics().tasks_waiting
 
     async def _spread(self) -> None:
-        """Answers that come back together free their slots together, and a rise of
-        the limit opens more at that moment (slow start, a probe): sent at once,
-        such a bunch reaches a rate cap with a small burst as a burst (one of 20/s
-        with a burst of 2 refused every probe past 3 in flight for 10 s). An
-        admission past the slots open waits its turn at the limit's spread rate
-        (:attr:`AimdLimit.spread_rate <pacer.control.aimd.AimdLimit.spread_rate>`),
-        counted from every admission; the others go at once."""
+        """A rise of the limit (a probe) opens slots at the moment an answer frees
+        one: sent at once beside that refill, the bunch reaches a rate cap with a
+        small burst as a burst (one of 20/s with a burst of 2 refused every probe
+        past 3 in flight for 10 s). An admission past the slots open waits its turn
+        at the limit's spread rate (:attr:`AimdLimit.spread_rate
+        <pacer.control.aimd.AimdLimit.spread_rate>`), counted from every admission;
+        a refill of a slot open before goes at once."""
         rate = getattr(self.limit, "spread_rate", None)
         now = self.clock()
         self._spacing.set_rate(now, rate)
