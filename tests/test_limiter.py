@@ -185,9 +185,7 @@ async def test_retarget_follows_the_new_limit(autojump_clock: MockClock) -> None
 
 
 async def _hold(limiter: Limiter) -> None:
-    async with limiter.acquire() as slot:
-        await trio.sleep(1)
-        slot.success()
+    await _hold_for(limiter, 1.0, [])
 
 
 class Spreading(Recording):
